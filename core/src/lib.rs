@@ -1,0 +1,13 @@
+//! Caracal's domain core: identifiers, the management aggregates and their rules, and the ports
+//! through which the domain reaches storage, streams, keys and time. This crate does no I/O.
+
+#![forbid(unsafe_code)]
+
+pub mod attribution;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod ports;
+pub mod time;
+
+pub use error::{CryptoError, Error, ErrorKind, Result, StoreError};

@@ -1,0 +1,11 @@
+//! Ports: the traits through which the domain reaches storage, streams, keys and time.
+
+pub mod clock;
+pub mod crypto;
+pub mod events;
+pub mod store;
+
+pub use clock::{Clock, IdGenerator};
+pub use crypto::{MessageAuthenticator, PasswordHasher, SecretGenerator, SecretSealer};
+pub use events::{BusError, Delivery, EventBus};
+pub use store::*;

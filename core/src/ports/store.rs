@@ -1,0 +1,357 @@
+//! Storage ports: one repository trait per aggregate, all reached through a unit of work so
+//! that a state change and its outbox row (and its admin-audit row) commit together.
+//!
+//! Every list is keyset-paginated by `(created_at DESC, id DESC)`; adapters return at most
+//! `page.limit` rows strictly after `page.after`. Every `get_*` inside a zone takes the zone id
+//! and returns `None` for a row of another zone, so a foreign id is indistinguishable from a
+//! missing one.
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::ids::*;
+use crate::model::*;
+use crate::time::Timestamp;
+
+/// Which zone a unit of work may touch. Postgres binds it to row-level security
+/// (`caracal.zone_id`), so a zone-scoped actor cannot read another zone even through a bug in
+/// a query (`spec/api.md §5`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZoneScope {
+    /// Global actors and background workers.
+    All,
+    /// A zone-scoped actor.
+    Zone(ZoneId),
+}
+
+/// Position after which the next page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    /// `created_at` of the last row of the previous page.
+    pub created_at: Timestamp,
+    /// `id` of the last row of the previous page.
+    pub id: String,
+}
+
+/// One page request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Rows wanted (1..=500).
+    pub limit: u32,
+    /// Start strictly after this row.
+    pub after: Option<After>,
+}
+
+/// Which rows a list returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Liveness {
+    /// Unarchived rows (the default).
+    #[default]
+    Active,
+    /// Archived rows only.
+    Archived,
+}
+
+/// Zones.
+#[async_trait]
+pub trait ZoneRepo {
+    /// Inserts or replaces the zone with this id.
+    async fn save_zone(&mut self, zone: &Zone) -> Result<(), StoreError>;
+    /// The zone, archived or not.
+    async fn get_zone(&mut self, id: &ZoneId) -> Result<Option<Zone>, StoreError>;
+    /// Unarchived zones whose slug does not start with `caracal-sys-` (reserved zones are
+    /// readable by id only).
+    async fn list_zones(&mut self, page: &Page) -> Result<Vec<Zone>, StoreError>;
+    /// Whether any zone (archived or not) holds this slug.
+    async fn zone_slug_exists(&mut self, slug: &str) -> Result<bool, StoreError>;
+}
+
+/// Applications.
+#[async_trait]
+pub trait ApplicationRepo {
+    /// Inserts or replaces the application with this id.
+    async fn save_application(&mut self, app: &Application) -> Result<(), StoreError>;
+    /// The application of this zone, archived or not.
+    async fn get_application(
+        &mut self,
+        zone: &ZoneId,
+        id: &ApplicationId,
+    ) -> Result<Option<Application>, StoreError>;
+    /// Applications of the zone by liveness.
+    async fn list_applications(
+        &mut self,
+        zone: &ZoneId,
+        liveness: Liveness,
+        page: &Page,
+    ) -> Result<Vec<Application>, StoreError>;
+    /// The active managed application of the zone with this name, compared case-insensitively.
+    async fn find_managed_application_by_name(
+        &mut self,
+        zone: &ZoneId,
+        name: &str,
+    ) -> Result<Option<Application>, StoreError>;
+}
+
+/// Providers.
+#[async_trait]
+pub trait ProviderRepo {
+    /// Inserts or replaces the provider with this id.
+    async fn save_provider(&mut self, provider: &Provider) -> Result<(), StoreError>;
+    /// The provider of this zone, archived or not.
+    async fn get_provider(
+        &mut self,
+        zone: &ZoneId,
+        id: &ProviderId,
+    ) -> Result<Option<Provider>, StoreError>;
+    /// Providers of the zone by liveness.
+    async fn list_providers(
+        &mut self,
+        zone: &ZoneId,
+        liveness: Liveness,
+        page: &Page,
+    ) -> Result<Vec<Provider>, StoreError>;
+    /// The active provider of the zone with exactly this identifier.
+    async fn find_provider_by_identifier(
+        &mut self,
+        zone: &ZoneId,
+        identifier: &str,
+    ) -> Result<Option<Provider>, StoreError>;
+}
+
+/// Resources.
+#[async_trait]
+pub trait ResourceRepo {
+    /// Inserts or replaces the resource with this id.
+    async fn save_resource(&mut self, resource: &Resource) -> Result<(), StoreError>;
+    /// The resource of this zone, archived or not.
+    async fn get_resource(
+        &mut self,
+        zone: &ZoneId,
+        id: &ResourceId,
+    ) -> Result<Option<Resource>, StoreError>;
+    /// Resources of the zone by liveness.
+    async fn list_resources(
+        &mut self,
+        zone: &ZoneId,
+        liveness: Liveness,
+        page: &Page,
+    ) -> Result<Vec<Resource>, StoreError>;
+    /// The active resource of the zone with exactly this identifier.
+    async fn find_resource_by_identifier(
+        &mut self,
+        zone: &ZoneId,
+        identifier: &str,
+    ) -> Result<Option<Resource>, StoreError>;
+    /// Number of active resources in the zone (for the per-zone quota).
+    async fn count_active_resources(&mut self, zone: &ZoneId) -> Result<u64, StoreError>;
+}
+
+/// Policies and their immutable versions.
+#[async_trait]
+pub trait PolicyRepo {
+    /// Inserts or replaces the policy with this id.
+    async fn save_policy(&mut self, policy: &Policy) -> Result<(), StoreError>;
+    /// The policy of this zone, archived or not.
+    async fn get_policy(
+        &mut self,
+        zone: &ZoneId,
+        id: &PolicyId,
+    ) -> Result<Option<Policy>, StoreError>;
+    /// Active policies of the zone.
+    async fn list_policies(&mut self, zone: &ZoneId, page: &Page) -> Result<Vec<Policy>, StoreError>;
+    /// The active policy of the zone with exactly this name.
+    async fn find_policy_by_name(
+        &mut self,
+        zone: &ZoneId,
+        name: &str,
+    ) -> Result<Option<Policy>, StoreError>;
+    /// Inserts or replaces a policy version (versions are only replaced to archive them).
+    async fn save_policy_version(&mut self, version: &PolicyVersion) -> Result<(), StoreError>;
+    /// Every version of the policy, highest version first.
+    async fn list_policy_versions(
+        &mut self,
+        zone: &ZoneId,
+        policy: &PolicyId,
+    ) -> Result<Vec<PolicyVersion>, StoreError>;
+    /// One version by id, within the zone.
+    async fn get_policy_version(
+        &mut self,
+        zone: &ZoneId,
+        id: &PolicyVersionId,
+    ) -> Result<Option<PolicyVersion>, StoreError>;
+}
+
+/// Policy sets, their versions and the zone's single active binding.
+#[async_trait]
+pub trait PolicySetRepo {
+    /// Inserts or replaces the set with this id (including its `active_version_id`).
+    async fn save_policy_set(&mut self, set: &PolicySet) -> Result<(), StoreError>;
+    /// The set of this zone, archived or not.
+    async fn get_policy_set(
+        &mut self,
+        zone: &ZoneId,
+        id: &PolicySetId,
+    ) -> Result<Option<PolicySet>, StoreError>;
+    /// Active sets of the zone.
+    async fn list_policy_sets(
+        &mut self,
+        zone: &ZoneId,
+        page: &Page,
+    ) -> Result<Vec<PolicySet>, StoreError>;
+    /// The active set of the zone with exactly this name.
+    async fn find_policy_set_by_name(
+        &mut self,
+        zone: &ZoneId,
+        name: &str,
+    ) -> Result<Option<PolicySet>, StoreError>;
+    /// Sets of the zone that currently have an active version (at most one by the rules).
+    async fn list_active_policy_sets(&mut self, zone: &ZoneId) -> Result<Vec<PolicySet>, StoreError>;
+    /// Inserts a set version.
+    async fn insert_policy_set_version(&mut self, version: &PolicySetVersion)
+        -> Result<(), StoreError>;
+    /// One set version by id, within the zone.
+    async fn get_policy_set_version(
+        &mut self,
+        zone: &ZoneId,
+        id: &PolicySetVersionId,
+    ) -> Result<Option<PolicySetVersion>, StoreError>;
+    /// Versions of the set, newest first, paginated.
+    async fn list_policy_set_versions(
+        &mut self,
+        zone: &ZoneId,
+        set: &PolicySetId,
+        page: &Page,
+    ) -> Result<Vec<PolicySetVersion>, StoreError>;
+    /// Highest version number of the set so far (0 when none).
+    async fn max_policy_set_version(
+        &mut self,
+        zone: &ZoneId,
+        set: &PolicySetId,
+    ) -> Result<i32, StoreError>;
+}
+
+/// Grants.
+#[async_trait]
+pub trait GrantRepo {
+    /// Inserts or replaces the grant with this id.
+    async fn save_grant(&mut self, grant: &Grant) -> Result<(), StoreError>;
+    /// The grant of this zone.
+    async fn get_grant(&mut self, zone: &ZoneId, id: &GrantId) -> Result<Option<Grant>, StoreError>;
+    /// Grants of the zone, all statuses, paginated.
+    async fn list_grants(&mut self, zone: &ZoneId, page: &Page) -> Result<Vec<Grant>, StoreError>;
+}
+
+/// Admin tokens.
+#[async_trait]
+pub trait AdminTokenRepo {
+    /// Inserts or replaces the token with this id.
+    async fn save_admin_token(&mut self, token: &AdminToken) -> Result<(), StoreError>;
+    /// The unrevoked token whose plaintext hashes to this SHA-256 (hex).
+    async fn find_admin_token_by_sha256(
+        &mut self,
+        sha256_hex: &str,
+    ) -> Result<Option<AdminToken>, StoreError>;
+    /// Unrevoked tokens created by `creator`.
+    async fn list_admin_tokens_created_by(
+        &mut self,
+        creator: &str,
+    ) -> Result<Vec<AdminToken>, StoreError>;
+}
+
+/// The admin audit log: append-only, hash-chained per zone.
+#[async_trait]
+pub trait AdminAuditRepo {
+    /// The newest record of the chain (`None` zone = the global chain). Adapters serialise
+    /// appends to one chain so two writers cannot fork it.
+    async fn last_admin_audit(
+        &mut self,
+        zone: Option<&str>,
+    ) -> Result<Option<AdminAuditRecord>, StoreError>;
+    /// Appends a record.
+    async fn append_admin_audit(&mut self, record: &AdminAuditRecord) -> Result<(), StoreError>;
+    /// Records of one chain, newest first, paginated.
+    async fn list_admin_audit(
+        &mut self,
+        zone: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<AdminAuditRecord>, StoreError>;
+}
+
+/// The outbox side a state change writes to.
+#[async_trait]
+pub trait OutboxRepo {
+    /// Enqueues a message; it becomes visible to the dispatcher when the unit of work commits.
+    async fn enqueue_outbox(&mut self, message: &OutboxMessage) -> Result<(), StoreError>;
+    /// One message by id.
+    async fn get_outbox(&mut self, id: &OutboxId) -> Result<Option<OutboxMessage>, StoreError>;
+    /// The newest message on `stream` whose fields include every `(key, value)` given.
+    async fn find_latest_outbox(
+        &mut self,
+        stream: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<Option<OutboxMessage>, StoreError>;
+}
+
+/// The builtin secret store (sealed envelopes only; plaintext never reaches a repository).
+#[async_trait]
+pub trait SecretRepo {
+    /// Inserts the envelope at its reference or replaces it, bumping the version.
+    async fn put_secret(&mut self, secret: &SealedSecret) -> Result<(), StoreError>;
+    /// The envelope at a reference.
+    async fn get_secret(&mut self, reference: &str) -> Result<Option<SealedSecret>, StoreError>;
+    /// Deletes the envelope at a reference; `false` when there was none.
+    async fn delete_secret(&mut self, reference: &str) -> Result<bool, StoreError>;
+}
+
+/// One transaction over every repository. Dropping it without `commit` rolls everything back.
+#[async_trait]
+pub trait UnitOfWork:
+    ZoneRepo
+    + ApplicationRepo
+    + ProviderRepo
+    + ResourceRepo
+    + PolicyRepo
+    + PolicySetRepo
+    + GrantRepo
+    + AdminTokenRepo
+    + AdminAuditRepo
+    + OutboxRepo
+    + SecretRepo
+    + Send
+{
+    /// Makes every write of this unit visible at once.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// The storage entry point.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Starts a unit of work confined to `scope`.
+    async fn begin(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError>;
+    /// Checks the store answers (for `/ready`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The dispatcher's side of the outbox: claiming due rows outside any request.
+#[async_trait]
+pub trait OutboxQueue: Send + Sync {
+    /// Claims up to `limit` due, unlocked rows (ordered by `available_at`), locking them until
+    /// `lock_until` and counting one attempt each. Two dispatchers never claim the same row.
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lock_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Records a delivery.
+    async fn mark_dispatched(&self, id: &OutboxId, at: Timestamp) -> Result<(), StoreError>;
+    /// Records a failed delivery: retry at `retry_at`, or never again (dead) when `None`.
+    async fn mark_failed(
+        &self,
+        id: &OutboxId,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<(), StoreError>;
+    /// `(pending, dead)` row counts.
+    async fn outbox_counts(&self) -> Result<(u64, u64), StoreError>;
+}
