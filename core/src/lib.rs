@@ -11,3 +11,8 @@ pub mod ports;
 pub mod time;
 
 pub use error::{CryptoError, Error, ErrorKind, Result, StoreError};
+
+/// Port contract suites, written once and run against every adapter (memory always; Postgres and
+/// Redis when their URLs are set, and always in CI).
+#[cfg(feature = "contract")]
+pub mod contract;

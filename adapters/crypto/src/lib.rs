@@ -1,0 +1,1 @@
+//! ring/argon2 implementations of the crypto ports: envelope sealer, Argon2id, HMAC, secrets.

@@ -1,0 +1,1 @@
+//! Shared actix-web pieces: error mapping, request ids, body limits, health/ready/metrics.

@@ -1,0 +1,1 @@
+//! Every Caracal port in memory: dev mode and fast tests.

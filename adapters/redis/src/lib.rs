@@ -1,0 +1,1 @@
+//! Redis adapter (deadpool-redis): event bus on Redis Streams.

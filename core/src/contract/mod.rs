@@ -1,0 +1,1 @@
+//! Port contract suites: one per port, run by every adapter's tests.

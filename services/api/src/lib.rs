@@ -1,0 +1,1 @@
+//! The API service (:3000): management plane.
