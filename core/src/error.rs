@@ -46,7 +46,12 @@ pub struct Error {
 impl Error {
     /// A failure of the given kind and code.
     pub fn new(kind: ErrorKind, code: &'static str) -> Self {
-        Self { kind, code, description: None, extra: None }
+        Self {
+            kind,
+            code,
+            description: None,
+            extra: None,
+        }
     }
 
     /// `400` with a description.
@@ -107,9 +112,10 @@ impl From<StoreError> for Error {
             StoreError::Unavailable(detail) => {
                 Error::new(ErrorKind::Unavailable, "store_unavailable").describe(detail)
             }
-            StoreError::Conflict(rule) => {
-                Error::conflict("conflict", format!("a uniqueness rule was violated: {rule}"))
-            }
+            StoreError::Conflict(rule) => Error::conflict(
+                "conflict",
+                format!("a uniqueness rule was violated: {rule}"),
+            ),
             StoreError::Corrupt(detail) => Error::internal(detail),
         }
     }

@@ -4,10 +4,17 @@
 #![forbid(unsafe_code)]
 
 pub mod attribution;
+pub mod digest;
 pub mod error;
 pub mod ids;
+pub mod manage;
 pub mod model;
+pub mod naming;
+pub mod pagination;
+pub mod patch;
+pub mod policy_document;
 pub mod ports;
+pub mod provider_config;
 pub mod time;
 
 pub use error::{CryptoError, Error, ErrorKind, Result, StoreError};

@@ -45,7 +45,10 @@ impl Timestamp {
 
     /// This instant moved by a signed number of milliseconds.
     pub fn plus_millis(&self, millis: i64) -> Self {
-        Self::from_unix_micros(self.unix_micros().saturating_add(millis.saturating_mul(1_000)))
+        Self::from_unix_micros(
+            self.unix_micros()
+                .saturating_add(millis.saturating_mul(1_000)),
+        )
     }
 
     /// The wire form: `2026-05-20T10:11:12.123Z` (milliseconds, as upstream renders).
@@ -80,8 +83,9 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Self::parse_utc_z(&text)
-            .ok_or_else(|| serde::de::Error::custom("expected an ISO-8601 UTC timestamp ending in Z"))
+        Self::parse_utc_z(&text).ok_or_else(|| {
+            serde::de::Error::custom("expected an ISO-8601 UTC timestamp ending in Z")
+        })
     }
 }
 

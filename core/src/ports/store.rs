@@ -158,7 +158,11 @@ pub trait PolicyRepo {
         id: &PolicyId,
     ) -> Result<Option<Policy>, StoreError>;
     /// Active policies of the zone.
-    async fn list_policies(&mut self, zone: &ZoneId, page: &Page) -> Result<Vec<Policy>, StoreError>;
+    async fn list_policies(
+        &mut self,
+        zone: &ZoneId,
+        page: &Page,
+    ) -> Result<Vec<Policy>, StoreError>;
     /// The active policy of the zone with exactly this name.
     async fn find_policy_by_name(
         &mut self,
@@ -205,10 +209,15 @@ pub trait PolicySetRepo {
         name: &str,
     ) -> Result<Option<PolicySet>, StoreError>;
     /// Sets of the zone that currently have an active version (at most one by the rules).
-    async fn list_active_policy_sets(&mut self, zone: &ZoneId) -> Result<Vec<PolicySet>, StoreError>;
+    async fn list_active_policy_sets(
+        &mut self,
+        zone: &ZoneId,
+    ) -> Result<Vec<PolicySet>, StoreError>;
     /// Inserts a set version.
-    async fn insert_policy_set_version(&mut self, version: &PolicySetVersion)
-        -> Result<(), StoreError>;
+    async fn insert_policy_set_version(
+        &mut self,
+        version: &PolicySetVersion,
+    ) -> Result<(), StoreError>;
     /// One set version by id, within the zone.
     async fn get_policy_set_version(
         &mut self,
@@ -236,7 +245,8 @@ pub trait GrantRepo {
     /// Inserts or replaces the grant with this id.
     async fn save_grant(&mut self, grant: &Grant) -> Result<(), StoreError>;
     /// The grant of this zone.
-    async fn get_grant(&mut self, zone: &ZoneId, id: &GrantId) -> Result<Option<Grant>, StoreError>;
+    async fn get_grant(&mut self, zone: &ZoneId, id: &GrantId)
+        -> Result<Option<Grant>, StoreError>;
     /// Grants of the zone, all statuses, paginated.
     async fn list_grants(&mut self, zone: &ZoneId, page: &Page) -> Result<Vec<Grant>, StoreError>;
 }

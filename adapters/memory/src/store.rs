@@ -1,0 +1,943 @@
+//! The in-memory store: every repository over plain maps, with units of work that are
+//! serialisable (one writer at a time) and atomic (copy-on-write, swapped in on commit).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use caracal_core::error::StoreError;
+use caracal_core::ids::*;
+use caracal_core::model::*;
+use caracal_core::ports::store::*;
+use caracal_core::time::Timestamp;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// Everything the store holds. Cloned only when a unit of work first writes.
+#[derive(Debug, Clone, Default)]
+struct State {
+    zones: BTreeMap<String, Zone>,
+    applications: BTreeMap<String, Application>,
+    providers: BTreeMap<String, Provider>,
+    resources: BTreeMap<String, Resource>,
+    policies: BTreeMap<String, Policy>,
+    policy_versions: BTreeMap<String, PolicyVersion>,
+    policy_sets: BTreeMap<String, PolicySet>,
+    policy_set_versions: BTreeMap<String, PolicySetVersion>,
+    grants: BTreeMap<String, Grant>,
+    admin_tokens: BTreeMap<String, AdminToken>,
+    admin_audit: Vec<AdminAuditRecord>,
+    outbox: BTreeMap<String, OutboxMessage>,
+    secrets: BTreeMap<String, SealedSecret>,
+}
+
+/// The in-memory store. Cheap to clone; clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// One unit of work: holds the store lock for its whole life, so units never interleave.
+/// Reads go to the committed state until the first write makes a private copy; commit swaps the
+/// copy in, and drop without commit simply forgets it.
+pub struct MemoryUnitOfWork {
+    guard: OwnedMutexGuard<State>,
+    draft: Option<State>,
+    scope: ZoneScope,
+}
+
+impl MemoryUnitOfWork {
+    fn read(&self) -> &State {
+        self.draft.as_ref().unwrap_or(&self.guard)
+    }
+
+    fn write(&mut self) -> &mut State {
+        let guard = &self.guard;
+        self.draft.get_or_insert_with(|| State::clone(guard))
+    }
+
+    /// Row-level isolation, mirroring the Postgres policy: a zone-scoped unit of work sees only
+    /// its zone's rows, and zone-less rows only under `ZoneScope::All`.
+    fn visible(&self, zone: Option<&ZoneId>) -> bool {
+        match (&self.scope, zone) {
+            (ZoneScope::All, _) => true,
+            (ZoneScope::Zone(scope), Some(zone)) => scope == zone,
+            (ZoneScope::Zone(_), None) => false,
+        }
+    }
+
+    fn check_write(&self, zone: Option<&ZoneId>) -> Result<(), StoreError> {
+        if self.visible(zone) {
+            Ok(())
+        } else {
+            // Postgres answers a WITH CHECK violation with an error, not a silent no-op.
+            Err(StoreError::Unavailable(
+                "row-level security: write outside the unit of work's zone".into(),
+            ))
+        }
+    }
+}
+
+/// Keyset page over rows ordered by `(created_at DESC, id DESC)`.
+fn page_of<T: Clone>(
+    rows: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> (Timestamp, String),
+    page: &Page,
+) -> Vec<T> {
+    let mut rows: Vec<T> = rows
+        .filter(|row| match &page.after {
+            None => true,
+            Some(after) => key(row) < (after.created_at, after.id.clone()),
+        })
+        .collect();
+    rows.sort_by(|a, b| key(b).cmp(&key(a)));
+    rows.truncate(page.limit as usize);
+    rows
+}
+
+fn live(liveness: Liveness, archived_at: &Option<Timestamp>) -> bool {
+    match liveness {
+        Liveness::Active => archived_at.is_none(),
+        Liveness::Archived => archived_at.is_some(),
+    }
+}
+
+#[async_trait]
+impl ZoneRepo for MemoryUnitOfWork {
+    async fn save_zone(&mut self, zone: &Zone) -> Result<(), StoreError> {
+        let taken = self
+            .read()
+            .zones
+            .values()
+            .any(|z| z.slug == zone.slug && z.id != zone.id);
+        if taken {
+            return Err(StoreError::Conflict("zones_slug_key".into()));
+        }
+        self.write().zones.insert(zone.id.to_string(), zone.clone());
+        Ok(())
+    }
+
+    async fn get_zone(&mut self, id: &ZoneId) -> Result<Option<Zone>, StoreError> {
+        Ok(self.read().zones.get(id.as_str()).cloned())
+    }
+
+    async fn list_zones(&mut self, page: &Page) -> Result<Vec<Zone>, StoreError> {
+        let rows = self.read().zones.values().filter(|z| {
+            z.archived_at.is_none() && !z.slug.to_ascii_lowercase().starts_with("caracal-sys-")
+        });
+        Ok(page_of(
+            rows.cloned(),
+            |z| (z.attr.created_at, z.id.to_string()),
+            page,
+        ))
+    }
+
+    async fn zone_slug_exists(&mut self, slug: &str) -> Result<bool, StoreError> {
+        Ok(self.read().zones.values().any(|z| z.slug == slug))
+    }
+}
+
+#[async_trait]
+impl ApplicationRepo for MemoryUnitOfWork {
+    async fn save_application(&mut self, app: &Application) -> Result<(), StoreError> {
+        self.check_write(Some(&app.zone_id))?;
+        let clash = app.archived_at.is_none()
+            && app.registration_method == RegistrationMethod::Managed
+            && self.read().applications.values().any(|a| {
+                a.id != app.id
+                    && a.zone_id == app.zone_id
+                    && a.archived_at.is_none()
+                    && a.registration_method == RegistrationMethod::Managed
+                    && a.name.to_lowercase() == app.name.to_lowercase()
+            });
+        if clash {
+            return Err(StoreError::Conflict(
+                "applications_active_managed_name".into(),
+            ));
+        }
+        self.write()
+            .applications
+            .insert(app.id.to_string(), app.clone());
+        Ok(())
+    }
+
+    async fn get_application(
+        &mut self,
+        zone: &ZoneId,
+        id: &ApplicationId,
+    ) -> Result<Option<Application>, StoreError> {
+        let found = self.read().applications.get(id.as_str()).cloned();
+        Ok(found.filter(|a| &a.zone_id == zone && self.visible(Some(&a.zone_id))))
+    }
+
+    async fn list_applications(
+        &mut self,
+        zone: &ZoneId,
+        liveness: Liveness,
+        page: &Page,
+    ) -> Result<Vec<Application>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .applications
+            .values()
+            .filter(|a| &a.zone_id == zone && live(liveness, &a.archived_at));
+        Ok(page_of(
+            rows.cloned(),
+            |a| (a.attr.created_at, a.id.to_string()),
+            page,
+        ))
+    }
+
+    async fn find_managed_application_by_name(
+        &mut self,
+        zone: &ZoneId,
+        name: &str,
+    ) -> Result<Option<Application>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(None);
+        }
+        let wanted = name.to_lowercase();
+        Ok(self
+            .read()
+            .applications
+            .values()
+            .find(|a| {
+                &a.zone_id == zone
+                    && a.archived_at.is_none()
+                    && a.registration_method == RegistrationMethod::Managed
+                    && a.name.to_lowercase() == wanted
+            })
+            .cloned())
+    }
+}
+
+#[async_trait]
+impl ProviderRepo for MemoryUnitOfWork {
+    async fn save_provider(&mut self, provider: &Provider) -> Result<(), StoreError> {
+        self.check_write(Some(&provider.zone_id))?;
+        let clash = provider.archived_at.is_none()
+            && self.read().providers.values().any(|p| {
+                p.id != provider.id
+                    && p.zone_id == provider.zone_id
+                    && p.archived_at.is_none()
+                    && p.identifier == provider.identifier
+            });
+        if clash {
+            return Err(StoreError::Conflict("providers_active_identifier".into()));
+        }
+        self.write()
+            .providers
+            .insert(provider.id.to_string(), provider.clone());
+        Ok(())
+    }
+
+    async fn get_provider(
+        &mut self,
+        zone: &ZoneId,
+        id: &ProviderId,
+    ) -> Result<Option<Provider>, StoreError> {
+        let found = self.read().providers.get(id.as_str()).cloned();
+        Ok(found.filter(|p| &p.zone_id == zone && self.visible(Some(&p.zone_id))))
+    }
+
+    async fn list_providers(
+        &mut self,
+        zone: &ZoneId,
+        liveness: Liveness,
+        page: &Page,
+    ) -> Result<Vec<Provider>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .providers
+            .values()
+            .filter(|p| &p.zone_id == zone && live(liveness, &p.archived_at));
+        Ok(page_of(
+            rows.cloned(),
+            |p| (p.attr.created_at, p.id.to_string()),
+            page,
+        ))
+    }
+
+    async fn find_provider_by_identifier(
+        &mut self,
+        zone: &ZoneId,
+        identifier: &str,
+    ) -> Result<Option<Provider>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(None);
+        }
+        Ok(self
+            .read()
+            .providers
+            .values()
+            .find(|p| &p.zone_id == zone && p.archived_at.is_none() && p.identifier == identifier)
+            .cloned())
+    }
+}
+
+#[async_trait]
+impl ResourceRepo for MemoryUnitOfWork {
+    async fn save_resource(&mut self, resource: &Resource) -> Result<(), StoreError> {
+        self.check_write(Some(&resource.zone_id))?;
+        let clash = resource.archived_at.is_none()
+            && self.read().resources.values().any(|r| {
+                r.id != resource.id
+                    && r.zone_id == resource.zone_id
+                    && r.archived_at.is_none()
+                    && r.identifier == resource.identifier
+            });
+        if clash {
+            return Err(StoreError::Conflict("resources_active_identifier".into()));
+        }
+        self.write()
+            .resources
+            .insert(resource.id.to_string(), resource.clone());
+        Ok(())
+    }
+
+    async fn get_resource(
+        &mut self,
+        zone: &ZoneId,
+        id: &ResourceId,
+    ) -> Result<Option<Resource>, StoreError> {
+        let found = self.read().resources.get(id.as_str()).cloned();
+        Ok(found.filter(|r| &r.zone_id == zone && self.visible(Some(&r.zone_id))))
+    }
+
+    async fn list_resources(
+        &mut self,
+        zone: &ZoneId,
+        liveness: Liveness,
+        page: &Page,
+    ) -> Result<Vec<Resource>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .resources
+            .values()
+            .filter(|r| &r.zone_id == zone && live(liveness, &r.archived_at));
+        Ok(page_of(
+            rows.cloned(),
+            |r| (r.attr.created_at, r.id.to_string()),
+            page,
+        ))
+    }
+
+    async fn find_resource_by_identifier(
+        &mut self,
+        zone: &ZoneId,
+        identifier: &str,
+    ) -> Result<Option<Resource>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(None);
+        }
+        Ok(self
+            .read()
+            .resources
+            .values()
+            .find(|r| &r.zone_id == zone && r.archived_at.is_none() && r.identifier == identifier)
+            .cloned())
+    }
+
+    async fn count_active_resources(&mut self, zone: &ZoneId) -> Result<u64, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(0);
+        }
+        Ok(self
+            .read()
+            .resources
+            .values()
+            .filter(|r| &r.zone_id == zone && r.archived_at.is_none())
+            .count() as u64)
+    }
+}
+
+#[async_trait]
+impl PolicyRepo for MemoryUnitOfWork {
+    async fn save_policy(&mut self, policy: &Policy) -> Result<(), StoreError> {
+        self.check_write(Some(&policy.zone_id))?;
+        let clash = policy.archived_at.is_none()
+            && self.read().policies.values().any(|p| {
+                p.id != policy.id
+                    && p.zone_id == policy.zone_id
+                    && p.archived_at.is_none()
+                    && p.name == policy.name
+            });
+        if clash {
+            return Err(StoreError::Conflict("policies_active_name".into()));
+        }
+        self.write()
+            .policies
+            .insert(policy.id.to_string(), policy.clone());
+        Ok(())
+    }
+
+    async fn get_policy(
+        &mut self,
+        zone: &ZoneId,
+        id: &PolicyId,
+    ) -> Result<Option<Policy>, StoreError> {
+        let found = self.read().policies.get(id.as_str()).cloned();
+        Ok(found.filter(|p| &p.zone_id == zone && self.visible(Some(&p.zone_id))))
+    }
+
+    async fn list_policies(
+        &mut self,
+        zone: &ZoneId,
+        page: &Page,
+    ) -> Result<Vec<Policy>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .policies
+            .values()
+            .filter(|p| &p.zone_id == zone && p.archived_at.is_none());
+        Ok(page_of(
+            rows.cloned(),
+            |p| (p.attr.created_at, p.id.to_string()),
+            page,
+        ))
+    }
+
+    async fn find_policy_by_name(
+        &mut self,
+        zone: &ZoneId,
+        name: &str,
+    ) -> Result<Option<Policy>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(None);
+        }
+        Ok(self
+            .read()
+            .policies
+            .values()
+            .find(|p| &p.zone_id == zone && p.archived_at.is_none() && p.name == name)
+            .cloned())
+    }
+
+    async fn save_policy_version(&mut self, version: &PolicyVersion) -> Result<(), StoreError> {
+        self.check_write(Some(&version.zone_id))?;
+        let clash = self.read().policy_versions.values().any(|v| {
+            v.id != version.id && v.policy_id == version.policy_id && v.version == version.version
+        });
+        if clash {
+            return Err(StoreError::Conflict(
+                "policy_versions_policy_version".into(),
+            ));
+        }
+        self.write()
+            .policy_versions
+            .insert(version.id.to_string(), version.clone());
+        Ok(())
+    }
+
+    async fn list_policy_versions(
+        &mut self,
+        zone: &ZoneId,
+        policy: &PolicyId,
+    ) -> Result<Vec<PolicyVersion>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let mut rows: Vec<PolicyVersion> = self
+            .read()
+            .policy_versions
+            .values()
+            .filter(|v| &v.zone_id == zone && &v.policy_id == policy)
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| b.version.cmp(&a.version));
+        Ok(rows)
+    }
+
+    async fn get_policy_version(
+        &mut self,
+        zone: &ZoneId,
+        id: &PolicyVersionId,
+    ) -> Result<Option<PolicyVersion>, StoreError> {
+        let found = self.read().policy_versions.get(id.as_str()).cloned();
+        Ok(found.filter(|v| &v.zone_id == zone && self.visible(Some(&v.zone_id))))
+    }
+}
+
+#[async_trait]
+impl PolicySetRepo for MemoryUnitOfWork {
+    async fn save_policy_set(&mut self, set: &PolicySet) -> Result<(), StoreError> {
+        self.check_write(Some(&set.zone_id))?;
+        let others = || {
+            self.read()
+                .policy_sets
+                .values()
+                .filter(|s| s.id != set.id && s.zone_id == set.zone_id && s.archived_at.is_none())
+        };
+        if set.archived_at.is_none() && others().any(|s| s.name == set.name) {
+            return Err(StoreError::Conflict("policy_sets_active_name".into()));
+        }
+        if set.archived_at.is_none()
+            && set.active_version_id.is_some()
+            && others().any(|s| s.active_version_id.is_some())
+        {
+            return Err(StoreError::Conflict(
+                "policy_sets_one_active_per_zone".into(),
+            ));
+        }
+        self.write()
+            .policy_sets
+            .insert(set.id.to_string(), set.clone());
+        Ok(())
+    }
+
+    async fn get_policy_set(
+        &mut self,
+        zone: &ZoneId,
+        id: &PolicySetId,
+    ) -> Result<Option<PolicySet>, StoreError> {
+        let found = self.read().policy_sets.get(id.as_str()).cloned();
+        Ok(found.filter(|s| &s.zone_id == zone && self.visible(Some(&s.zone_id))))
+    }
+
+    async fn list_policy_sets(
+        &mut self,
+        zone: &ZoneId,
+        page: &Page,
+    ) -> Result<Vec<PolicySet>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .policy_sets
+            .values()
+            .filter(|s| &s.zone_id == zone && s.archived_at.is_none());
+        Ok(page_of(
+            rows.cloned(),
+            |s| (s.attr.created_at, s.id.to_string()),
+            page,
+        ))
+    }
+
+    async fn find_policy_set_by_name(
+        &mut self,
+        zone: &ZoneId,
+        name: &str,
+    ) -> Result<Option<PolicySet>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(None);
+        }
+        Ok(self
+            .read()
+            .policy_sets
+            .values()
+            .find(|s| &s.zone_id == zone && s.archived_at.is_none() && s.name == name)
+            .cloned())
+    }
+
+    async fn list_active_policy_sets(
+        &mut self,
+        zone: &ZoneId,
+    ) -> Result<Vec<PolicySet>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .read()
+            .policy_sets
+            .values()
+            .filter(|s| {
+                &s.zone_id == zone && s.archived_at.is_none() && s.active_version_id.is_some()
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn insert_policy_set_version(
+        &mut self,
+        version: &PolicySetVersion,
+    ) -> Result<(), StoreError> {
+        self.check_write(Some(&version.zone_id))?;
+        let clash = self.read().policy_set_versions.values().any(|v| {
+            v.id == version.id
+                || (v.policy_set_id == version.policy_set_id && v.version == version.version)
+        });
+        if clash {
+            return Err(StoreError::Conflict(
+                "policy_set_versions_set_version".into(),
+            ));
+        }
+        self.write()
+            .policy_set_versions
+            .insert(version.id.to_string(), version.clone());
+        Ok(())
+    }
+
+    async fn get_policy_set_version(
+        &mut self,
+        zone: &ZoneId,
+        id: &PolicySetVersionId,
+    ) -> Result<Option<PolicySetVersion>, StoreError> {
+        let found = self.read().policy_set_versions.get(id.as_str()).cloned();
+        Ok(found.filter(|v| &v.zone_id == zone && self.visible(Some(&v.zone_id))))
+    }
+
+    async fn list_policy_set_versions(
+        &mut self,
+        zone: &ZoneId,
+        set: &PolicySetId,
+        page: &Page,
+    ) -> Result<Vec<PolicySetVersion>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .policy_set_versions
+            .values()
+            .filter(|v| &v.zone_id == zone && &v.policy_set_id == set);
+        Ok(page_of(
+            rows.cloned(),
+            |v| (v.created_at, v.id.to_string()),
+            page,
+        ))
+    }
+
+    async fn max_policy_set_version(
+        &mut self,
+        zone: &ZoneId,
+        set: &PolicySetId,
+    ) -> Result<i32, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(0);
+        }
+        Ok(self
+            .read()
+            .policy_set_versions
+            .values()
+            .filter(|v| &v.zone_id == zone && &v.policy_set_id == set)
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl GrantRepo for MemoryUnitOfWork {
+    async fn save_grant(&mut self, grant: &Grant) -> Result<(), StoreError> {
+        self.check_write(Some(&grant.zone_id))?;
+        self.write()
+            .grants
+            .insert(grant.id.to_string(), grant.clone());
+        Ok(())
+    }
+
+    async fn get_grant(
+        &mut self,
+        zone: &ZoneId,
+        id: &GrantId,
+    ) -> Result<Option<Grant>, StoreError> {
+        let found = self.read().grants.get(id.as_str()).cloned();
+        Ok(found.filter(|g| &g.zone_id == zone && self.visible(Some(&g.zone_id))))
+    }
+
+    async fn list_grants(&mut self, zone: &ZoneId, page: &Page) -> Result<Vec<Grant>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self.read().grants.values().filter(|g| &g.zone_id == zone);
+        Ok(page_of(
+            rows.cloned(),
+            |g| (g.attr.created_at, g.id.to_string()),
+            page,
+        ))
+    }
+}
+
+#[async_trait]
+impl AdminTokenRepo for MemoryUnitOfWork {
+    async fn save_admin_token(&mut self, token: &AdminToken) -> Result<(), StoreError> {
+        self.check_write(token.zone_id.as_ref())?;
+        let clash = self
+            .read()
+            .admin_tokens
+            .values()
+            .any(|t| t.id != token.id && t.token_sha256 == token.token_sha256);
+        if clash {
+            return Err(StoreError::Conflict("admin_tokens_token_sha256_key".into()));
+        }
+        self.write()
+            .admin_tokens
+            .insert(token.id.to_string(), token.clone());
+        Ok(())
+    }
+
+    async fn find_admin_token_by_sha256(
+        &mut self,
+        sha256_hex: &str,
+    ) -> Result<Option<AdminToken>, StoreError> {
+        let found = self
+            .read()
+            .admin_tokens
+            .values()
+            .find(|t| t.token_sha256 == sha256_hex && t.revoked_at.is_none())
+            .cloned();
+        Ok(found.filter(|t| self.visible(t.zone_id.as_ref())))
+    }
+
+    async fn list_admin_tokens_created_by(
+        &mut self,
+        creator: &str,
+    ) -> Result<Vec<AdminToken>, StoreError> {
+        Ok(self
+            .read()
+            .admin_tokens
+            .values()
+            .filter(|t| {
+                t.created_by == creator
+                    && t.revoked_at.is_none()
+                    && self.visible(t.zone_id.as_ref())
+            })
+            .cloned()
+            .collect())
+    }
+}
+
+fn zone_of(zone: Option<&str>) -> Option<ZoneId> {
+    zone.and_then(|z| ZoneId::parse(z).ok())
+}
+
+#[async_trait]
+impl AdminAuditRepo for MemoryUnitOfWork {
+    async fn last_admin_audit(
+        &mut self,
+        zone: Option<&str>,
+    ) -> Result<Option<AdminAuditRecord>, StoreError> {
+        if !self.visible(zone_of(zone).as_ref()) {
+            return Ok(None);
+        }
+        Ok(self
+            .read()
+            .admin_audit
+            .iter()
+            .filter(|r| r.zone_id.as_deref() == zone)
+            .max_by_key(|r| r.chain_seq)
+            .cloned())
+    }
+
+    async fn append_admin_audit(&mut self, record: &AdminAuditRecord) -> Result<(), StoreError> {
+        self.check_write(zone_of(record.zone_id.as_deref()).as_ref())?;
+        let clash = self.read().admin_audit.iter().any(|r| {
+            r.id == record.id || (r.zone_id == record.zone_id && r.chain_seq == record.chain_seq)
+        });
+        if clash {
+            return Err(StoreError::Conflict("admin_audit_events_chain_seq".into()));
+        }
+        self.write().admin_audit.push(record.clone());
+        Ok(())
+    }
+
+    async fn list_admin_audit(
+        &mut self,
+        zone: Option<&str>,
+        page: &Page,
+    ) -> Result<Vec<AdminAuditRecord>, StoreError> {
+        if !self.visible(zone_of(zone).as_ref()) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .admin_audit
+            .iter()
+            .filter(|r| r.zone_id.as_deref() == zone);
+        Ok(page_of(
+            rows.cloned(),
+            |r| (r.occurred_at, r.id.clone()),
+            page,
+        ))
+    }
+}
+
+#[async_trait]
+impl OutboxRepo for MemoryUnitOfWork {
+    async fn enqueue_outbox(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
+        if self.read().outbox.contains_key(message.id.as_str()) {
+            return Err(StoreError::Conflict("event_outbox_pkey".into()));
+        }
+        self.write()
+            .outbox
+            .insert(message.id.to_string(), message.clone());
+        Ok(())
+    }
+
+    async fn get_outbox(&mut self, id: &OutboxId) -> Result<Option<OutboxMessage>, StoreError> {
+        Ok(self.read().outbox.get(id.as_str()).cloned())
+    }
+
+    async fn find_latest_outbox(
+        &mut self,
+        stream: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<Option<OutboxMessage>, StoreError> {
+        Ok(self
+            .read()
+            .outbox
+            .values()
+            .filter(|m| {
+                m.stream == stream
+                    && fields
+                        .iter()
+                        .all(|(k, v)| m.fields.get(*k).map(String::as_str) == Some(*v))
+            })
+            .max_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)))
+            .cloned())
+    }
+}
+
+#[async_trait]
+impl SecretRepo for MemoryUnitOfWork {
+    async fn put_secret(&mut self, secret: &SealedSecret) -> Result<(), StoreError> {
+        self.check_write(Some(&secret.zone_id))?;
+        let version = self
+            .read()
+            .secrets
+            .get(&secret.reference)
+            .map(|s| s.version + 1)
+            .unwrap_or(1);
+        let mut stored = secret.clone();
+        stored.version = version;
+        self.write()
+            .secrets
+            .insert(secret.reference.clone(), stored);
+        Ok(())
+    }
+
+    async fn get_secret(&mut self, reference: &str) -> Result<Option<SealedSecret>, StoreError> {
+        let found = self.read().secrets.get(reference).cloned();
+        Ok(found.filter(|s| self.visible(Some(&s.zone_id))))
+    }
+
+    async fn delete_secret(&mut self, reference: &str) -> Result<bool, StoreError> {
+        let visible = match self.read().secrets.get(reference) {
+            Some(s) => self.visible(Some(&s.zone_id)),
+            None => false,
+        };
+        if !visible {
+            return Ok(false);
+        }
+        Ok(self.write().secrets.remove(reference).is_some())
+    }
+}
+
+#[async_trait]
+impl UnitOfWork for MemoryUnitOfWork {
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let MemoryUnitOfWork {
+            mut guard, draft, ..
+        } = *self;
+        if let Some(state) = draft {
+            *guard = state;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn begin(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        let guard = Arc::clone(&self.state).lock_owned().await;
+        Ok(Box::new(MemoryUnitOfWork {
+            guard,
+            draft: None,
+            scope: scope.clone(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OutboxQueue for MemoryStore {
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lock_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let mut state = self.state.lock().await;
+        let mut due: Vec<&mut OutboxMessage> = state
+            .outbox
+            .values_mut()
+            .filter(|m| {
+                m.dispatched_at.is_none()
+                    && m.available_at.is_some_and(|at| at <= now)
+                    && m.locked_until.is_none_or(|until| until <= now)
+            })
+            .collect();
+        due.sort_by_key(|m| (m.available_at, m.id.to_string()));
+        Ok(due
+            .into_iter()
+            .take(limit as usize)
+            .map(|m| {
+                m.locked_until = Some(lock_until);
+                m.attempts += 1;
+                m.clone()
+            })
+            .collect())
+    }
+
+    async fn mark_dispatched(&self, id: &OutboxId, at: Timestamp) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if let Some(m) = state.outbox.get_mut(id.as_str()) {
+            m.dispatched_at = Some(at);
+            m.locked_until = None;
+            m.last_error = None;
+        }
+        Ok(())
+    }
+
+    async fn mark_failed(
+        &self,
+        id: &OutboxId,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if let Some(m) = state.outbox.get_mut(id.as_str()) {
+            m.available_at = retry_at;
+            m.locked_until = None;
+            m.last_error = Some(error.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn outbox_counts(&self) -> Result<(u64, u64), StoreError> {
+        let state = self.state.lock().await;
+        let pending = state
+            .outbox
+            .values()
+            .filter(|m| m.dispatched_at.is_none() && m.available_at.is_some())
+            .count() as u64;
+        let dead = state
+            .outbox
+            .values()
+            .filter(|m| m.dispatched_at.is_none() && m.available_at.is_none())
+            .count() as u64;
+        Ok((pending, dead))
+    }
+}
