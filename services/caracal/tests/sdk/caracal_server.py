@@ -1,0 +1,243 @@
+"""Starting and stopping the real `caracal` binary for the end-to-end suite.
+
+The suite never links against the server: it runs the binary the way an operator would (a
+command, environment variables, a port) and talks to it only over HTTP, so what passes here is
+what a user of the official SDK gets.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+HEALTH_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 10.0
+PG_HOST = "127.0.0.1"
+PG_USER = "postgres"
+REDIS_URL = "redis://127.0.0.1:6379"
+
+# The upstream per-minute limits (600 /v1 requests per IP, 60 failed logins per IP) are real
+# behaviour, but this suite sends far more than that from one address within a minute. Raising
+# them through their upstream variables keeps a slow machine from turning into 429 flakes.
+RATE_LIMIT_ENV = {
+    "API_V1_RATE_LIMIT_PER_MIN": "1000000",
+    "ADMIN_AUTH_FAIL_LIMIT_PER_MIN": "1000000",
+}
+
+
+def caracal_binary() -> Path:
+    """The binary under test: CARACAL_BIN (set by `cargo xtask test`), else the debug build."""
+    explicit = os.environ.get("CARACAL_BIN")
+    if explicit:
+        return Path(explicit)
+    repo = Path(__file__).resolve().parents[4]
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or repo / "target")
+    return target / "debug" / "caracal"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def new_admin_token() -> str:
+    return "cat_" + secrets.token_urlsafe(32)
+
+
+@dataclass
+class Database:
+    """A throwaway Postgres database, created fresh and dropped at teardown."""
+
+    name: str = field(default_factory=lambda: "caracal_e2e_" + secrets.token_hex(6))
+
+    @property
+    def url(self) -> str:
+        return f"postgres://{PG_USER}@{PG_HOST}:5432/{self.name}"
+
+    def create(self) -> None:
+        psql(f"CREATE DATABASE {self.name}")
+
+    def drop(self) -> None:
+        # FORCE: a server that died mid-test may still hold connections.
+        psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)", check=False)
+
+
+def psql(sql: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["psql", "-h", PG_HOST, "-U", PG_USER, "-v", "ON_ERROR_STOP=1", "-c", sql],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"psql {sql!r} failed: {result.stderr.strip()}")
+    return result
+
+
+def postgres_unavailable_reason() -> str | None:
+    """None when Postgres and Redis answer; otherwise why the postgres mode cannot run."""
+    try:
+        result = psql("SELECT 1", check=False)
+    except FileNotFoundError:
+        return "psql is not installed"
+    except subprocess.TimeoutExpired:
+        return f"Postgres at {PG_HOST}:5432 did not answer within 60 s"
+    if result.returncode != 0:
+        return f"Postgres at {PG_HOST}:5432 is unreachable: {result.stderr.strip()}"
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=5) as conn:
+            conn.sendall(b"PING\r\n")
+            if not conn.recv(64).startswith(b"+PONG"):
+                return "Redis at 127.0.0.1:6379 did not answer PING"
+    except OSError as error:
+        return f"Redis at 127.0.0.1:6379 is unreachable: {error}"
+    return None
+
+
+@dataclass
+class ServerConfig:
+    """Everything that must stay the same for a restarted server to see the same state."""
+
+    mode: str  # "memory" or "postgres"
+    admin_token: str = field(default_factory=new_admin_token)
+    database: Database | None = None
+    secret_store_kek: str = field(default_factory=lambda: secrets.token_hex(32))
+    streams_hmac_key: str = field(default_factory=lambda: secrets.token_hex(32))
+
+    def argv(self) -> list[str]:
+        if self.mode == "memory":
+            return ["dev"]
+        return ["serve", "api"]
+
+    def env(self, port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        # A developer's shell may carry real settings; the server under test gets only ours.
+        for name in ("DATABASE_URL", "REDIS_URL", "SECRET_STORE_KEK", "STREAMS_HMAC_KEY"):
+            env.pop(name, None)
+        env.update(RATE_LIMIT_ENV)
+        env.update(
+            {
+                "CARACAL_ADMIN_TOKEN": self.admin_token,
+                "API_HOST": "127.0.0.1",
+                "API_PORT": str(port),
+                "RUST_BACKTRACE": "1",
+            }
+        )
+        if self.mode == "postgres":
+            assert self.database is not None
+            env.update(
+                {
+                    "DATABASE_URL": self.database.url,
+                    "REDIS_URL": REDIS_URL,
+                    "SECRET_STORE_KEK": self.secret_store_kek,
+                    "STREAMS_HMAC_KEY": self.streams_hmac_key,
+                }
+            )
+        return env
+
+
+class CaracalServer:
+    """One running `caracal` process; its output goes to a file so a full pipe never blocks it."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = tempfile.NamedTemporaryFile(
+            prefix=f"caracal-{config.mode}-", suffix=".log", delete=False
+        )
+        self.log_path = Path(self._log.name)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @property
+    def admin_token(self) -> str:
+        return self.config.admin_token
+
+    def start(self) -> CaracalServer:
+        binary = caracal_binary()
+        if not binary.is_file():
+            raise RuntimeError(
+                f"caracal binary not found at {binary}; build it (`cargo build -p caracal`) "
+                "or set CARACAL_BIN"
+            )
+        self.process = subprocess.Popen(
+            [str(binary), *self.config.argv()],
+            env=self.config.env(self.port),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"caracal {' '.join(self.config.argv())} exited with status "
+                    f"{self.process.returncode} before answering /health\n{self.output()}"
+                )
+            try:
+                res = httpx.get(self.url + "/health", timeout=2.0)
+                if res.status_code == 200 and res.json() == {"ok": True}:
+                    return
+                last_error = f"HTTP {res.status_code}: {res.text[:200]}"
+            except (httpx.HTTPError, ValueError) as error:
+                last_error = repr(error)
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"caracal did not answer GET /health with {{\"ok\":true}} within "
+            f"{HEALTH_TIMEOUT_SECONDS:.0f} s (last: {last_error})\n{self.output()}"
+        )
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after a grace period; returns the exit status."""
+        if self.process is None:
+            return self.exit_code
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+                self.exit_code = None
+                self.process = None
+                self._log.flush()
+                return None
+        self.exit_code = self.process.returncode
+        self.process = None
+        self._log.flush()
+        return self.exit_code
+
+    def output(self, tail_chars: int = 20000) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace")
+        if len(text) > tail_chars:
+            text = "…" + text[-tail_chars:]
+        return f"----- caracal {self.mode} output -----\n{text}----- end -----"
+
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
