@@ -23,6 +23,7 @@ HEALTH_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 PG_HOST = "127.0.0.1"
 PG_USER = "postgres"
+PG_PORT = os.environ.get("PGPORT", "5432")
 REDIS_URL = "redis://127.0.0.1:6379"
 
 # The upstream per-minute limits (600 /v1 requests per IP, 60 failed logins per IP) are real
@@ -62,7 +63,7 @@ class Database:
 
     @property
     def url(self) -> str:
-        return f"postgres://{PG_USER}@{PG_HOST}:5432/{self.name}"
+        return f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{self.name}"
 
     def create(self) -> None:
         psql(f"CREATE DATABASE {self.name}")
@@ -92,9 +93,9 @@ def postgres_unavailable_reason() -> str | None:
     except FileNotFoundError:
         return "psql is not installed"
     except subprocess.TimeoutExpired:
-        return f"Postgres at {PG_HOST}:5432 did not answer within 60 s"
+        return f"Postgres at {PG_HOST}:{PG_PORT} did not answer within 60 s"
     if result.returncode != 0:
-        return f"Postgres at {PG_HOST}:5432 is unreachable: {result.stderr.strip()}"
+        return f"Postgres at {PG_HOST}:{PG_PORT} is unreachable: {' '.join(result.stderr.split())}"
     try:
         with socket.create_connection(("127.0.0.1", 6379), timeout=5) as conn:
             conn.sendall(b"PING\r\n")
