@@ -1,1 +1,8 @@
-//! Redis adapter (deadpool-redis): event bus on Redis Streams.
+//! Redis adapter (deadpool-redis): the event bus on Redis Streams. Its connection pool is public so
+//! the other Redis-backed ports (JTI replay guard, rate limits, revocation) share one pool.
+
+#![forbid(unsafe_code)]
+
+pub mod bus;
+
+pub use bus::RedisBus;

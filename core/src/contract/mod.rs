@@ -1,1 +1,2 @@
 //! Port contract suites: one per port, run by every adapter's tests.
+pub mod events;

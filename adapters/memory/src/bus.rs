@@ -1,0 +1,384 @@
+//! The in-process event bus: Redis Streams semantics for one process (`caracal dev`, tests).
+//!
+//! What it keeps from Redis, because services depend on it: per-stream order; `<ms>-<seq>` entry
+//! ids that only grow; consumer groups that each have a last-delivered cursor and a pending list;
+//! `>` reads that hand each entry to one consumer of a group once; blocking reads that wake on
+//! publish; `MAXLEN 100000` trimming; and the same refusals (no fields, unknown group). What it
+//! drops: persistence and sharing across processes, which is why memory mode is all-in-one only.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use caracal_core::ports::events::{BusError, Delivery, EventBus};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Cap on entries kept per stream, as producers' `MAXLEN ~ 100000` (api.md §4).
+pub const DEFAULT_MAX_LEN: usize = 100_000;
+
+/// A stream entry id: milliseconds and a sequence within that millisecond. Ordered like Redis ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+struct EntryId {
+    ms: u64,
+    seq: u64,
+}
+
+impl EntryId {
+    /// Parses `<ms>-<seq>` or `<ms>` (Redis reads a bare `<ms>` as `<ms>-0`).
+    fn parse(text: &str) -> Option<EntryId> {
+        let (ms, seq) = match text.split_once('-') {
+            Some((ms, seq)) => (ms, seq),
+            None => (text, "0"),
+        };
+        Some(EntryId {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+
+    /// The id a new entry gets: the wall clock if it moved past `last`, else `last` plus one in
+    /// sequence, so ids grow strictly even when the clock stalls or steps back.
+    fn next_after(last: EntryId, now_ms: u64) -> EntryId {
+        if now_ms > last.ms {
+            return EntryId { ms: now_ms, seq: 0 };
+        }
+        match last.seq.checked_add(1) {
+            Some(seq) => EntryId { ms: last.ms, seq },
+            None => EntryId {
+                ms: last.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: EntryId,
+    fields: Vec<(String, String)>,
+}
+
+/// One consumer group: where `>` reads resume, and what was delivered but not yet acked (by
+/// whom), as Redis' PEL. Entries trimmed from the stream stay pending until acked, as in Redis.
+#[derive(Debug, Default)]
+struct Group {
+    last_delivered: EntryId,
+    pending: BTreeMap<EntryId, String>,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    entries: VecDeque<Entry>,
+    last_id: EntryId,
+    groups: HashMap<String, Group>,
+    /// Woken on every publish to this stream; blocked readers wait on it.
+    published: Arc<Notify>,
+}
+
+impl Stream {
+    /// Delivers up to `count` (0 = no limit, like Redis `COUNT 0`) never-delivered entries to
+    /// `consumer`, moving the group's cursor and recording them as pending.
+    fn deliver(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let state = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| no_group(stream, group))?;
+        let start = self
+            .entries
+            .partition_point(|entry| entry.id <= state.last_delivered);
+        let limit = if count == 0 { usize::MAX } else { count };
+        let mut delivered = Vec::new();
+        for entry in self.entries.iter().skip(start).take(limit) {
+            state.last_delivered = entry.id;
+            state.pending.insert(entry.id, consumer.to_string());
+            delivered.push(Delivery {
+                entry_id: entry.id.to_string(),
+                fields: entry.fields.clone(),
+            });
+        }
+        Ok(delivered)
+    }
+}
+
+/// [`EventBus`] in process memory, with the Redis Streams semantics the services rely on.
+///
+/// Cheap to share behind an `Arc`; every method takes `&self`. The state sits behind one
+/// `std::sync::Mutex` that is never held across an `.await`: blocked readers wait on the stream's
+/// [`Notify`] with the lock released.
+pub struct MemoryBus {
+    streams: Mutex<HashMap<String, Stream>>,
+    max_len: usize,
+}
+
+impl MemoryBus {
+    /// An empty bus trimming each stream to [`DEFAULT_MAX_LEN`] entries, as the producers' `MAXLEN`.
+    pub fn new() -> MemoryBus {
+        MemoryBus::with_max_len(DEFAULT_MAX_LEN)
+    }
+
+    /// An empty bus keeping at most `max_len` entries per stream (at least one), oldest trimmed
+    /// first; for tests of trimming without publishing a hundred thousand entries.
+    pub fn with_max_len(max_len: usize) -> MemoryBus {
+        MemoryBus {
+            streams: Mutex::new(HashMap::new()),
+            max_len: max_len.max(1),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, HashMap<String, Stream>>, BusError> {
+        // A poisoned lock means a panic mid-update; refusing is safer than serving torn state.
+        self.streams
+            .lock()
+            .map_err(|_| BusError::Unavailable("memory bus state poisoned by a panic".into()))
+    }
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        MemoryBus::new()
+    }
+}
+
+impl fmt::Debug for MemoryBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBus")
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
+}
+
+fn no_group(stream: &str, group: &str) -> BusError {
+    BusError::Unavailable(format!(
+        "NOGROUP no stream {stream:?} or consumer group {group:?}"
+    ))
+}
+
+fn now_ms() -> u64 {
+    // A clock before 1970 only makes ids fall back to last-plus-one; never an error.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl EventBus for MemoryBus {
+    async fn publish(&self, stream: &str, fields: &[(String, String)]) -> Result<String, BusError> {
+        if fields.is_empty() {
+            return Err(BusError::Unavailable(
+                "an entry needs at least one field (as XADD)".into(),
+            ));
+        }
+        let mut streams = self.lock()?;
+        let state = streams.entry(stream.to_string()).or_default();
+        let id = EntryId::next_after(state.last_id, now_ms());
+        state.last_id = id;
+        state.entries.push_back(Entry {
+            id,
+            fields: fields.to_vec(),
+        });
+        while state.entries.len() > self.max_len {
+            state.entries.pop_front();
+        }
+        // Readers register their `Notified` under the lock before releasing it, so this wake-up
+        // cannot fall between their check and their wait.
+        state.published.notify_waiters();
+        Ok(id.to_string())
+    }
+
+    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
+        let mut streams = self.lock()?;
+        streams
+            .entry(stream.to_string())
+            .or_default()
+            .groups
+            .entry(group.to_string())
+            .or_default();
+        Ok(())
+    }
+
+    async fn read_group(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let deadline = Instant::now() + Duration::from_millis(block_ms);
+        loop {
+            let published: Arc<Notify>;
+            let notified;
+            {
+                let mut streams = self.lock()?;
+                let state = streams
+                    .get_mut(stream)
+                    .ok_or_else(|| no_group(stream, group))?;
+                let delivered = state.deliver(stream, group, consumer, count)?;
+                if !delivered.is_empty() || block_ms == 0 || Instant::now() >= deadline {
+                    return Ok(delivered);
+                }
+                published = Arc::clone(&state.published);
+                // Created while the lock is held: a publish after the unlock wakes it.
+                notified = published.notified();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+            // Woken by a publish; another consumer may have taken the entries, so check again.
+        }
+    }
+
+    async fn ack(&self, stream: &str, group: &str, entry_ids: &[String]) -> Result<(), BusError> {
+        let ids = entry_ids
+            .iter()
+            .map(|text| {
+                EntryId::parse(text).ok_or_else(|| {
+                    BusError::Unavailable(format!("invalid stream entry id {text:?}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut streams = self.lock()?;
+        // As XACK: an unknown stream or group acknowledges nothing and is not an error.
+        if let Some(state) = streams
+            .get_mut(stream)
+            .and_then(|state| state.groups.get_mut(group))
+        {
+            for id in ids {
+                state.pending.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.lock().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(n: usize) -> Vec<(String, String)> {
+        vec![("n".to_string(), n.to_string())]
+    }
+
+    #[test]
+    fn ids_grow_when_the_clock_stalls_or_steps_back() {
+        let last = EntryId { ms: 100, seq: 7 };
+        assert_eq!(EntryId::next_after(last, 100), EntryId { ms: 100, seq: 8 });
+        assert_eq!(EntryId::next_after(last, 50), EntryId { ms: 100, seq: 8 });
+        assert_eq!(EntryId::next_after(last, 101), EntryId { ms: 101, seq: 0 });
+        let full = EntryId {
+            ms: 100,
+            seq: u64::MAX,
+        };
+        assert_eq!(EntryId::next_after(full, 100), EntryId { ms: 101, seq: 0 });
+    }
+
+    #[test]
+    fn ids_parse_like_redis() {
+        assert_eq!(EntryId::parse("5-3"), Some(EntryId { ms: 5, seq: 3 }));
+        assert_eq!(EntryId::parse("5"), Some(EntryId { ms: 5, seq: 0 }));
+        assert_eq!(EntryId::parse("x-1"), None);
+        assert_eq!(EntryId::parse("1-"), None);
+        assert_eq!(EntryId { ms: 5, seq: 3 }.to_string(), "5-3");
+    }
+
+    #[tokio::test]
+    async fn trimming_drops_the_oldest_entries_beyond_the_cap() {
+        let bus = MemoryBus::with_max_len(3);
+        bus.ensure_group("s", "g").await.expect("ensure group");
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            ids.push(bus.publish("s", &fields(n)).await.expect("publish"));
+        }
+        let got = bus.read_group("s", "g", "c", 10, 0).await.expect("read");
+        let got_ids: Vec<String> = got.into_iter().map(|d| d.entry_id).collect();
+        assert_eq!(
+            got_ids,
+            ids[2..].to_vec(),
+            "only the newest 3 entries remain"
+        );
+    }
+
+    #[tokio::test]
+    async fn read_and_ack_maintain_the_pending_list() {
+        let bus = MemoryBus::new();
+        bus.ensure_group("s", "g").await.expect("ensure group");
+        let first = bus.publish("s", &fields(1)).await.expect("publish");
+        let second = bus.publish("s", &fields(2)).await.expect("publish");
+        bus.read_group("s", "g", "a", 1, 0).await.expect("read a");
+        bus.read_group("s", "g", "b", 1, 0).await.expect("read b");
+        let pending = |bus: &MemoryBus| -> Vec<(String, String)> {
+            let streams = bus.lock().expect("lock");
+            streams["s"].groups["g"]
+                .pending
+                .iter()
+                .map(|(id, consumer)| (id.to_string(), consumer.clone()))
+                .collect()
+        };
+        assert_eq!(
+            pending(&bus),
+            vec![
+                (first.clone(), "a".to_string()),
+                (second.clone(), "b".to_string())
+            ]
+        );
+        bus.ack("s", "g", std::slice::from_ref(&first))
+            .await
+            .expect("ack");
+        assert_eq!(pending(&bus), vec![(second, "b".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn ack_rejects_malformed_ids_and_changes_nothing() {
+        let bus = MemoryBus::new();
+        bus.ensure_group("s", "g").await.expect("ensure group");
+        let id = bus.publish("s", &fields(1)).await.expect("publish");
+        bus.read_group("s", "g", "c", 10, 0).await.expect("read");
+        let result = bus.ack("s", "g", &[id, "not-an-id".to_string()]).await;
+        assert!(result.is_err(), "a malformed id must be refused");
+        let streams = bus.lock().expect("lock");
+        assert_eq!(streams["s"].groups["g"].pending.len(), 1, "nothing acked");
+    }
+
+    #[tokio::test]
+    async fn a_blocked_reader_wakes_for_its_stream_only_when_entries_arrive() {
+        let bus = Arc::new(MemoryBus::new());
+        bus.ensure_group("s", "g").await.expect("ensure group");
+        let reader = {
+            let bus = Arc::clone(&bus);
+            tokio::spawn(async move { bus.read_group("s", "g", "c", 10, 2_000).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bus.publish("other", &fields(0))
+            .await
+            .expect("publish other");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !reader.is_finished(),
+            "a publish elsewhere must not end the read"
+        );
+        let id = bus.publish("s", &fields(1)).await.expect("publish");
+        let got = reader.await.expect("join").expect("read");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].entry_id, id);
+    }
+}

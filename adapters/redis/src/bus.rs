@@ -1,0 +1,368 @@
+//! [`EventBus`] over Redis Streams: `XADD … MAXLEN ~ 100000`, consumer groups created from the
+//! start of the stream, `XREADGROUP … >` and `XACK`.
+//!
+//! Stream and group names go to Redis exactly as given: they are a wire contract shared with the
+//! upstream services (`caracal.audit.events`, `audit-ingestor`, …), so there is no prefixing.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use caracal_core::ports::events::{BusError, Delivery, EventBus};
+use deadpool_redis::{Connection, Manager, Pool, Runtime};
+use redis::{AsyncConnectionConfig, Value};
+
+/// `MAXLEN ~` on every publish, as the upstream outbox dispatchers (api.md §4,
+/// `OUTBOX_STREAM_MAXLEN`): streams stay bounded even if a consumer group stalls.
+pub const STREAM_MAX_LEN: u64 = 100_000;
+
+/// How long opening a connection may take before the bus counts as unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a non-blocking command may wait for its reply. Blocking reads get this on top of
+/// their `block_ms`.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a caller waits for a free pooled connection, so an exhausted pool surfaces as an
+/// error (the audit path then spools) instead of hanging a request.
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The event bus on Redis Streams, over a deadpool-redis pool.
+///
+/// Cheap to clone (the pool is reference-counted). Blocking reads hold one pooled connection for
+/// up to `block_ms`, since Redis answers nothing else on a connection while it blocks; size the
+/// pool for the number of concurrent consumers plus the producers.
+#[derive(Clone)]
+pub struct RedisBus {
+    pool: Pool,
+}
+
+impl fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: show the pool's shape only.
+        f.debug_struct("RedisBus")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl RedisBus {
+    /// Builds a pool for `url` (`redis://[:password@]host:port[/db]`, as `REDIS_URL`).
+    ///
+    /// Connections open lazily: a bad URL fails here, an unreachable server only at the first
+    /// command (call [`EventBus::ping`] to check). Commands time out after a few seconds rather
+    /// than hang a request on a stalled Redis.
+    pub fn connect(url: &str) -> Result<RedisBus, BusError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        // The error text never includes the URL, which may hold the password.
+        let manager = Manager::new_with_config(url, config)
+            .map_err(|e| unavailable("invalid Redis URL", e))?;
+        let pool = Pool::builder(manager)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(RESPONSE_TIMEOUT))
+            .build()
+            .map_err(|e| unavailable("building the Redis pool", e))?;
+        Ok(RedisBus::from_pool(pool))
+    }
+
+    /// Wraps an existing pool, e.g. one shared with the other Redis-backed ports. Its
+    /// connections' own timeouts apply, except that blocking reads extend theirs by `block_ms`.
+    pub fn from_pool(pool: Pool) -> RedisBus {
+        RedisBus { pool }
+    }
+
+    /// The underlying pool, for the other Redis-backed ports (replay guard, rate limits,
+    /// revocation) so one process keeps one set of connections.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn connection(&self) -> Result<Connection, BusError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| unavailable("no Redis connection", e))
+    }
+}
+
+fn unavailable(context: &str, error: impl fmt::Display) -> BusError {
+    BusError::Unavailable(format!("{context}: {error}"))
+}
+
+/// Returns a pooled connection to the pool only once a blocking command on it has completed.
+///
+/// Redis answers nothing else on a connection until its blocking command ends, so a connection
+/// whose `XREADGROUP … BLOCK` failed or was cancelled (the caller dropped the future) must not be
+/// handed to the next caller: it is taken out of the pool and closed instead.
+struct BlockingLease {
+    conn: Option<Connection>,
+    completed: bool,
+}
+
+impl Drop for BlockingLease {
+    fn drop(&mut self) {
+        if !self.completed {
+            if let Some(conn) = self.conn.take() {
+                drop(Connection::take(conn));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisBus {
+    async fn publish(&self, stream: &str, fields: &[(String, String)]) -> Result<String, BusError> {
+        if fields.is_empty() {
+            return Err(BusError::Unavailable(
+                "an entry needs at least one field (as XADD)".into(),
+            ));
+        }
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAX_LEN)
+            .arg("*");
+        for (name, value) in fields {
+            cmd.arg(name).arg(value);
+        }
+        let mut conn = self.connection().await?;
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XADD failed", e))?;
+        text(reply).ok_or_else(|| BusError::Unavailable("XADD replied without an entry id".into()))
+    }
+
+    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
+        let mut conn = self.connection().await?;
+        let created: Result<Value, redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // Another replica (or an earlier start) created it: the group and its cursor stand.
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable("XGROUP CREATE failed", e)),
+        }
+    }
+
+    async fn read_group(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(group).arg(consumer);
+        // COUNT 0 would mean "no limit" to Redis too; leaving it out says so plainly.
+        if count > 0 {
+            cmd.arg("COUNT").arg(count);
+        }
+        // BLOCK 0 makes Redis wait forever; the port's 0 means "do not wait", so no BLOCK at all.
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS").arg(stream).arg(">");
+
+        let reply: Value = if block_ms == 0 {
+            let mut conn = self.connection().await?;
+            cmd.query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable("XREADGROUP failed", e))?
+        } else {
+            let mut lease = BlockingLease {
+                conn: Some(self.connection().await?),
+                completed: false,
+            };
+            let Some(pooled) = lease.conn.as_ref() else {
+                return Err(BusError::Unavailable("Redis connection lost".into()));
+            };
+            // A clone shares the socket but has its own reply timeout, so the pooled
+            // connection keeps the short one for the next caller.
+            let mut blocking = (**pooled).clone();
+            blocking.set_response_timeout(
+                Duration::from_millis(block_ms).saturating_add(RESPONSE_TIMEOUT),
+            );
+            let reply = cmd
+                .query_async(&mut blocking)
+                .await
+                .map_err(|e| unavailable("XREADGROUP failed", e))?;
+            lease.completed = true;
+            reply
+        };
+        deliveries(reply)
+    }
+
+    async fn ack(&self, stream: &str, group: &str, entry_ids: &[String]) -> Result<(), BusError> {
+        // XACK with no ids is a syntax error to Redis; acknowledging nothing is simply done.
+        if entry_ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(stream).arg(group);
+        for id in entry_ids {
+            cmd.arg(id);
+        }
+        let mut conn = self.connection().await?;
+        let _acked: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XACK failed", e))?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let mut conn = self.connection().await?;
+        let _pong: Value = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("PING failed", e))?;
+        Ok(())
+    }
+}
+
+/// A reply value as text, if it is a string of valid UTF-8 (fields are `String`s in the port;
+/// lossy decoding would silently break `_sig` verification downstream).
+fn text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
+fn malformed(what: &str) -> BusError {
+    BusError::Unavailable(format!("unexpected XREADGROUP reply: {what}"))
+}
+
+/// Decodes an `XREADGROUP` reply for one stream: nil when nothing came; otherwise, per stream, a
+/// list of `[id, [name, value, …]]` entries, as an array of `[stream, entries]` pairs (RESP2) or
+/// a map from stream to entries (RESP3).
+fn deliveries(reply: Value) -> Result<Vec<Delivery>, BusError> {
+    let per_stream: Vec<Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|pair| match pair {
+                Value::Array(mut pair) if pair.len() == 2 => Ok(pair.swap_remove(1)),
+                _ => Err(malformed("stream item is not a [name, entries] pair")),
+            })
+            .collect::<Result<_, _>>()?,
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        _ => return Err(malformed("neither nil, an array nor a map")),
+    };
+    let mut out = Vec::new();
+    for entries in per_stream {
+        let Value::Array(entries) = entries else {
+            return Err(malformed("entries are not an array"));
+        };
+        for entry in entries {
+            out.push(delivery(entry)?);
+        }
+    }
+    Ok(out)
+}
+
+fn delivery(entry: Value) -> Result<Delivery, BusError> {
+    let Value::Array(parts) = entry else {
+        return Err(malformed("entry is not an array"));
+    };
+    let mut parts = parts.into_iter();
+    let entry_id = parts
+        .next()
+        .and_then(text)
+        .ok_or_else(|| malformed("entry id missing or not text"))?;
+    let flat = match parts.next() {
+        Some(Value::Array(flat)) => flat,
+        // An entry trimmed while pending comes back with nil fields.
+        Some(Value::Nil) | None => Vec::new(),
+        Some(Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        Some(_) => return Err(malformed("entry fields are not a list")),
+    };
+    if flat.len() % 2 != 0 {
+        return Err(malformed("odd number of field names and values"));
+    }
+    let mut fields = Vec::with_capacity(flat.len() / 2);
+    let mut flat = flat.into_iter();
+    while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+        let name = text(name).ok_or_else(|| malformed("field name is not UTF-8 text"))?;
+        let value = text(value).ok_or_else(|| malformed("field value is not UTF-8 text"))?;
+        fields.push((name, value));
+    }
+    Ok(Delivery { entry_id, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn nil_reply_means_nothing_delivered() {
+        assert_eq!(deliveries(Value::Nil).ok(), Some(Vec::new()));
+    }
+
+    #[test]
+    fn resp2_and_resp3_replies_decode_alike() {
+        let entries = Value::Array(vec![Value::Array(vec![
+            bulk("1-0"),
+            Value::Array(vec![bulk("b"), bulk("2"), bulk("a"), bulk("")]),
+        ])]);
+        let expected = vec![Delivery {
+            entry_id: "1-0".into(),
+            fields: vec![("b".into(), "2".into()), ("a".into(), String::new())],
+        }];
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("s"), entries.clone()])]);
+        let resp3 = Value::Map(vec![(bulk("s"), entries)]);
+        assert_eq!(deliveries(resp2).ok(), Some(expected.clone()));
+        assert_eq!(deliveries(resp3).ok(), Some(expected));
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        let odd = Value::Array(vec![Value::Array(vec![
+            bulk("s"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![bulk("k")]),
+            ])]),
+        ])]);
+        assert!(deliveries(odd).is_err());
+        let not_utf8 = Value::Array(vec![Value::Array(vec![
+            bulk("s"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![bulk("k"), Value::BulkString(vec![0xff])]),
+            ])]),
+        ])]);
+        assert!(deliveries(not_utf8).is_err());
+        assert!(deliveries(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_echoing_it() {
+        let err = RedisBus::connect("nota://user:s3cret@host").err();
+        let message = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(!message.is_empty(), "a non-Redis URL must be refused");
+        assert!(
+            !message.contains("s3cret"),
+            "the password leaked: {message}"
+        );
+    }
+}

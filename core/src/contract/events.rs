@@ -1,0 +1,455 @@
+//! The `EventBus` contract: what every bus adapter (Redis Streams, the in-process bus) must do the
+//! same way, so that a service wired to either sees identical delivery semantics.
+//!
+//! Each case uses its own stream, named by [`stream_name`] from the case name and the caller's
+//! `unique` suffix, so runs against a shared Redis never see each other's entries and the caller
+//! can delete every stream a run touched ([`streams_used`]).
+
+use std::time::{Duration, Instant};
+
+use crate::ports::events::{Delivery, EventBus};
+
+/// Case names, one stream each; [`streams_used`] derives the full list from it.
+const CASES: &[&str] = &[
+    "ids",
+    "empty-fields",
+    "ensure-group",
+    "group-start",
+    "order",
+    "count",
+    "no-redelivery",
+    "split",
+    "groups",
+    "ack",
+    "missing-group",
+    "block-wakes",
+    "block-timeout",
+    "no-block",
+    "roundtrip",
+];
+
+/// The stream a contract case writes to: `caracal.contract.<case>.<unique>`.
+///
+/// The prefix keeps contract streams away from the wire-contract names (`caracal.audit.events`, …)
+/// so a run against a real Redis can never touch production topics.
+pub fn stream_name(case: &str, unique: &str) -> String {
+    format!("caracal.contract.{case}.{unique}")
+}
+
+/// Every stream a full run with `unique` may create, so adapters backed by shared storage can
+/// delete them afterwards (even after a failed assertion).
+pub fn streams_used(unique: &str) -> Vec<String> {
+    CASES.iter().map(|case| stream_name(case, unique)).collect()
+}
+
+/// Runs every case of the contract, in order. `unique` must differ between runs that share
+/// storage (a random suffix), since entries published by one run would otherwise be read by the
+/// next.
+pub async fn run_all(bus: &dyn EventBus, unique: &str) {
+    publish_returns_increasing_ids(bus, unique).await;
+    publish_rejects_entry_without_fields(bus, unique).await;
+    ensure_group_is_idempotent(bus, unique).await;
+    group_starts_at_beginning_of_stream(bus, unique).await;
+    read_group_delivers_in_order_with_exact_fields(bus, unique).await;
+    read_group_honours_count(bus, unique).await;
+    read_group_does_not_redeliver(bus, unique).await;
+    consumers_in_one_group_split_entries(bus, unique).await;
+    every_group_sees_every_entry(bus, unique).await;
+    ack_is_idempotent_and_final(bus, unique).await;
+    read_group_without_group_fails(bus, unique).await;
+    blocking_read_returns_entry_published_meanwhile(bus, unique).await;
+    blocking_read_returns_empty_after_timeout(bus, unique).await;
+    zero_block_does_not_wait(bus, unique).await;
+    unicode_and_empty_values_round_trip(bus, unique).await;
+}
+
+/// Entry ids have the `<ms>-<seq>` shape and grow strictly with each publish on one stream:
+/// consumers and the outbox dispatcher rely on stream order being publish order.
+pub async fn publish_returns_increasing_ids(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("ids", unique);
+    let mut previous: Option<(u64, u64)> = None;
+    for n in 0..20 {
+        let id = publish(bus, &stream, &[("n", &n.to_string())]).await;
+        let parsed = parse_entry_id(&id)
+            .unwrap_or_else(|| panic!("publish returned {id:?}, not an `<ms>-<seq>` entry id"));
+        if let Some(prev) = previous {
+            assert!(
+                parsed > prev,
+                "entry id {id:?} is not greater than the previous one {prev:?}"
+            );
+        }
+        previous = Some(parsed);
+    }
+}
+
+/// An entry must carry at least one field (Redis refuses `XADD s *` with none), so the memory
+/// bus must refuse it too rather than accept what production would reject.
+pub async fn publish_rejects_entry_without_fields(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("empty-fields", unique);
+    assert!(
+        bus.publish(&stream, &[]).await.is_err(),
+        "publishing an entry with no fields must fail, as XADD does"
+    );
+}
+
+/// Every consumer calls `ensure_group` at start-up, on every replica: the second call must
+/// succeed (Redis BUSYGROUP is success), and it must work before the stream exists (MKSTREAM).
+pub async fn ensure_group_is_idempotent(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("ensure-group", unique);
+    ensure(bus, &stream, "g").await;
+    ensure(bus, &stream, "g").await;
+    let id = publish(bus, &stream, &[("k", "v")]).await;
+    ensure(bus, &stream, "g").await;
+    let got = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(
+        ids(&got),
+        vec![id],
+        "a re-ensured group must keep its cursor and deliver the entry once"
+    );
+}
+
+/// A group is created at the start of the stream, so entries published before the consumer
+/// first started are still delivered (nothing an outbox dispatched early is lost).
+pub async fn group_starts_at_beginning_of_stream(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("group-start", unique);
+    let first = publish(bus, &stream, &[("n", "1")]).await;
+    let second = publish(bus, &stream, &[("n", "2")]).await;
+    ensure(bus, &stream, "late").await;
+    let got = read(bus, &stream, "late", "c", 10, 0).await;
+    assert_eq!(
+        ids(&got),
+        vec![first, second],
+        "a group created after entries were published must deliver them from the start"
+    );
+}
+
+/// Entries come back in publish order, each with its id and its fields exactly as published,
+/// in their published order (signatures are computed over the exact strings).
+pub async fn read_group_delivers_in_order_with_exact_fields(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("order", unique);
+    ensure(bus, &stream, "g").await;
+    let published: Vec<Vec<(String, String)>> = vec![
+        owned(&[
+            ("zone_id", "zone_a"),
+            ("session_id", "ar_1"),
+            ("reason", "x"),
+        ]),
+        owned(&[("z", "last-first"), ("a", "first-last")]),
+        owned(&[("outbox_id", "0197a000-0000-7000-8000-000000000001")]),
+    ];
+    let mut expected = Vec::new();
+    for fields in &published {
+        let entry_id = bus
+            .publish(&stream, fields)
+            .await
+            .unwrap_or_else(|e| panic!("publish to {stream} failed: {e}"));
+        expected.push(Delivery {
+            entry_id,
+            fields: fields.clone(),
+        });
+    }
+    let got = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(
+        got, expected,
+        "read_group must return every entry in publish order with exact fields"
+    );
+}
+
+/// `count` caps one read; the rest stay for the next read, still in order.
+pub async fn read_group_honours_count(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("count", unique);
+    ensure(bus, &stream, "g").await;
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(publish(bus, &stream, &[("n", &n.to_string())]).await);
+    }
+    let first = read(bus, &stream, "g", "c", 2, 0).await;
+    assert_eq!(
+        ids(&first),
+        published[..2].to_vec(),
+        "a read with count 2 must return the two oldest undelivered entries"
+    );
+    let second = read(bus, &stream, "g", "c", 2, 0).await;
+    assert_eq!(
+        ids(&second),
+        published[2..].to_vec(),
+        "the next read must continue where the previous one stopped"
+    );
+}
+
+/// Reading with `>` semantics never hands an entry to the group twice, acknowledged or not:
+/// unacknowledged entries wait in the pending list, not in the new-entries feed.
+pub async fn read_group_does_not_redeliver(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("no-redelivery", unique);
+    ensure(bus, &stream, "g").await;
+    publish(bus, &stream, &[("n", "1")]).await;
+    publish(bus, &stream, &[("n", "2")]).await;
+    let first = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(first.len(), 2, "the first read must deliver both entries");
+    let again = read(bus, &stream, "g", "c", 10, 0).await;
+    assert!(
+        again.is_empty(),
+        "a second read must not redeliver unacknowledged entries, got {again:?}"
+    );
+    let other_consumer = read(bus, &stream, "g", "other", 10, 0).await;
+    assert!(
+        other_consumer.is_empty(),
+        "another consumer of the same group must not receive delivered entries, got {other_consumer:?}"
+    );
+    let newer = publish(bus, &stream, &[("n", "3")]).await;
+    let third = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(
+        ids(&third),
+        vec![newer],
+        "only the entry published after the reads must be delivered"
+    );
+}
+
+/// Consumers of one group share the work: every entry goes to exactly one of them (this is how
+/// several replicas of a service split a topic).
+pub async fn consumers_in_one_group_split_entries(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("split", unique);
+    ensure(bus, &stream, "workers").await;
+    let mut published = Vec::new();
+    for n in 0..4 {
+        published.push(publish(bus, &stream, &[("n", &n.to_string())]).await);
+    }
+    let a = read(bus, &stream, "workers", "a", 2, 0).await;
+    let b = read(bus, &stream, "workers", "b", 10, 0).await;
+    assert_eq!(
+        ids(&a),
+        published[..2].to_vec(),
+        "consumer a must get the two oldest entries"
+    );
+    assert_eq!(
+        ids(&b),
+        published[2..].to_vec(),
+        "consumer b must get exactly the entries a did not"
+    );
+    let a_again = read(bus, &stream, "workers", "a", 10, 0).await;
+    let b_again = read(bus, &stream, "workers", "b", 10, 0).await;
+    assert!(
+        a_again.is_empty() && b_again.is_empty(),
+        "no entry may be delivered twice within a group (a: {a_again:?}, b: {b_again:?})"
+    );
+}
+
+/// Groups are independent: each sees every entry, and one group's reads and acks do not move
+/// another's cursor (the STS and every Gateway host each consume the revocation topic fully).
+pub async fn every_group_sees_every_entry(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("groups", unique);
+    ensure(bus, &stream, "sts").await;
+    ensure(bus, &stream, "gateway").await;
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(publish(bus, &stream, &[("n", &n.to_string())]).await);
+    }
+    let sts = read(bus, &stream, "sts", "c", 10, 0).await;
+    assert_eq!(
+        ids(&sts),
+        published,
+        "group sts must see every entry in order"
+    );
+    ack(bus, &stream, "sts", &ids(&sts)).await;
+    let gateway = read(bus, &stream, "gateway", "c", 10, 0).await;
+    assert_eq!(
+        ids(&gateway),
+        published,
+        "group gateway must see every entry even after sts read and acknowledged them"
+    );
+}
+
+/// Acknowledging is final and idempotent: acked entries never come back, acking twice, acking
+/// nothing and acking an id that was never pending all succeed (at-least-once consumers ack after
+/// processing and may ack the same entry again after a retry).
+pub async fn ack_is_idempotent_and_final(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("ack", unique);
+    ensure(bus, &stream, "g").await;
+    publish(bus, &stream, &[("n", "1")]).await;
+    publish(bus, &stream, &[("n", "2")]).await;
+    let got = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "both entries must be delivered before the ack"
+    );
+    let delivered = ids(&got);
+    ack(bus, &stream, "g", &delivered).await;
+    ack(bus, &stream, "g", &delivered).await;
+    ack(bus, &stream, "g", &[]).await;
+    ack(bus, &stream, "g", &["1-1".to_string()]).await;
+    let after = read(bus, &stream, "g", "c", 10, 0).await;
+    assert!(
+        after.is_empty(),
+        "acknowledged entries must never be redelivered, got {after:?}"
+    );
+    let next = publish(bus, &stream, &[("n", "3")]).await;
+    let later = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(
+        ids(&later),
+        vec![next],
+        "acks must not disturb delivery of later entries"
+    );
+}
+
+/// Reading through a group that was never created fails (Redis NOGROUP) instead of silently
+/// returning nothing, so a consumer that skipped `ensure_group` is noticed.
+pub async fn read_group_without_group_fails(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("missing-group", unique);
+    assert!(
+        bus.read_group(&stream, "never-created", "c", 10, 0)
+            .await
+            .is_err(),
+        "reading a missing stream's group must fail"
+    );
+    publish(bus, &stream, &[("k", "v")]).await;
+    assert!(
+        bus.read_group(&stream, "never-created", "c", 10, 0)
+            .await
+            .is_err(),
+        "reading through a group that does not exist must fail"
+    );
+}
+
+/// A blocking read wakes as soon as an entry is published meanwhile, well before its timeout
+/// (revocations must propagate in milliseconds, not at the next poll).
+pub async fn blocking_read_returns_entry_published_meanwhile(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("block-wakes", unique);
+    ensure(bus, &stream, "g").await;
+    let block_ms = 5_000;
+    let started = Instant::now();
+    let reader = read(bus, &stream, "g", "c", 10, block_ms);
+    let publisher = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        publish(bus, &stream, &[("late", "entry")]).await
+    };
+    let (got, published) = tokio::join!(reader, publisher);
+    let elapsed = started.elapsed();
+    assert_eq!(
+        got,
+        vec![Delivery {
+            entry_id: published,
+            fields: owned(&[("late", "entry")]),
+        }],
+        "a blocking read must return the entry published while it waited"
+    );
+    assert!(
+        elapsed < Duration::from_millis(block_ms / 2),
+        "a blocking read must return when the entry arrives, not at its timeout (took {elapsed:?})"
+    );
+}
+
+/// A blocking read with nothing to deliver waits about `block_ms`, then returns empty: it
+/// neither returns early (a busy loop for the caller) nor hangs.
+pub async fn blocking_read_returns_empty_after_timeout(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("block-timeout", unique);
+    ensure(bus, &stream, "g").await;
+    let started = Instant::now();
+    let got = read(bus, &stream, "g", "c", 10, 300).await;
+    let elapsed = started.elapsed();
+    assert!(got.is_empty(), "nothing was published, yet got {got:?}");
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "a read with block_ms 300 must wait for new entries, returned after {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "a read with block_ms 300 must give up near its timeout, took {elapsed:?}"
+    );
+}
+
+/// `block_ms == 0` means "do not wait" (Redis' `BLOCK 0` would wait forever; an adapter must not
+/// pass it through).
+pub async fn zero_block_does_not_wait(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("no-block", unique);
+    ensure(bus, &stream, "g").await;
+    let started = Instant::now();
+    let read_once = bus.read_group(&stream, "g", "c", 10, 0);
+    let got = tokio::time::timeout(Duration::from_secs(5), read_once)
+        .await
+        .unwrap_or_else(|_| panic!("read_group with block_ms 0 waited instead of returning"))
+        .unwrap_or_else(|e| panic!("read_group on {stream} failed: {e}"));
+    let elapsed = started.elapsed();
+    assert!(got.is_empty(), "nothing was published, yet got {got:?}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "read_group with block_ms 0 must return at once, took {elapsed:?}"
+    );
+}
+
+/// Field names and values are opaque strings: unicode, empty strings, newlines, JSON and
+/// repeated names all come back byte for byte and in order.
+pub async fn unicode_and_empty_values_round_trip(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("roundtrip", unique);
+    ensure(bus, &stream, "g").await;
+    let fields = owned(&[
+        ("emoji", "🐆 caracal"),
+        ("ключ", "значение"),
+        ("名前", "値"),
+        ("empty", ""),
+        ("", "empty name"),
+        ("spaces", "  padded  "),
+        ("newline", "line 1\nline 2\r\n"),
+        ("data", r#"{"id":"x","metadata_json":{"a":[1,2,null]}}"#),
+        ("dup", "first"),
+        ("dup", "second"),
+    ]);
+    let entry_id = bus
+        .publish(&stream, &fields)
+        .await
+        .unwrap_or_else(|e| panic!("publish to {stream} failed: {e}"));
+    let got = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(
+        got,
+        vec![Delivery { entry_id, fields }],
+        "fields must round-trip exactly, including unicode, empty and repeated names"
+    );
+}
+
+/// Parses `<ms>-<seq>` into a pair that orders like stream ids do.
+fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries.iter().map(|d| d.entry_id.clone()).collect()
+}
+
+async fn publish(bus: &dyn EventBus, stream: &str, pairs: &[(&str, &str)]) -> String {
+    bus.publish(stream, &owned(pairs))
+        .await
+        .unwrap_or_else(|e| panic!("publish to {stream} failed: {e}"))
+}
+
+async fn ensure(bus: &dyn EventBus, stream: &str, group: &str) {
+    bus.ensure_group(stream, group)
+        .await
+        .unwrap_or_else(|e| panic!("ensure_group {group} on {stream} failed: {e}"));
+}
+
+async fn read(
+    bus: &dyn EventBus,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block_ms: u64,
+) -> Vec<Delivery> {
+    bus.read_group(stream, group, consumer, count, block_ms)
+        .await
+        .unwrap_or_else(|e| panic!("read_group {group}/{consumer} on {stream} failed: {e}"))
+}
+
+async fn ack(bus: &dyn EventBus, stream: &str, group: &str, entry_ids: &[String]) {
+    bus.ack(stream, group, entry_ids)
+        .await
+        .unwrap_or_else(|e| panic!("ack {entry_ids:?} in {group} on {stream} failed: {e}"));
+}
