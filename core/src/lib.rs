@@ -5,6 +5,7 @@
 
 pub mod attribution;
 pub mod digest;
+pub mod dispatch;
 pub mod error;
 pub mod ids;
 pub mod manage;

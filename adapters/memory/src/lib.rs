@@ -1,4 +1,14 @@
-//! Every Caracal port in memory: dev mode and fast tests.
+//! Every Caracal port in memory: the embedded dev mode and fast tests. Semantics match the
+//! Postgres and Redis adapters where it matters (the contract suites in `caracal-core` run
+//! against both), but nothing survives the process.
+
+#![forbid(unsafe_code)]
+
+pub mod store;
+pub mod system;
+
+pub use store::MemoryStore;
+pub use system::{FixedClock, SystemClock, UuidV7Ids};
 
 pub mod bus;
 pub use bus::MemoryBus;

@@ -96,6 +96,19 @@ impl Management {
         Ok(actor)
     }
 
+    /// Whether the zone a path names is in the reserved namespace (mutations there are for the
+    /// bootstrap actor only). An unknown or malformed zone is not reserved; the route answers it.
+    pub async fn zone_is_reserved(&self, zone: &str) -> Result<bool> {
+        let Ok(id) = ZoneId::parse(zone) else {
+            return Ok(false);
+        };
+        let mut uow = self.store.begin(&ZoneScope::All).await?;
+        Ok(uow
+            .get_zone(&id)
+            .await?
+            .is_some_and(|z| zone_is_reserved(&z.name, &z.slug)))
+    }
+
     /// Seeds `CARACAL_ADMIN_TOKEN` as the global write `bootstrap` token created by
     /// `env-bootstrap`, revoking older bootstrap rows so a rotated env token retires the old one.
     pub async fn seed_bootstrap_token(&self, token: &str) -> Result<()> {

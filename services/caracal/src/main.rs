@@ -1,1 +1,78 @@
-fn main() {}
+//! `caracal`: the one binary. `caracal dev` runs every service built so far in one process on
+//! the in-memory store; `caracal serve <svc>` runs on Postgres + Redis; `caracal migrate`
+//! applies the schema.
+
+#![forbid(unsafe_code)]
+
+mod wiring;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+caracal: the authority layer for AI agents
+
+USAGE:
+    caracal dev              all services in one process, in-memory store (state lost on exit)
+    caracal serve api        the API service on Postgres + Redis (DATABASE_URL, REDIS_URL)
+    caracal serve all        every service in one process on Postgres + Redis
+    caracal migrate          apply database migrations to DATABASE_URL and exit
+    caracal help             this text
+
+Configuration is read from environment variables; see the README's configuration table.";
+
+fn init_tracing(dev: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_server=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if dev {
+        builder.compact().init();
+    } else {
+        builder.json().init();
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("caracal: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match words.as_slice() {
+        ["dev"] => {
+            init_tracing(true);
+            runtime.block_on(wiring::dev())
+        }
+        ["serve", "api"] | ["serve", "all"] => {
+            init_tracing(false);
+            runtime.block_on(wiring::serve())
+        }
+        ["serve", other] => Err(format!(
+            "unknown service {other:?}: this build serves `api` (or `all`); the STS, Coordinator, Gateway and Audit are not built yet"
+        )),
+        ["migrate"] => {
+            init_tracing(false);
+            runtime.block_on(wiring::migrate())
+        }
+        ["help"] | ["--help"] | ["-h"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("unrecognised arguments {args:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("caracal: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

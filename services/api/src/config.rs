@@ -1,0 +1,59 @@
+//! API service configuration, from the upstream variable names.
+
+use caracal_http::config::{ConfigError, Env};
+
+/// Tunables of the API service.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `API_HOST` (127.0.0.1).
+    pub host: String,
+    /// `API_PORT` (3000).
+    pub port: u16,
+    /// `API_BODY_LIMIT_BYTES` (1 MiB).
+    pub body_limit: usize,
+    /// `API_READY_OUTBOX_DEAD_MAX` (0): dead outbox rows tolerated before `/ready` fails.
+    pub ready_outbox_dead_max: u64,
+    /// `METRICS_BEARER`: when set, `/metrics` requires it.
+    pub metrics_bearer: Option<String>,
+    /// `CONTROL_AUDIENCE` (caracal-control).
+    pub control_audience: String,
+    /// `API_MAX_RESOURCES_PER_ZONE` (100000).
+    pub max_resources_per_zone: u64,
+    /// `OUTBOX_POLL_MS` (250).
+    pub outbox_poll_ms: u64,
+}
+
+impl ApiConfig {
+    /// Reads the configuration; errors name the variable.
+    pub fn from_env(env: &Env<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            host: env
+                .optional("API_HOST")
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: env.parsed("API_PORT", 3000)?,
+            body_limit: env.parsed("API_BODY_LIMIT_BYTES", 1_048_576)?,
+            ready_outbox_dead_max: env.parsed("API_READY_OUTBOX_DEAD_MAX", 0)?,
+            metrics_bearer: env.optional("METRICS_BEARER"),
+            control_audience: env
+                .optional("CONTROL_AUDIENCE")
+                .unwrap_or_else(|| "caracal-control".into()),
+            max_resources_per_zone: env.parsed("API_MAX_RESOURCES_PER_ZONE", 100_000)?,
+            outbox_poll_ms: env.parsed("OUTBOX_POLL_MS", 250)?,
+        })
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 3000,
+            body_limit: 1_048_576,
+            ready_outbox_dead_max: 0,
+            metrics_bearer: None,
+            control_audience: "caracal-control".into(),
+            max_resources_per_zone: 100_000,
+            outbox_poll_ms: 250,
+        }
+    }
+}
