@@ -15,6 +15,7 @@ use crate::ports::{
 pub mod admin_audit;
 pub mod applications;
 pub mod auth;
+pub mod grants;
 pub mod policies;
 pub mod policy_sets;
 pub mod providers;

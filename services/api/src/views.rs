@@ -199,3 +199,18 @@ pub fn policy_set_version_detail(v: &PolicySetVersion) -> Value {
     out.insert("policies".into(), json!(v.manifest));
     Value::Object(out)
 }
+
+/// A grant row.
+pub fn grant(g: &Grant) -> Value {
+    let mut out = object(json!({
+        "id": g.id,
+        "zone_id": g.zone_id,
+        "application_id": g.application_id,
+        "user_id": g.user_id,
+        "resource_id": g.resource_id,
+        "scopes": g.scopes,
+        "status": g.status,
+    }));
+    attr(&mut out, &g.attr);
+    Value::Object(out)
+}

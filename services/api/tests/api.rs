@@ -419,3 +419,86 @@ async fn pagination_follows_cursors_to_the_end() {
     unique.dedup();
     assert_eq!((seen.len(), unique.len()), (5, 5));
 }
+
+#[actix_web::test]
+async fn grants_and_templates() {
+    let h = harness().await;
+    let app = test::init_service(api_app!(h.state.clone())).await;
+    let (_, zone) = call(&app, "POST", "/v1/zones", Some(json!({"name": "g"}))).await;
+    let z = zone["id"].as_str().expect("zone").to_owned();
+    let (_, a) = call(
+        &app,
+        "POST",
+        &format!("/v1/zones/{z}/applications"),
+        Some(json!({"name": "a", "registration_method": "managed"})),
+    )
+    .await;
+    let (_, p) = call(
+        &app,
+        "POST",
+        &format!("/v1/zones/{z}/providers"),
+        Some(json!({"name": "p", "kind": "bearer_token", "config_json": {"bearer_token": "t"}})),
+    )
+    .await;
+    let (_, r) = call(
+        &app,
+        "POST",
+        &format!("/v1/zones/{z}/resources"),
+        Some(json!({"name": "r", "scopes": ["r:read", "r:write"], "upstream_url": "https://r.example", "credential_provider_id": p["id"]})),
+    )
+    .await;
+    let grants = format!("/v1/zones/{z}/grants");
+    let body = |scopes: Value| json!({"application_id": a["id"], "user_id": "user-1", "resource_id": r["id"], "scopes": scopes});
+    let (status, err) = call(&app, "POST", &grants, Some(body(json!(["r:admin"])))).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (403, Some("grant_scopes_exceed_resource"))
+    );
+    let (status, grant) = call(&app, "POST", &grants, Some(body(json!(["r:read"])))).await;
+    assert_eq!(
+        (status, grant["status"].as_str()),
+        (201, Some("active")),
+        "{grant}"
+    );
+    let (_, list) = call(
+        &app,
+        "GET",
+        &format!("{grants}?scopes=r:read&user_id=user-1"),
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(list["items"][0]["provider_kind"], "bearer_token");
+    let (_, none) = call(&app, "GET", &format!("{grants}?scopes=r:write"), None).await;
+    assert_eq!(none["items"], json!([]));
+    let g = grant["id"].as_str().expect("grant").to_owned();
+    assert_eq!(
+        call(&app, "DELETE", &format!("{grants}/{g}"), None).await.0,
+        204
+    );
+    assert_eq!(
+        call(&app, "DELETE", &format!("{grants}/{g}"), None).await.0,
+        204,
+        "revoking twice is fine"
+    );
+    let (_, revoked) = call(&app, "GET", &format!("{grants}/{g}"), None).await;
+    assert_eq!(revoked["status"], "revoked");
+
+    let (status, templates) = call(&app, "GET", "/v1/policy-templates", None).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = templates
+        .as_array()
+        .expect("bare array")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "application-bindings",
+            "resource-grants",
+            "label-confinement",
+            "zone-restriction"
+        ]
+    );
+}

@@ -8,6 +8,7 @@ use caracal_core::pagination::page_request;
 use caracal_core::ports::store::{Liveness, Page};
 
 pub mod applications;
+pub mod grants;
 pub mod health;
 pub mod policies;
 pub mod policy_sets;
@@ -46,4 +47,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     resources::configure(cfg);
     policies::configure(cfg);
     policy_sets::configure(cfg);
+    grants::configure(cfg);
 }
