@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 /// The keys every mode needs.
 struct Keys {
-    sealer: EnvelopeSealer,
+    sealer: Arc<EnvelopeSealer>,
     streams: Option<Arc<dyn MessageAuthenticator>>,
     audit: Option<Arc<dyn MessageAuthenticator>>,
 }
@@ -46,7 +46,7 @@ fn keys(env: &Env<'_>, dev: bool) -> Result<Keys, String> {
         }
     };
     Ok(Keys {
-        sealer: EnvelopeSealer::new(kek, previous),
+        sealer: Arc::new(EnvelopeSealer::new(kek, previous)),
         streams: hmac("STREAMS_HMAC_KEY")?,
         audit: hmac("AUDIT_HMAC_KEY")?,
     })
@@ -62,7 +62,7 @@ fn management(
         store,
         clock,
         Arc::new(UuidV7Ids),
-        Arc::new(keys.sealer.clone()),
+        keys.sealer.clone(),
         Arc::new(Argon2idHasher::new()),
         Arc::new(RandomSecrets::new()),
         keys.audit.clone(),
