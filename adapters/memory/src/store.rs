@@ -96,7 +96,7 @@ fn page_of<T: Clone>(
             Some(after) => key(row) < (after.created_at, after.id.clone()),
         })
         .collect();
-    rows.sort_by(|a, b| key(b).cmp(&key(a)));
+    rows.sort_by_key(|row| std::cmp::Reverse(key(row)));
     rows.truncate(page.limit as usize);
     rows
 }
@@ -462,7 +462,7 @@ impl PolicyRepo for MemoryUnitOfWork {
             .filter(|v| &v.zone_id == zone && &v.policy_id == policy)
             .cloned()
             .collect();
-        rows.sort_by(|a, b| b.version.cmp(&a.version));
+        rows.sort_by_key(|v| std::cmp::Reverse(v.version));
         Ok(rows)
     }
 
