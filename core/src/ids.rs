@@ -120,3 +120,85 @@ mod tests {
         assert!(ZoneId::parse(&"x".repeat(128)).is_ok());
     }
 }
+
+/// A resource audience (`resource://…`, `https://…`, `urn:…`, or the Control audience): an
+/// absolute URI whose scheme is not `provider` and that carries no userinfo, 1..=512 chars
+/// (`spec/api.md §3.5`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceIdentifier(String);
+
+impl ResourceIdentifier {
+    /// Parses an identifier; `control_audience` is always acceptable.
+    pub fn parse(text: &str, control_audience: &str) -> Result<Self, Error> {
+        if text.is_empty() || text.chars().count() > 512 {
+            return Err(Error::invalid(
+                "invalid_resource",
+                "identifier must be 1 to 512 characters",
+            ));
+        }
+        if !crate::naming::is_resource_identifier(text, control_audience) {
+            return Err(Error::invalid(
+                "invalid_resource_identifier",
+                "identifier must be an absolute URI (e.g. resource://name) and carry no credentials",
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The identifier text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The identifier text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A scope as grants carry it: `^[a-z0-9:_./-]+$`, 1..=200 chars (`spec/api.md §3.9`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Scope(String);
+
+impl Scope {
+    /// Parses a scope.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let ok = !text.is_empty()
+            && text.len() <= 200
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b":_./-".contains(&b));
+        if ok {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(Error::invalid(
+                "invalid_scope",
+                "scope must match ^[a-z0-9:_./-]+$ (1 to 200 chars)",
+            ))
+        }
+    }
+
+    /// The scope text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod newtype_tests {
+    use super::*;
+
+    #[test]
+    fn resource_identifiers_and_scopes_parse() {
+        assert!(ResourceIdentifier::parse("resource://reports", "caracal-control").is_ok());
+        assert_eq!(
+            ResourceIdentifier::parse("reports", "caracal-control")
+                .err()
+                .map(|e| e.code),
+            Some("invalid_resource_identifier")
+        );
+        assert!(Scope::parse("reports:read").is_ok());
+        assert!(Scope::parse("Reports:Read").is_err());
+        assert!(Scope::parse("").is_err());
+    }
+}

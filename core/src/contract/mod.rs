@@ -1,2 +1,3 @@
 //! Port contract suites: one per port, run by every adapter's tests.
 pub mod events;
+pub mod store;

@@ -6,11 +6,9 @@ use serde::Deserialize;
 
 use crate::attribution::Attribution;
 use crate::error::{Error, Result, StoreError};
-use crate::ids::{ProviderId, ResourceId, ZoneId};
+use crate::ids::{ProviderId, ResourceId, ResourceIdentifier, ZoneId};
 use crate::model::{Operation, Resource};
-use crate::naming::{
-    is_reserved_name, is_reserved_resource_identifier, is_resource_identifier, slugify,
-};
+use crate::naming::{is_reserved_name, is_reserved_resource_identifier, slugify};
 use crate::patch::Patch;
 use crate::ports::store::{Liveness, Page, UnitOfWork};
 
@@ -232,15 +230,7 @@ impl Management {
     }
 
     fn check_identifier(&self, caller: &Caller, identifier: &str) -> Result<()> {
-        if identifier.is_empty() || identifier.chars().count() > 512 {
-            return Err(invalid("identifier must be 1 to 512 characters"));
-        }
-        if !is_resource_identifier(identifier, &self.config.control_audience) {
-            return Err(Error::invalid(
-                "invalid_resource_identifier",
-                "identifier must be an absolute URI (e.g. resource://name) and carry no credentials",
-            ));
-        }
+        ResourceIdentifier::parse(identifier, &self.config.control_audience)?;
         if is_reserved_resource_identifier(identifier) && !caller.actor.is_bootstrap() {
             return Err(reserved_namespace());
         }
