@@ -45,6 +45,8 @@ def test_full_admin_flow(admin: AdminClient, calls: Recorder) -> None:
     secret = app["client_secret"]
     assert isinstance(secret, str) and secret.startswith("cs_") and len(secret) == 46
     assert_uuid7(app["id"], "application id")
+    assert_timestamp(app["created_at"], "application created_at")
+    assert "traits" not in app and "archived_at" not in app, "create responses omit traits/archived_at"
 
     provider = admin.providers.create(
         z,
@@ -63,6 +65,8 @@ def test_full_admin_flow(admin: AdminClient, calls: Recorder) -> None:
     assert "api_key" not in provider["config_json"]
     assert provider["config_json"].get("auth_location") == "header"
     assert provider["connectivity_failed_at"] is None
+    assert provider["archived_at"] is None
+    assert_timestamp(provider["updated_at"], "provider updated_at")
 
     identifier = f"resource://billing-{tag}"
     resource = admin.resources.create(
@@ -82,6 +86,8 @@ def test_full_admin_flow(admin: AdminClient, calls: Recorder) -> None:
     assert resource["credential_provider_id"] == provider["id"]
     assert resource["operation_enforcement"] == "enforced"
     assert not resource["operations"]
+    assert resource["archived_at"] is None
+    assert_timestamp(resource["created_at"], "resource created_at")
 
     content = author_grants_document(
         [ResourceGrant(application_id=app["id"], resource_identifier=identifier, scopes=["invoices:read"])]
@@ -167,6 +173,7 @@ def test_application_lifecycle_and_secrets(admin: AdminClient, calls: Recorder, 
     assert row["name"] == "reporting" and row["registration_method"] == "managed"
     assert "client_secret" not in row, "a read must never return the secret"
     assert row["traits"] == [], "a global token sees traits"
+    assert row["archived_at"] is None
 
     assert admin.applications.get_client_secret(zone, app_id) == {"client_secret": first_secret}
 

@@ -4,6 +4,7 @@ caller changes nothing."""
 from __future__ import annotations
 
 import secrets
+import uuid
 
 import httpx
 import pytest
@@ -64,3 +65,18 @@ def test_security_headers_on_v1(raw: httpx.Client, auth: dict[str, str]) -> None
     assert res.headers.get("x-content-type-options") == "nosniff"
     assert res.headers.get("referrer-policy") == "no-referrer"
     assert res.headers.get("cache-control") == "no-store"
+
+
+def test_unusable_request_id_is_replaced(raw: httpx.Client, auth: dict[str, str]) -> None:
+    res = raw.get("/v1/zones", headers={**auth, "x-request-id": "not a valid id!"})
+    assert res.status_code == 200
+    replacement = res.headers.get("x-request-id")
+    assert replacement and replacement != "not a valid id!"
+    assert uuid.UUID(replacement).version in (4, 7), f"a replaced request id is a random UUID, got {replacement!r}"
+
+
+def test_errors_carry_the_request_id_too(raw: httpx.Client) -> None:
+    res = raw.get("/v1/zones", headers={"x-request-id": "e2e-denied-1"})
+    assert res.status_code == 401
+    assert res.headers.get("x-request-id") == "e2e-denied-1"
+
