@@ -21,6 +21,12 @@ def test_health_needs_no_token(raw: httpx.Client) -> None:
     assert res.json() == {"ok": True}
 
 
+def test_ready_needs_no_token(raw: httpx.Client) -> None:
+    res = raw.get("/ready")
+    assert res.status_code == 200, res.text
+    assert res.json() == {"ok": True}
+
+
 def test_wrong_token_is_refused_and_writes_nothing(server: CaracalServer, admin: AdminClient) -> None:
     intruder, _ = make_admin(server, token="cat_" + secrets.token_urlsafe(32))
     api_error(401, "invalid_admin_token", intruder.zones.list)

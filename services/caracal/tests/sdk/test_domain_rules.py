@@ -270,6 +270,13 @@ def test_one_active_policy_set_per_zone(admin: AdminClient, zone: str) -> None:
     status = admin.policy_sets.activation_status(zone, first["id"], version_id=v1)
     assert status["active"] is False
     assert status["propagation_status"] == "waiting_for_activation"
+    current = admin.policy_sets.activation_status(zone, second["id"])
+    assert (current["version_id"], current["active"], current["active_version_id"]) == (v2, True, v2)
+
+
+def test_activation_status_of_a_never_activated_set_is_404(admin: AdminClient, zone: str) -> None:
+    policy_set = admin.policy_sets.create(zone, "idle")
+    api_error(404, "active_policy_set_version_not_found", admin.policy_sets.activation_status, zone, policy_set["id"])
 
 
 def test_content_digest_is_of_the_exact_bytes(admin: AdminClient, zone: str) -> None:

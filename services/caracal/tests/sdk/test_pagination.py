@@ -83,3 +83,19 @@ def test_largest_page_is_accepted(raw: httpx.Client, auth: dict[str, str], zone:
     res = raw.get(f"/v1/zones/{zone}/providers", params={"limit": 500}, headers=auth)
     assert res.status_code == 200
     assert res.json() == {"items": [], "next_cursor": None}
+
+
+def test_status_filter_lists_archived_rows(
+    admin: AdminClient, raw: httpx.Client, auth: dict[str, str], zone: str
+) -> None:
+    keep = admin.applications.create(zone, {"name": "keep", "registration_method": "managed"})
+    gone = admin.applications.create(zone, {"name": "gone", "registration_method": "managed"})
+    admin.applications.delete(zone, gone["id"])
+    url = f"/v1/zones/{zone}/applications"
+
+    active = raw.get(url, params={"status": "active"}, headers=auth).json()["items"]
+    assert [a["id"] for a in active] == [keep["id"]]
+    archived = raw.get(url, params={"status": "archived"}, headers=auth).json()["items"]
+    assert [a["id"] for a in archived] == [gone["id"]]
+    assert archived[0]["archived_at"] is not None
+    raw_error(raw.get(url, params={"status": "deleted"}, headers=auth), 400, "invalid_query")
