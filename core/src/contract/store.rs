@@ -251,7 +251,11 @@ fn token(run: &Run, zone: Option<&ZoneId>, creator: &str, at: Timestamp) -> Admi
         name: "Contract token".into(),
         token_sha256: run.text("sha256"),
         token_hash: "argon2id$salt$hash".into(),
-        scope: if zone.is_some() { TokenScope::Zone } else { TokenScope::Global },
+        scope: if zone.is_some() {
+            TokenScope::Zone
+        } else {
+            TokenScope::Global
+        },
         zone_id: zone.cloned(),
         capability: Capability::Write,
         created_by: creator.into(),
@@ -300,7 +304,10 @@ fn outbox(
     OutboxMessage {
         id: run.id("obx", OutboxId::parse),
         stream: stream.into(),
-        fields: fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        fields: fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         attempts: 0,
         available_at,
         locked_until: None,
@@ -366,7 +373,10 @@ macro_rules! assert_keyset {
             let mut seen: Vec<(Timestamp, String)> = Vec::new();
             let mut after: Option<After> = None;
             for _ in 0..=expected.len() + 1 {
-                let $page = Page { limit, after: after.clone() };
+                let $page = Page {
+                    limit,
+                    after: after.clone(),
+                };
                 let rows = ok($fetch.await, $what);
                 assert!(
                     rows.len() <= limit as usize,
@@ -378,7 +388,10 @@ macro_rules! assert_keyset {
                 seen.extend(keys.iter().cloned());
                 match keys.last() {
                     Some(last) if keys.len() == limit as usize => {
-                        after = Some(After { created_at: last.0, id: last.1.clone() });
+                        after = Some(After {
+                            created_at: last.0,
+                            id: last.1.clone(),
+                        });
                     }
                     _ => break,
                 }
@@ -402,7 +415,13 @@ macro_rules! assert_keyset {
 async fn commit_makes_writes_visible(store: &dyn Store, run: &Run) {
     let z = zone(run, run.at(1));
     let a = app(run, &z.id, "Visible", run.at(2));
-    let message = outbox(run, &run.text("stream"), &[("k", "v")], Some(run.now), run.at(3));
+    let message = outbox(
+        run,
+        &run.text("stream"),
+        &[("k", "v")],
+        Some(run.now),
+        run.at(3),
+    );
 
     let mut uow = begin_all(store).await;
     ok(uow.save_zone(&z).await, "save_zone");
@@ -416,7 +435,11 @@ async fn commit_makes_writes_visible(store: &dyn Store, run: &Run) {
     commit(uow, "commit_makes_writes_visible").await;
 
     let mut uow = begin_all(store).await;
-    assert_eq!(ok(uow.get_zone(&z.id).await, "get_zone"), Some(z.clone()), "committed zone");
+    assert_eq!(
+        ok(uow.get_zone(&z.id).await, "get_zone"),
+        Some(z.clone()),
+        "committed zone"
+    );
     assert_eq!(
         ok(uow.get_application(&z.id, &a.id).await, "get_application"),
         Some(a),
@@ -434,7 +457,13 @@ async fn commit_makes_writes_visible(store: &dyn Store, run: &Run) {
 async fn dropping_a_unit_of_work_discards_its_writes(store: &dyn Store, run: &Run) {
     let z = zone(run, run.at(1));
     let a = app(run, &z.id, "Discarded", run.at(2));
-    let message = outbox(run, &run.text("stream"), &[("k", "v")], Some(run.now), run.at(3));
+    let message = outbox(
+        run,
+        &run.text("stream"),
+        &[("k", "v")],
+        Some(run.now),
+        run.at(3),
+    );
     let reference = format!("zones/{}/providers/p/secretConfig", z.id);
 
     let mut uow = begin_all(store).await;
@@ -457,12 +486,19 @@ async fn dropping_a_unit_of_work_discards_its_writes(store: &dyn Store, run: &Ru
     for n in 0..24 {
         let mut uow = begin_all(store).await;
         let extra = zone(run, run.at(100 + n));
-        ok(uow.save_zone(&extra).await, "save_zone in an abandoned unit");
+        ok(
+            uow.save_zone(&extra).await,
+            "save_zone in an abandoned unit",
+        );
         drop(uow);
     }
 
     let mut uow = begin_all(store).await;
-    assert_eq!(ok(uow.get_zone(&z.id).await, "get_zone"), None, "dropped zone write");
+    assert_eq!(
+        ok(uow.get_zone(&z.id).await, "get_zone"),
+        None,
+        "dropped zone write"
+    );
     assert_eq!(
         ok(uow.get_application(&z.id, &a.id).await, "get_application"),
         None,
@@ -473,7 +509,11 @@ async fn dropping_a_unit_of_work_discards_its_writes(store: &dyn Store, run: &Ru
         None,
         "an outbox row enqueued by an abandoned unit of work must not exist"
     );
-    assert_eq!(ok(uow.get_secret(&reference).await, "get_secret"), None, "dropped secret");
+    assert_eq!(
+        ok(uow.get_secret(&reference).await, "get_secret"),
+        None,
+        "dropped secret"
+    );
     assert!(
         !ok(uow.zone_slug_exists(&z.slug).await, "zone_slug_exists"),
         "a dropped zone's slug is free"
@@ -486,8 +526,18 @@ async fn dropping_a_unit_of_work_discards_its_writes(store: &dyn Store, run: &Ru
 async fn saves_are_upserts_and_round_trip_every_field(store: &dyn Store, run: &Run) {
     let mut z = zone(run, run.at(11));
     let mut a = app(run, &z.id, "Round Trip", run.at(12));
-    let mut p = provider(run, &z.id, &format!("provider://{}", run.text("p")), run.at(13));
-    let mut r = resource(run, &z.id, &format!("resource://{}", run.text("r")), run.at(14));
+    let mut p = provider(
+        run,
+        &z.id,
+        &format!("provider://{}", run.text("p")),
+        run.at(13),
+    );
+    let mut r = resource(
+        run,
+        &z.id,
+        &format!("resource://{}", run.text("r")),
+        run.at(14),
+    );
     let mut pol = policy(run, &z.id, &run.text("policy"), run.at(15));
     let mut pv = policy_version(run, &pol, 1, run.at(16));
     let mut set = policy_set(run, &z.id, &run.text("set"), run.at(17));
@@ -504,7 +554,10 @@ async fn saves_are_upserts_and_round_trip_every_field(store: &dyn Store, run: &R
     ok(uow.save_policy(&pol).await, "save_policy");
     ok(uow.save_policy_version(&pv).await, "save_policy_version");
     ok(uow.save_policy_set(&set).await, "save_policy_set");
-    ok(uow.insert_policy_set_version(&sv).await, "insert_policy_set_version");
+    ok(
+        uow.insert_policy_set_version(&sv).await,
+        "insert_policy_set_version",
+    );
     ok(uow.save_grant(&g).await, "save_grant");
     ok(uow.save_admin_token(&t).await, "save_admin_token");
     commit(uow, "first saves").await;
@@ -534,8 +587,16 @@ async fn saves_are_upserts_and_round_trip_every_field(store: &dyn Store, run: &R
     r.scopes = vec!["read".into(), "write".into()];
     r.credential_provider_id = Some(p.id.to_string());
     r.operations = vec![
-        Operation { method: "GET".into(), path: "/items".into(), scope: "read".into() },
-        Operation { method: "POST".into(), path: "/items".into(), scope: "write".into() },
+        Operation {
+            method: "GET".into(),
+            path: "/items".into(),
+            scope: "read".into(),
+        },
+        Operation {
+            method: "POST".into(),
+            path: "/items".into(),
+            scope: "write".into(),
+        },
     ];
     r.operation_enforcement = "transport_uniform".into();
     r.attr.touch("admin:other", false, later);
@@ -558,14 +619,21 @@ async fn saves_are_upserts_and_round_trip_every_field(store: &dyn Store, run: &R
     ok(uow.save_provider(&p).await, "save_provider again");
     ok(uow.save_resource(&r).await, "save_resource again");
     ok(uow.save_policy(&pol).await, "save_policy again");
-    ok(uow.save_policy_version(&pv).await, "save_policy_version again");
+    ok(
+        uow.save_policy_version(&pv).await,
+        "save_policy_version again",
+    );
     ok(uow.save_policy_set(&set).await, "save_policy_set again");
     ok(uow.save_grant(&g).await, "save_grant again");
     ok(uow.save_admin_token(&t).await, "save_admin_token again");
     commit(uow, "second saves").await;
 
     let mut uow = begin_all(store).await;
-    assert_eq!(ok(uow.get_zone(&z.id).await, "get_zone"), Some(z.clone()), "zone upsert");
+    assert_eq!(
+        ok(uow.get_zone(&z.id).await, "get_zone"),
+        Some(z.clone()),
+        "zone upsert"
+    );
     assert_eq!(
         ok(uow.get_application(&z.id, &a.id).await, "get_application"),
         Some(a.clone()),
@@ -587,7 +655,10 @@ async fn saves_are_upserts_and_round_trip_every_field(store: &dyn Store, run: &R
         "policy upsert"
     );
     assert_eq!(
-        ok(uow.get_policy_version(&z.id, &pv.id).await, "get_policy_version"),
+        ok(
+            uow.get_policy_version(&z.id, &pv.id).await,
+            "get_policy_version"
+        ),
         Some(pv.clone()),
         "policy version replace (archiving)"
     );
@@ -597,33 +668,72 @@ async fn saves_are_upserts_and_round_trip_every_field(store: &dyn Store, run: &R
         "policy set upsert (activation)"
     );
     assert_eq!(
-        ok(uow.get_policy_set_version(&z.id, &sv.id).await, "get_policy_set_version"),
+        ok(
+            uow.get_policy_set_version(&z.id, &sv.id).await,
+            "get_policy_set_version"
+        ),
         Some(sv.clone()),
         "policy set version round trip (manifest order kept)"
     );
-    assert_eq!(ok(uow.get_grant(&z.id, &g.id).await, "get_grant"), Some(g.clone()), "grant");
     assert_eq!(
-        ok(uow.find_admin_token_by_sha256(&t.token_sha256).await, "find_admin_token"),
+        ok(uow.get_grant(&z.id, &g.id).await, "get_grant"),
+        Some(g.clone()),
+        "grant"
+    );
+    assert_eq!(
+        ok(
+            uow.find_admin_token_by_sha256(&t.token_sha256).await,
+            "find_admin_token"
+        ),
         Some(t.clone()),
         "admin token upsert"
     );
 
     // One row each, not two.
-    let apps = ok(uow.list_applications(&z.id, Liveness::Active, &page(500)).await, "list");
+    let apps = ok(
+        uow.list_applications(&z.id, Liveness::Active, &page(500))
+            .await,
+        "list",
+    );
     assert_eq!(apps, vec![a], "saving twice leaves one application row");
-    let providers = ok(uow.list_providers(&z.id, Liveness::Active, &page(500)).await, "list");
+    let providers = ok(
+        uow.list_providers(&z.id, Liveness::Active, &page(500))
+            .await,
+        "list",
+    );
     assert_eq!(providers, vec![p], "saving twice leaves one provider row");
-    let resources = ok(uow.list_resources(&z.id, Liveness::Active, &page(500)).await, "list");
+    let resources = ok(
+        uow.list_resources(&z.id, Liveness::Active, &page(500))
+            .await,
+        "list",
+    );
     assert_eq!(resources, vec![r], "saving twice leaves one resource row");
     let policies = ok(uow.list_policies(&z.id, &page(500)).await, "list_policies");
-    assert_eq!(policies, vec![pol.clone()], "saving twice leaves one policy row");
-    let versions = ok(uow.list_policy_versions(&z.id, &pol.id).await, "list_policy_versions");
-    assert_eq!(versions, vec![pv], "saving a version twice leaves one version row");
-    let sets = ok(uow.list_policy_sets(&z.id, &page(500)).await, "list_policy_sets");
+    assert_eq!(
+        policies,
+        vec![pol.clone()],
+        "saving twice leaves one policy row"
+    );
+    let versions = ok(
+        uow.list_policy_versions(&z.id, &pol.id).await,
+        "list_policy_versions",
+    );
+    assert_eq!(
+        versions,
+        vec![pv],
+        "saving a version twice leaves one version row"
+    );
+    let sets = ok(
+        uow.list_policy_sets(&z.id, &page(500)).await,
+        "list_policy_sets",
+    );
     assert_eq!(sets, vec![set], "saving twice leaves one policy set row");
     let grants = ok(uow.list_grants(&z.id, &page(500)).await, "list_grants");
     assert_eq!(grants, vec![g], "saving twice leaves one grant row");
-    let tokens = ok(uow.list_admin_tokens_created_by(&creator).await, "list tokens");
+    let tokens = ok(
+        uow.list_admin_tokens_created_by(&creator).await,
+        "list tokens",
+    );
     assert_eq!(tokens, vec![t], "saving twice leaves one admin token row");
 }
 
@@ -651,55 +761,145 @@ async fn gets_never_cross_zones(store: &dyn Store, run: &Run) {
     ok(uow.save_policy(&pol).await, "save_policy");
     ok(uow.save_policy_version(&pv).await, "save_policy_version");
     ok(uow.save_policy_set(&set).await, "save_policy_set");
-    ok(uow.insert_policy_set_version(&sv).await, "insert_policy_set_version");
+    ok(
+        uow.insert_policy_set_version(&sv).await,
+        "insert_policy_set_version",
+    );
     ok(uow.save_grant(&g).await, "save_grant");
     commit(uow, "cross-zone fixtures").await;
 
     let o = &other.id;
     let mut uow = begin_all(store).await;
     let none = "a row of another zone must read as missing";
-    assert_eq!(ok(uow.get_application(o, &a.id).await, "get_application"), None, "{none}");
-    assert_eq!(ok(uow.get_provider(o, &p.id).await, "get_provider"), None, "{none}");
-    assert_eq!(ok(uow.get_resource(o, &r.id).await, "get_resource"), None, "{none}");
-    assert_eq!(ok(uow.get_policy(o, &pol.id).await, "get_policy"), None, "{none}");
-    assert_eq!(ok(uow.get_policy_version(o, &pv.id).await, "get_policy_version"), None, "{none}");
-    assert_eq!(ok(uow.get_policy_set(o, &set.id).await, "get_policy_set"), None, "{none}");
     assert_eq!(
-        ok(uow.get_policy_set_version(o, &sv.id).await, "get_policy_set_version"),
+        ok(uow.get_application(o, &a.id).await, "get_application"),
         None,
         "{none}"
     );
-    assert_eq!(ok(uow.get_grant(o, &g.id).await, "get_grant"), None, "{none}");
+    assert_eq!(
+        ok(uow.get_provider(o, &p.id).await, "get_provider"),
+        None,
+        "{none}"
+    );
+    assert_eq!(
+        ok(uow.get_resource(o, &r.id).await, "get_resource"),
+        None,
+        "{none}"
+    );
+    assert_eq!(
+        ok(uow.get_policy(o, &pol.id).await, "get_policy"),
+        None,
+        "{none}"
+    );
+    assert_eq!(
+        ok(
+            uow.get_policy_version(o, &pv.id).await,
+            "get_policy_version"
+        ),
+        None,
+        "{none}"
+    );
+    assert_eq!(
+        ok(uow.get_policy_set(o, &set.id).await, "get_policy_set"),
+        None,
+        "{none}"
+    );
+    assert_eq!(
+        ok(
+            uow.get_policy_set_version(o, &sv.id).await,
+            "get_policy_set_version"
+        ),
+        None,
+        "{none}"
+    );
+    assert_eq!(
+        ok(uow.get_grant(o, &g.id).await, "get_grant"),
+        None,
+        "{none}"
+    );
 
     let empty = "another zone's rows never appear in this zone's lists";
     let all = page(500);
-    assert!(ok(uow.list_applications(o, Liveness::Active, &all).await, "list").is_empty(), "{empty}");
-    assert!(ok(uow.list_providers(o, Liveness::Active, &all).await, "list").is_empty(), "{empty}");
-    assert!(ok(uow.list_resources(o, Liveness::Active, &all).await, "list").is_empty(), "{empty}");
-    assert!(ok(uow.list_policies(o, &all).await, "list").is_empty(), "{empty}");
-    assert!(ok(uow.list_policy_versions(o, &pol.id).await, "list").is_empty(), "{empty}");
-    assert!(ok(uow.list_policy_sets(o, &all).await, "list").is_empty(), "{empty}");
-    assert!(ok(uow.list_policy_set_versions(o, &set.id, &all).await, "list").is_empty(), "{empty}");
-    assert!(ok(uow.list_grants(o, &all).await, "list").is_empty(), "{empty}");
-    assert_eq!(ok(uow.count_active_resources(o).await, "count"), 0, "{empty}");
-    assert_eq!(ok(uow.max_policy_set_version(o, &set.id).await, "max"), 0, "{empty}");
+    assert!(
+        ok(
+            uow.list_applications(o, Liveness::Active, &all).await,
+            "list"
+        )
+        .is_empty(),
+        "{empty}"
+    );
+    assert!(
+        ok(uow.list_providers(o, Liveness::Active, &all).await, "list").is_empty(),
+        "{empty}"
+    );
+    assert!(
+        ok(uow.list_resources(o, Liveness::Active, &all).await, "list").is_empty(),
+        "{empty}"
+    );
+    assert!(
+        ok(uow.list_policies(o, &all).await, "list").is_empty(),
+        "{empty}"
+    );
+    assert!(
+        ok(uow.list_policy_versions(o, &pol.id).await, "list").is_empty(),
+        "{empty}"
+    );
+    assert!(
+        ok(uow.list_policy_sets(o, &all).await, "list").is_empty(),
+        "{empty}"
+    );
+    assert!(
+        ok(uow.list_policy_set_versions(o, &set.id, &all).await, "list").is_empty(),
+        "{empty}"
+    );
+    assert!(
+        ok(uow.list_grants(o, &all).await, "list").is_empty(),
+        "{empty}"
+    );
     assert_eq!(
-        ok(uow.find_managed_application_by_name(o, &a.name).await, "find app"),
+        ok(uow.count_active_resources(o).await, "count"),
+        0,
+        "{empty}"
+    );
+    assert_eq!(
+        ok(uow.max_policy_set_version(o, &set.id).await, "max"),
+        0,
+        "{empty}"
+    );
+    assert_eq!(
+        ok(
+            uow.find_managed_application_by_name(o, &a.name).await,
+            "find app"
+        ),
         None,
         "{empty}"
     );
     assert_eq!(
-        ok(uow.find_provider_by_identifier(o, &p.identifier).await, "find provider"),
+        ok(
+            uow.find_provider_by_identifier(o, &p.identifier).await,
+            "find provider"
+        ),
         None,
         "{empty}"
     );
     assert_eq!(
-        ok(uow.find_resource_by_identifier(o, &r.identifier).await, "find resource"),
+        ok(
+            uow.find_resource_by_identifier(o, &r.identifier).await,
+            "find resource"
+        ),
         None,
         "{empty}"
     );
-    assert_eq!(ok(uow.find_policy_by_name(o, &pol.name).await, "find policy"), None, "{empty}");
-    assert_eq!(ok(uow.find_policy_set_by_name(o, &set.name).await, "find set"), None, "{empty}");
+    assert_eq!(
+        ok(uow.find_policy_by_name(o, &pol.name).await, "find policy"),
+        None,
+        "{empty}"
+    );
+    assert_eq!(
+        ok(uow.find_policy_set_by_name(o, &set.name).await, "find set"),
+        None,
+        "{empty}"
+    );
 }
 
 /// A unit of work scoped to a zone reads and writes that zone; rows of other zones and zone-less
@@ -724,38 +924,63 @@ async fn zone_scoped_units_see_only_their_zone(store: &dyn Store, run: &Run) {
     ok(uow.save_zone(&zb).await, "save_zone");
     ok(uow.save_application(&a_app).await, "save_application");
     ok(uow.save_application(&b_app).await, "save_application");
-    ok(uow.save_admin_token(&global_token).await, "save_admin_token");
+    ok(
+        uow.save_admin_token(&global_token).await,
+        "save_admin_token",
+    );
     ok(uow.save_admin_token(&b_token).await, "save_admin_token");
     ok(uow.put_secret(&b_secret).await, "put_secret");
     commit(uow, "scoped fixtures").await;
 
     let mut uow = begin(store, &ZoneScope::Zone(za.id.clone())).await;
     assert_eq!(
-        ok(uow.get_application(&za.id, &a_app.id).await, "get_application"),
+        ok(
+            uow.get_application(&za.id, &a_app.id).await,
+            "get_application"
+        ),
         Some(a_app.clone()),
         "a zone-scoped unit of work reads its own zone"
     );
     assert_eq!(
-        ok(uow.list_applications(&za.id, Liveness::Active, &page(500)).await, "list"),
+        ok(
+            uow.list_applications(&za.id, Liveness::Active, &page(500))
+                .await,
+            "list"
+        ),
         vec![a_app.clone()],
         "a zone-scoped unit of work lists its own zone"
     );
     assert_eq!(
-        ok(uow.get_application(&zb.id, &b_app.id).await, "get_application"),
+        ok(
+            uow.get_application(&zb.id, &b_app.id).await,
+            "get_application"
+        ),
         None,
         "a unit scoped to zone A must not read zone B even when the query names zone B"
     );
     assert!(
-        ok(uow.list_applications(&zb.id, Liveness::Active, &page(500)).await, "list").is_empty(),
+        ok(
+            uow.list_applications(&zb.id, Liveness::Active, &page(500))
+                .await,
+            "list"
+        )
+        .is_empty(),
         "a unit scoped to zone A must not list zone B"
     );
     assert_eq!(
-        ok(uow.find_admin_token_by_sha256(&global_token.token_sha256).await, "find token"),
+        ok(
+            uow.find_admin_token_by_sha256(&global_token.token_sha256)
+                .await,
+            "find token"
+        ),
         None,
         "zone-less rows (global tokens) are visible to global units only"
     );
     assert_eq!(
-        ok(uow.find_admin_token_by_sha256(&b_token.token_sha256).await, "find token"),
+        ok(
+            uow.find_admin_token_by_sha256(&b_token.token_sha256).await,
+            "find token"
+        ),
         None,
         "another zone's token is invisible to a zone-scoped unit"
     );
@@ -765,11 +990,17 @@ async fn zone_scoped_units_see_only_their_zone(store: &dyn Store, run: &Run) {
         "another zone's secret is invisible to a zone-scoped unit"
     );
     assert!(
-        !ok(uow.delete_secret(&b_secret.reference).await, "delete_secret"),
+        !ok(
+            uow.delete_secret(&b_secret.reference).await,
+            "delete_secret"
+        ),
         "a zone-scoped unit cannot delete another zone's secret"
     );
     assert_eq!(
-        ok(uow.last_admin_audit(Some(zb.id.as_str())).await, "last_admin_audit"),
+        ok(
+            uow.last_admin_audit(Some(zb.id.as_str())).await,
+            "last_admin_audit"
+        ),
         None,
         "another zone's audit chain is invisible to a zone-scoped unit"
     );
@@ -783,7 +1014,10 @@ async fn zone_scoped_units_see_only_their_zone(store: &dyn Store, run: &Run) {
 
     let mut uow = begin(store, &ZoneScope::Zone(zb.id.clone())).await;
     assert_eq!(
-        ok(uow.get_application(&zb.id, &b_app.id).await, "get_application"),
+        ok(
+            uow.get_application(&zb.id, &b_app.id).await,
+            "get_application"
+        ),
         Some(b_app),
         "a refused cross-zone write changes nothing"
     );
@@ -793,7 +1027,10 @@ async fn zone_scoped_units_see_only_their_zone(store: &dyn Store, run: &Run) {
         "a refused cross-zone delete changes nothing"
     );
     assert_eq!(
-        ok(uow.find_admin_token_by_sha256(&b_token.token_sha256).await, "find token"),
+        ok(
+            uow.find_admin_token_by_sha256(&b_token.token_sha256).await,
+            "find token"
+        ),
         Some(b_token),
         "a zone-scoped unit sees its zone's tokens"
     );
@@ -825,27 +1062,55 @@ async fn zone_lists_hide_archived_and_reserved_zones(store: &dyn Store, run: &Ru
     let mut whole: Vec<Zone> = Vec::new();
     let mut after = None;
     loop {
-        let rows = ok(uow.list_zones(&Page { limit: 500, after: after.clone() }).await, "list");
+        let rows = ok(
+            uow.list_zones(&Page {
+                limit: 500,
+                after: after.clone(),
+            })
+            .await,
+            "list",
+        );
         let full = rows.len() == 500;
-        after = rows.last().map(|z| After { created_at: z.attr.created_at, id: z.id.to_string() });
+        after = rows.last().map(|z| After {
+            created_at: z.attr.created_at,
+            id: z.id.to_string(),
+        });
         whole.extend(rows);
         if !full {
             break;
         }
     }
-    let keys: Vec<(Timestamp, String)> =
-        whole.iter().map(|z| (z.attr.created_at, z.id.to_string())).collect();
-    assert_eq!(keys, sorted_keys(keys.clone()), "list_zones order is (created_at DESC, id DESC)");
+    let keys: Vec<(Timestamp, String)> = whole
+        .iter()
+        .map(|z| (z.attr.created_at, z.id.to_string()))
+        .collect();
+    assert_eq!(
+        keys,
+        sorted_keys(keys.clone()),
+        "list_zones order is (created_at DESC, id DESC)"
+    );
     assert!(
-        whole.iter().all(|z| z.archived_at.is_none() && !z.slug.starts_with("caracal-sys-")),
+        whole
+            .iter()
+            .all(|z| z.archived_at.is_none() && !z.slug.starts_with("caracal-sys-")),
         "list_zones shows neither archived nor reserved zones"
     );
     let listed: BTreeSet<&str> = whole.iter().map(|z| z.id.as_str()).collect();
     for z in &live {
-        assert!(listed.contains(z.id.as_str()), "list_zones shows live zone {}", z.id);
+        assert!(
+            listed.contains(z.id.as_str()),
+            "list_zones shows live zone {}",
+            z.id
+        );
     }
-    assert!(!listed.contains(archived.id.as_str()), "list_zones hides archived zones");
-    assert!(!listed.contains(reserved.id.as_str()), "list_zones hides caracal-sys- zones");
+    assert!(
+        !listed.contains(archived.id.as_str()),
+        "list_zones hides archived zones"
+    );
+    assert!(
+        !listed.contains(reserved.id.as_str()),
+        "list_zones hides caracal-sys- zones"
+    );
     assert_eq!(
         ok(uow.get_zone(&reserved.id).await, "get_zone"),
         Some(reserved.clone()),
@@ -861,7 +1126,10 @@ async fn zone_lists_hide_archived_and_reserved_zones(store: &dyn Store, run: &Ru
         z.id.to_string()
     ));
 
-    assert!(ok(uow.zone_slug_exists(&live[0].slug).await, "slug"), "a live zone's slug exists");
+    assert!(
+        ok(uow.zone_slug_exists(&live[0].slug).await, "slug"),
+        "a live zone's slug exists"
+    );
     assert!(
         ok(uow.zone_slug_exists(&archived.slug).await, "slug"),
         "an archived zone's slug still exists (slugs are never reused)"
@@ -909,7 +1177,11 @@ async fn application_lists_and_name_lookup(store: &dyn Store, run: &Run) {
     let foreign = app(run, &other.id, "Foreign", run.at(10));
 
     let mut uow = begin_all(store).await;
-    for a in active.iter().chain(&archived).chain([&named, &ghost, &dcr, &foreign]) {
+    for a in active
+        .iter()
+        .chain(&archived)
+        .chain([&named, &ghost, &dcr, &foreign])
+    {
         ok(uow.save_application(a).await, "save_application");
     }
     commit(uow, "application fixtures").await;
@@ -933,23 +1205,36 @@ async fn application_lists_and_name_lookup(store: &dyn Store, run: &Run) {
 
     for spelling in ["Billing-Bot", "billing-bot", "BILLING-BOT"] {
         assert_eq!(
-            ok(uow.find_managed_application_by_name(&z.id, spelling).await, "find"),
+            ok(
+                uow.find_managed_application_by_name(&z.id, spelling).await,
+                "find"
+            ),
             Some(named.clone()),
             "managed application names compare case-insensitively ({spelling})"
         );
     }
     assert_eq!(
-        ok(uow.find_managed_application_by_name(&z.id, "ghost").await, "find"),
+        ok(
+            uow.find_managed_application_by_name(&z.id, "ghost").await,
+            "find"
+        ),
         None,
         "archived applications are ignored by the name lookup"
     );
     assert_eq!(
-        ok(uow.find_managed_application_by_name(&z.id, "Self Registered").await, "find"),
+        ok(
+            uow.find_managed_application_by_name(&z.id, "Self Registered")
+                .await,
+            "find"
+        ),
         None,
         "DCR applications are ignored by the managed-name lookup"
     );
     assert_eq!(
-        ok(uow.find_managed_application_by_name(&z.id, "Foreign").await, "find"),
+        ok(
+            uow.find_managed_application_by_name(&z.id, "Foreign").await,
+            "find"
+        ),
         None,
         "the name lookup stays inside its zone"
     );
@@ -958,7 +1243,11 @@ async fn application_lists_and_name_lookup(store: &dyn Store, run: &Run) {
     named.archived_at = Some(run.at(50));
     ok(uow.save_application(&named).await, "archive application");
     assert_eq!(
-        ok(uow.find_managed_application_by_name(&z.id, "billing-bot").await, "find"),
+        ok(
+            uow.find_managed_application_by_name(&z.id, "billing-bot")
+                .await,
+            "find"
+        ),
         None,
         "an application archived in this unit of work is no longer found by name"
     );
@@ -985,7 +1274,11 @@ async fn provider_lists_and_identifier_lookup(store: &dyn Store, run: &Run) {
     gone.archived_at = Some(run.at(2));
 
     let mut uow = begin_all(store).await;
-    for p in active.iter().chain(&archived).chain([&old, &current, &gone]) {
+    for p in active
+        .iter()
+        .chain(&archived)
+        .chain([&old, &current, &gone])
+    {
         ok(uow.save_provider(p).await, "save_provider");
     }
     commit(uow, "provider fixtures").await;
@@ -1007,12 +1300,20 @@ async fn provider_lists_and_identifier_lookup(store: &dyn Store, run: &Run) {
         key
     );
     assert_eq!(
-        ok(uow.find_provider_by_identifier(&z.id, "provider://reused").await, "find"),
+        ok(
+            uow.find_provider_by_identifier(&z.id, "provider://reused")
+                .await,
+            "find"
+        ),
         Some(current),
         "the identifier lookup returns the active provider, not an archived namesake"
     );
     assert_eq!(
-        ok(uow.find_provider_by_identifier(&z.id, "provider://gone").await, "find"),
+        ok(
+            uow.find_provider_by_identifier(&z.id, "provider://gone")
+                .await,
+            "find"
+        ),
         None,
         "an archived provider is not found by identifier"
     );
@@ -1023,7 +1324,11 @@ async fn provider_lists_and_identifier_lookup(store: &dyn Store, run: &Run) {
 async fn resource_lists_lookup_and_count(store: &dyn Store, run: &Run) {
     let z = committed_zone(store, run).await;
     let mut uow = begin_all(store).await;
-    assert_eq!(ok(uow.count_active_resources(&z.id).await, "count"), 0, "a new zone has none");
+    assert_eq!(
+        ok(uow.count_active_resources(&z.id).await, "count"),
+        0,
+        "a new zone has none"
+    );
     drop(uow);
 
     let mut active = Vec::new();
@@ -1064,12 +1369,20 @@ async fn resource_lists_lookup_and_count(store: &dyn Store, run: &Run) {
         key
     );
     assert_eq!(
-        ok(uow.find_resource_by_identifier(&z.id, "https://api.example/reused").await, "find"),
+        ok(
+            uow.find_resource_by_identifier(&z.id, "https://api.example/reused")
+                .await,
+            "find"
+        ),
         Some(current),
         "the identifier lookup returns the active resource, not an archived namesake"
     );
     assert_eq!(
-        ok(uow.find_resource_by_identifier(&z.id, "resource://list/1").await, "find"),
+        ok(
+            uow.find_resource_by_identifier(&z.id, "resource://list/1")
+                .await,
+            "find"
+        ),
         None,
         "an archived resource is not found by identifier"
     );
@@ -1133,7 +1446,10 @@ async fn policies_and_versions(store: &dyn Store, run: &Run) {
         "an archived policy is not found by name"
     );
     assert_eq!(
-        ok(uow.list_policy_versions(&z.id, &current.id).await, "list_policy_versions"),
+        ok(
+            uow.list_policy_versions(&z.id, &current.id).await,
+            "list_policy_versions"
+        ),
         vec![v3, v2, v1],
         "policy versions are listed highest version first, and only the policy's own"
     );
@@ -1154,7 +1470,10 @@ async fn policy_sets_and_versions(store: &dyn Store, run: &Run) {
 
     let mut uow = begin_all(store).await;
     assert_eq!(
-        ok(uow.max_policy_set_version(&z.id, &bound.id).await, "max_policy_set_version"),
+        ok(
+            uow.max_policy_set_version(&z.id, &bound.id).await,
+            "max_policy_set_version"
+        ),
         0,
         "a set without versions has max version 0"
     );
@@ -1166,15 +1485,25 @@ async fn policy_sets_and_versions(store: &dyn Store, run: &Run) {
     let shared = run.at(60);
     let versions: Vec<PolicySetVersion> = (1..=5)
         .map(|n| {
-            let at = if n % 2 == 0 { shared } else { run.at(60 + i64::from(n)) };
+            let at = if n % 2 == 0 {
+                shared
+            } else {
+                run.at(60 + i64::from(n))
+            };
             set_version(run, &bound, n, vec![pv.id.clone(), pv.id.clone()], at)
         })
         .collect();
     for v in &versions {
-        ok(uow.insert_policy_set_version(v).await, "insert_policy_set_version");
+        ok(
+            uow.insert_policy_set_version(v).await,
+            "insert_policy_set_version",
+        );
     }
     let archived_version = set_version(run, &archived_bound, 1, vec![pv.id.clone()], run.at(61));
-    ok(uow.insert_policy_set_version(&archived_version).await, "insert_policy_set_version");
+    ok(
+        uow.insert_policy_set_version(&archived_version).await,
+        "insert_policy_set_version",
+    );
     commit(uow, "policy set fixtures").await;
 
     // Activate `bound`; an archived set may keep a stale binding without counting as active.
@@ -1182,7 +1511,10 @@ async fn policy_sets_and_versions(store: &dyn Store, run: &Run) {
     archived_bound.active_version_id = Some(archived_version.id.clone());
     archived_bound.archived_at = Some(run.at(70));
     let mut uow = begin_all(store).await;
-    ok(uow.save_policy_set(&archived_bound).await, "archive policy set");
+    ok(
+        uow.save_policy_set(&archived_bound).await,
+        "archive policy set",
+    );
     ok(uow.save_policy_set(&bound).await, "activate policy set");
     commit(uow, "activation").await;
     active.push(bound.clone());
@@ -1197,7 +1529,10 @@ async fn policy_sets_and_versions(store: &dyn Store, run: &Run) {
         key
     );
     assert_eq!(
-        ok(uow.list_active_policy_sets(&z.id).await, "list_active_policy_sets"),
+        ok(
+            uow.list_active_policy_sets(&z.id).await,
+            "list_active_policy_sets"
+        ),
         vec![bound.clone()],
         "only the unarchived set holding an active version is the zone's active set"
     );
@@ -1207,12 +1542,18 @@ async fn policy_sets_and_versions(store: &dyn Store, run: &Run) {
         "find_policy_set_by_name finds the active set"
     );
     assert_eq!(
-        ok(uow.find_policy_set_by_name(&z.id, "archived-bound").await, "find"),
+        ok(
+            uow.find_policy_set_by_name(&z.id, "archived-bound").await,
+            "find"
+        ),
         None,
         "an archived set is not found by name"
     );
     assert_eq!(
-        ok(uow.max_policy_set_version(&z.id, &bound.id).await, "max_policy_set_version"),
+        ok(
+            uow.max_policy_set_version(&z.id, &bound.id).await,
+            "max_policy_set_version"
+        ),
         5,
         "max_policy_set_version is the highest version inserted"
     );
@@ -1277,17 +1618,27 @@ async fn admin_tokens(store: &dyn Store, run: &Run) {
 
     let mut uow = begin_all(store).await;
     assert_eq!(
-        ok(uow.find_admin_token_by_sha256(&global.token_sha256).await, "find"),
+        ok(
+            uow.find_admin_token_by_sha256(&global.token_sha256).await,
+            "find"
+        ),
         Some(global.clone()),
         "a live token is found by the SHA-256 of its plaintext"
     );
     assert_eq!(
-        ok(uow.find_admin_token_by_sha256(&revoked.token_sha256).await, "find"),
+        ok(
+            uow.find_admin_token_by_sha256(&revoked.token_sha256).await,
+            "find"
+        ),
         None,
         "a revoked token no longer authenticates"
     );
     assert_eq!(
-        ok(uow.find_admin_token_by_sha256(&run.text("unknown-sha")).await, "find"),
+        ok(
+            uow.find_admin_token_by_sha256(&run.text("unknown-sha"))
+                .await,
+            "find"
+        ),
         None,
         "an unknown hash finds nothing"
     );
@@ -1295,13 +1646,19 @@ async fn admin_tokens(store: &dyn Store, run: &Run) {
     listed.sort_by(|a, b| a.id.cmp(&b.id));
     let mut expected = vec![global.clone(), zoned];
     expected.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(listed, expected, "the creator's unrevoked tokens, and only theirs");
+    assert_eq!(
+        listed, expected,
+        "the creator's unrevoked tokens, and only theirs"
+    );
 
     let mut now_revoked = global.clone();
     now_revoked.revoked_at = Some(run.at(9));
     ok(uow.save_admin_token(&now_revoked).await, "revoke token");
     assert_eq!(
-        ok(uow.find_admin_token_by_sha256(&global.token_sha256).await, "find"),
+        ok(
+            uow.find_admin_token_by_sha256(&global.token_sha256).await,
+            "find"
+        ),
         None,
         "revocation takes effect at once"
     );
@@ -1316,7 +1673,11 @@ async fn admin_audit_chains(store: &dyn Store, run: &Run) {
     let (a, b) = (za.id.as_str(), zb.id.as_str());
 
     let mut uow = begin_all(store).await;
-    assert_eq!(ok(uow.last_admin_audit(Some(a)).await, "last"), None, "empty chain has no last");
+    assert_eq!(
+        ok(uow.last_admin_audit(Some(a)).await, "last"),
+        None,
+        "empty chain has no last"
+    );
     let a1 = audit(run, Some(a), None, run.at(1));
     ok(uow.append_admin_audit(&a1).await, "append");
     assert_eq!(
@@ -1337,7 +1698,10 @@ async fn admin_audit_chains(store: &dyn Store, run: &Run) {
         "zone B's chain is independent of zone A's"
     );
     let b1 = audit(run, Some(b), None, run.at(2));
-    ok(uow.append_admin_audit(&b1).await, "append: chain_seq 1 in another zone is no clash");
+    ok(
+        uow.append_admin_audit(&b1).await,
+        "append: chain_seq 1 in another zone is no clash",
+    );
 
     let global_last = ok(uow.last_admin_audit(None).await, "last(global)");
     let g = audit(run, None, global_last.as_ref(), run.at(3));
@@ -1345,19 +1709,34 @@ async fn admin_audit_chains(store: &dyn Store, run: &Run) {
     commit(uow, "more audit records").await;
 
     let mut uow = begin_all(store).await;
-    assert_eq!(ok(uow.last_admin_audit(Some(a)).await, "last"), Some(a2.clone()), "A's last");
-    assert_eq!(ok(uow.last_admin_audit(Some(b)).await, "last"), Some(b1.clone()), "B's last");
+    assert_eq!(
+        ok(uow.last_admin_audit(Some(a)).await, "last"),
+        Some(a2.clone()),
+        "A's last"
+    );
+    assert_eq!(
+        ok(uow.last_admin_audit(Some(b)).await, "last"),
+        Some(b1.clone()),
+        "B's last"
+    );
     assert_eq!(
         ok(uow.last_admin_audit(None).await, "last(global)"),
         Some(g.clone()),
         "the global chain's last record"
     );
-    assert_eq!(a2.prev_content_sha256.as_deref(), Some(a1.content_sha256.as_str()));
+    assert_eq!(
+        a2.prev_content_sha256.as_deref(),
+        Some(a1.content_sha256.as_str())
+    );
 
     // Several records sharing one instant, listed newest first.
     let mut chain = vec![a1, a2];
     for n in 0..5 {
-        let at = if n % 2 == 0 { run.at(10) } else { run.at(11 + n) };
+        let at = if n % 2 == 0 {
+            run.at(10)
+        } else {
+            run.at(11 + n)
+        };
         let next = audit(run, Some(a), chain.last(), at);
         ok(uow.append_admin_audit(&next).await, "append");
         chain.push(next);
@@ -1375,7 +1754,10 @@ async fn admin_audit_chains(store: &dyn Store, run: &Run) {
         "a zone's audit list shows its own chain only"
     );
     let global_rows = ok(uow.list_admin_audit(None, &page(500)).await, "list(global)");
-    assert!(global_rows.contains(&g), "the global list shows global records");
+    assert!(
+        global_rows.contains(&g),
+        "the global list shows global records"
+    );
     assert!(
         global_rows.iter().all(|r| r.zone_id.is_none()),
         "the global list shows zone-less records only"
@@ -1401,8 +1783,16 @@ async fn admin_audit_appends_serialise(store: &dyn Store, run: &Run) {
     let second = ok(second, "concurrent append 2");
     let mut seqs = [first.chain_seq, second.chain_seq];
     seqs.sort_unstable();
-    assert_eq!(seqs, [1, 2], "concurrent appenders must take positions 1 and 2, one each");
-    let (earlier, later) = if first.chain_seq == 1 { (first, second) } else { (second, first) };
+    assert_eq!(
+        seqs,
+        [1, 2],
+        "concurrent appenders must take positions 1 and 2, one each"
+    );
+    let (earlier, later) = if first.chain_seq == 1 {
+        (first, second)
+    } else {
+        (second, first)
+    };
     assert_eq!(
         later.prev_content_sha256.as_deref(),
         Some(earlier.content_sha256.as_str()),
@@ -1420,9 +1810,27 @@ async fn outbox_enqueue_and_lookup(store: &dyn Store, run: &Run) {
     let stream = format!("caracal.contract.{}", run.text("stream"));
     let other_stream = format!("{stream}.other");
     let (za, zb) = (run.text("zone-a"), run.text("zone-b"));
-    let m1 = outbox(run, &stream, &[("zone_id", &za), ("policy_set_id", "p1")], Some(run.now), run.at(1));
-    let m2 = outbox(run, &stream, &[("zone_id", &za), ("policy_set_id", "p2")], Some(run.now), run.at(2));
-    let m3 = outbox(run, &stream, &[("zone_id", &zb), ("policy_set_id", "p1")], Some(run.now), run.at(3));
+    let m1 = outbox(
+        run,
+        &stream,
+        &[("zone_id", &za), ("policy_set_id", "p1")],
+        Some(run.now),
+        run.at(1),
+    );
+    let m2 = outbox(
+        run,
+        &stream,
+        &[("zone_id", &za), ("policy_set_id", "p2")],
+        Some(run.now),
+        run.at(2),
+    );
+    let m3 = outbox(
+        run,
+        &stream,
+        &[("zone_id", &zb), ("policy_set_id", "p1")],
+        Some(run.now),
+        run.at(3),
+    );
     let mut m4 = outbox(run, &other_stream, &[("zone_id", &za)], None, run.at(9));
     m4.attempts = 100;
     m4.last_error = Some("gave up".into());
@@ -1437,19 +1845,33 @@ async fn outbox_enqueue_and_lookup(store: &dyn Store, run: &Run) {
     commit(uow, "outbox fixtures").await;
 
     let mut uow = begin_all(store).await;
-    assert_eq!(ok(uow.get_outbox(&m4.id).await, "get_outbox"), Some(m4.clone()), "round trip");
     assert_eq!(
-        ok(uow.get_outbox(&run.id("missing", OutboxId::parse)).await, "get_outbox"),
+        ok(uow.get_outbox(&m4.id).await, "get_outbox"),
+        Some(m4.clone()),
+        "round trip"
+    );
+    assert_eq!(
+        ok(
+            uow.get_outbox(&run.id("missing", OutboxId::parse)).await,
+            "get_outbox"
+        ),
         None,
         "unknown outbox id"
     );
     assert_eq!(
-        ok(uow.find_latest_outbox(&stream, &[("zone_id", &za)]).await, "find"),
+        ok(
+            uow.find_latest_outbox(&stream, &[("zone_id", &za)]).await,
+            "find"
+        ),
         Some(m2),
         "newest message of the stream matching one field"
     );
     assert_eq!(
-        ok(uow.find_latest_outbox(&stream, &[("zone_id", &za), ("policy_set_id", "p1")]).await, "find"),
+        ok(
+            uow.find_latest_outbox(&stream, &[("zone_id", &za), ("policy_set_id", "p1")])
+                .await,
+            "find"
+        ),
         Some(m1),
         "every given field must match"
     );
@@ -1459,17 +1881,29 @@ async fn outbox_enqueue_and_lookup(store: &dyn Store, run: &Run) {
         "no fields: the newest message of the stream"
     );
     assert_eq!(
-        ok(uow.find_latest_outbox(&stream, &[("zone_id", "nowhere")]).await, "find"),
+        ok(
+            uow.find_latest_outbox(&stream, &[("zone_id", "nowhere")])
+                .await,
+            "find"
+        ),
         None,
         "no message matches"
     );
     assert_eq!(
-        ok(uow.find_latest_outbox(&stream, &[("zone_id", &za), ("zone_id", &zb)]).await, "find"),
+        ok(
+            uow.find_latest_outbox(&stream, &[("zone_id", &za), ("zone_id", &zb)])
+                .await,
+            "find"
+        ),
         None,
         "one field cannot hold two values"
     );
     assert_eq!(
-        ok(uow.find_latest_outbox(&other_stream, &[("zone_id", &za)]).await, "find"),
+        ok(
+            uow.find_latest_outbox(&other_stream, &[("zone_id", &za)])
+                .await,
+            "find"
+        ),
         Some(m4),
         "the stream name scopes the lookup"
     );
@@ -1487,28 +1921,48 @@ async fn secrets(store: &dyn Store, run: &Run) {
         version: 42,
     };
     let mut uow = begin_all(store).await;
-    assert_eq!(ok(uow.get_secret(&reference).await, "get_secret"), None, "nothing stored yet");
+    assert_eq!(
+        ok(uow.get_secret(&reference).await, "get_secret"),
+        None,
+        "nothing stored yet"
+    );
     ok(uow.put_secret(&first).await, "put_secret");
     commit(uow, "first put").await;
 
     let mut uow = begin_all(store).await;
     assert_eq!(
         ok(uow.get_secret(&reference).await, "get_secret"),
-        Some(SealedSecret { version: 1, ..first.clone() }),
+        Some(SealedSecret {
+            version: 1,
+            ..first.clone()
+        }),
         "the first put stores version 1, whatever version the caller passed"
     );
-    let second = SealedSecret { envelope: vec![0, 255, 1, 254], ..first.clone() };
+    let second = SealedSecret {
+        envelope: vec![0, 255, 1, 254],
+        ..first.clone()
+    };
     ok(uow.put_secret(&second).await, "put_secret again");
     assert_eq!(
         ok(uow.get_secret(&reference).await, "get_secret"),
-        Some(SealedSecret { version: 2, ..second.clone() }),
+        Some(SealedSecret {
+            version: 2,
+            ..second.clone()
+        }),
         "replacing bumps the version and stores the new envelope"
     );
     commit(uow, "second put").await;
 
     let mut uow = begin_all(store).await;
-    assert!(ok(uow.delete_secret(&reference).await, "delete_secret"), "delete finds the secret");
-    assert_eq!(ok(uow.get_secret(&reference).await, "get_secret"), None, "deleted");
+    assert!(
+        ok(uow.delete_secret(&reference).await, "delete_secret"),
+        "delete finds the secret"
+    );
+    assert_eq!(
+        ok(uow.get_secret(&reference).await, "get_secret"),
+        None,
+        "deleted"
+    );
     assert!(
         !ok(uow.delete_secret(&reference).await, "delete_secret"),
         "deleting again reports that nothing was there"
@@ -1523,7 +1977,10 @@ async fn secrets(store: &dyn Store, run: &Run) {
 fn assert_conflict(result: Result<(), StoreError>, rule: &str, what: &str) {
     match result {
         Err(StoreError::Conflict(name)) => {
-            assert_eq!(name, rule, "{what}: the conflict names the rule that was violated");
+            assert_eq!(
+                name, rule,
+                "{what}: the conflict names the rule that was violated"
+            );
         }
         other => panic!("{what}: expected Conflict({rule}), got {other:?}"),
     }
@@ -1558,9 +2015,15 @@ async fn uniqueness_rules(store: &dyn Store, run: &Run) {
     ok(uow.save_policy(&pol).await, "save_policy");
     ok(uow.save_policy_version(&pv).await, "save_policy_version");
     ok(uow.save_policy_set(&set).await, "save_policy_set");
-    ok(uow.insert_policy_set_version(&sv).await, "insert_policy_set_version");
+    ok(
+        uow.insert_policy_set_version(&sv).await,
+        "insert_policy_set_version",
+    );
     ok(uow.save_policy_set(&other_set).await, "save_policy_set");
-    ok(uow.insert_policy_set_version(&other_sv).await, "insert_policy_set_version");
+    ok(
+        uow.insert_policy_set_version(&other_sv).await,
+        "insert_policy_set_version",
+    );
     ok(uow.save_admin_token(&t).await, "save_admin_token");
     ok(uow.append_admin_audit(&a1).await, "append_admin_audit");
     ok(uow.enqueue_outbox(&m).await, "enqueue_outbox");
@@ -1569,7 +2032,11 @@ async fn uniqueness_rules(store: &dyn Store, run: &Run) {
     let mut uow = begin_all(store).await;
     let mut twin_zone = zone(run, at);
     twin_zone.slug = z.slug.clone();
-    assert_conflict(uow.save_zone(&twin_zone).await, "zones_slug_key", "same slug");
+    assert_conflict(
+        uow.save_zone(&twin_zone).await,
+        "zones_slug_key",
+        "same slug",
+    );
     let twin_app = app(run, zid, "unique name", at);
     assert_conflict(
         uow.save_application(&twin_app).await,
@@ -1589,7 +2056,11 @@ async fn uniqueness_rules(store: &dyn Store, run: &Run) {
         "same resource identifier",
     );
     let twin_policy = policy(run, zid, &pol.name, at);
-    assert_conflict(uow.save_policy(&twin_policy).await, "policies_active_name", "same policy name");
+    assert_conflict(
+        uow.save_policy(&twin_policy).await,
+        "policies_active_name",
+        "same policy name",
+    );
     let twin_pv = policy_version(run, &pol, 1, at);
     assert_conflict(
         uow.save_policy_version(&twin_pv).await,
@@ -1597,7 +2068,11 @@ async fn uniqueness_rules(store: &dyn Store, run: &Run) {
         "same policy version number",
     );
     let twin_set = policy_set(run, zid, &set.name, at);
-    assert_conflict(uow.save_policy_set(&twin_set).await, "policy_sets_active_name", "same set name");
+    assert_conflict(
+        uow.save_policy_set(&twin_set).await,
+        "policy_sets_active_name",
+        "same set name",
+    );
     let mut second_active = other_set.clone();
     second_active.active_version_id = Some(other_sv.id.clone());
     assert_conflict(
@@ -1624,27 +2099,46 @@ async fn uniqueness_rules(store: &dyn Store, run: &Run) {
         "admin_audit_events_chain_seq",
         "a second record at one chain position",
     );
-    assert_conflict(uow.enqueue_outbox(&m).await, "event_outbox_pkey", "same outbox id");
+    assert_conflict(
+        uow.enqueue_outbox(&m).await,
+        "event_outbox_pkey",
+        "same outbox id",
+    );
 
     // Not conflicts: a DCR application may share a managed name; archived rows free their names.
     let mut dcr = app(run, zid, "Unique Name", at);
     dcr.registration_method = RegistrationMethod::Dcr;
-    ok(uow.save_application(&dcr).await, "a DCR app may reuse a managed name");
+    ok(
+        uow.save_application(&dcr).await,
+        "a DCR app may reuse a managed name",
+    );
     let mut archived_twin = provider(run, zid, &p.identifier, at);
     archived_twin.archived_at = Some(at);
-    ok(uow.save_provider(&archived_twin).await, "an archived provider may share an identifier");
+    ok(
+        uow.save_provider(&archived_twin).await,
+        "an archived provider may share an identifier",
+    );
     let survivor = app(run, zid, "Saved after conflicts", at);
-    ok(uow.save_application(&survivor).await, "the unit of work is usable after conflicts");
+    ok(
+        uow.save_application(&survivor).await,
+        "the unit of work is usable after conflicts",
+    );
     commit(uow, "unit of work after refused writes").await;
 
     let mut uow = begin_all(store).await;
     assert_eq!(
-        ok(uow.get_application(zid, &survivor.id).await, "get_application"),
+        ok(
+            uow.get_application(zid, &survivor.id).await,
+            "get_application"
+        ),
         Some(survivor),
         "writes after a refused write commit"
     );
     assert_eq!(
-        ok(uow.get_application(zid, &twin_app.id).await, "get_application"),
+        ok(
+            uow.get_application(zid, &twin_app.id).await,
+            "get_application"
+        ),
         None,
         "a refused write leaves nothing behind"
     );
@@ -1681,9 +2175,15 @@ fn window_end() -> Timestamp {
 /// failed) run against the same store cannot disturb this one.
 async fn drain_window(queue: &dyn OutboxQueue) {
     for _ in 0..1_000 {
-        let claimed = ok(queue.claim_due(window_end(), window_end(), 500).await, "drain claim");
+        let claimed = ok(
+            queue.claim_due(window_end(), window_end(), 500).await,
+            "drain claim",
+        );
         for m in &claimed {
-            ok(queue.mark_dispatched(&m.id, window_end()).await, "drain mark_dispatched");
+            ok(
+                queue.mark_dispatched(&m.id, window_end()).await,
+                "drain mark_dispatched",
+            );
         }
         if claimed.len() < 500 {
             return;
@@ -1727,7 +2227,11 @@ async fn claims_only_due_unlocked_rows_and_locks_them(
     let dead = outbox(run, &stream, &[("n", "dead")], None, w(0));
     let mut locked = outbox(run, &stream, &[("n", "locked")], Some(w(5)), w(0));
     locked.locked_until = Some(w(7_200));
-    enqueue_all(store, &[&due_late, &due_early, &not_yet, &delivered, &dead, &locked]).await;
+    enqueue_all(
+        store,
+        &[&due_late, &due_early, &not_yet, &delivered, &dead, &locked],
+    )
+    .await;
 
     let claimed = ok(queue.claim_due(w(30), w(60), 10).await, "claim_due");
     assert_eq!(
@@ -1761,17 +2265,36 @@ async fn claims_only_due_unlocked_rows_and_locks_them(
         vec![due_early.id.to_string(), due_late.id.to_string()],
         "rows whose lock expired are claimable again"
     );
-    assert_eq!(again.iter().map(|m| m.attempts).collect::<Vec<_>>(), vec![2, 5]);
+    assert_eq!(
+        again.iter().map(|m| m.attempts).collect::<Vec<_>>(),
+        vec![2, 5]
+    );
 
-    ok(queue.mark_dispatched(&due_early.id, w(62)).await, "mark_dispatched");
+    ok(
+        queue.mark_dispatched(&due_early.id, w(62)).await,
+        "mark_dispatched",
+    );
     let stored = read_outbox(store, &due_early.id).await;
-    assert_eq!(stored.dispatched_at, Some(w(62)), "mark_dispatched records the delivery");
+    assert_eq!(
+        stored.dispatched_at,
+        Some(w(62)),
+        "mark_dispatched records the delivery"
+    );
     assert_eq!(stored.state(), "dispatched");
 
-    ok(queue.mark_failed(&due_late.id, "redis down", Some(w(300))).await, "mark_failed");
+    ok(
+        queue
+            .mark_failed(&due_late.id, "redis down", Some(w(300)))
+            .await,
+        "mark_failed",
+    );
     let stored = read_outbox(store, &due_late.id).await;
     assert_eq!(
-        (stored.available_at, stored.locked_until, stored.last_error.as_deref()),
+        (
+            stored.available_at,
+            stored.locked_until,
+            stored.last_error.as_deref()
+        ),
         (Some(w(300)), None, Some("redis down")),
         "mark_failed(Some(t)) reschedules at t, unlocks, and records the error"
     );
@@ -1780,15 +2303,30 @@ async fn claims_only_due_unlocked_rows_and_locks_them(
         "a failed row is not due before its retry instant, a dispatched row never again"
     );
     let retried = ok(queue.claim_due(w(300), w(400), 10).await, "claim_due");
-    assert_eq!(ids(&retried), vec![due_late.id.to_string()], "due again at the retry instant");
-    ok(queue.mark_dispatched(&due_late.id, w(301)).await, "mark_dispatched");
+    assert_eq!(
+        ids(&retried),
+        vec![due_late.id.to_string()],
+        "due again at the retry instant"
+    );
+    ok(
+        queue.mark_dispatched(&due_late.id, w(301)).await,
+        "mark_dispatched",
+    );
 }
 
 /// At most `limit` rows per claim, the earliest due first.
 async fn claim_honours_limit_and_due_order(store: &dyn Store, queue: &dyn OutboxQueue, run: &Run) {
     let stream = run.text("stream");
     let rows: Vec<OutboxMessage> = (0..5)
-        .map(|i| outbox(run, &stream, &[("i", &i.to_string())], Some(w(1_000 - i)), w(0)))
+        .map(|i| {
+            outbox(
+                run,
+                &stream,
+                &[("i", &i.to_string())],
+                Some(w(1_000 - i)),
+                w(0),
+            )
+        })
         .collect();
     enqueue_all(store, &rows.iter().collect::<Vec<_>>()).await;
     let claimed = ok(queue.claim_due(w(1_000), w(1_100), 2).await, "claim_due");
@@ -1798,7 +2336,10 @@ async fn claim_honours_limit_and_due_order(store: &dyn Store, queue: &dyn Outbox
         "claim_due honours its limit and takes the earliest available_at first"
     );
     for m in &rows {
-        ok(queue.mark_dispatched(&m.id, w(1_001)).await, "mark_dispatched");
+        ok(
+            queue.mark_dispatched(&m.id, w(1_001)).await,
+            "mark_dispatched",
+        );
     }
 }
 
@@ -1820,16 +2361,28 @@ async fn dead_rows_are_counted_and_never_claimed(
     );
     let claimed = ok(queue.claim_due(w(2_000), w(2_030), 10).await, "claim_due");
     assert_eq!(ids(&claimed), vec![doomed.id.to_string()]);
-    ok(queue.mark_failed(&doomed.id, "attempts exhausted", None).await, "mark_failed");
+    ok(
+        queue
+            .mark_failed(&doomed.id, "attempts exhausted", None)
+            .await,
+        "mark_failed",
+    );
     assert_eq!(
         ok(queue.outbox_counts().await, "outbox_counts"),
         (pending0, dead0 + 1),
         "a dead row leaves the pending count and joins the dead count"
     );
     let stored = read_outbox(store, &doomed.id).await;
-    assert_eq!((stored.available_at, stored.state()), (None, "dead"), "dead = no available_at");
+    assert_eq!(
+        (stored.available_at, stored.state()),
+        (None, "dead"),
+        "dead = no available_at"
+    );
     assert_eq!(stored.last_error.as_deref(), Some("attempts exhausted"));
-    let late = ok(queue.claim_due(window_end(), window_end(), 500).await, "claim_due");
+    let late = ok(
+        queue.claim_due(window_end(), window_end(), 500).await,
+        "claim_due",
+    );
     assert!(
         late.iter().all(|m| m.id != doomed.id),
         "a dead row is never claimed, however late"
@@ -1845,13 +2398,23 @@ async fn concurrent_claims_never_share_a_row(
 ) {
     let stream = run.text("stream");
     let rows: Vec<OutboxMessage> = (0..24)
-        .map(|i| outbox(run, &stream, &[("i", &i.to_string())], Some(w(3_000 + i)), w(0)))
+        .map(|i| {
+            outbox(
+                run,
+                &stream,
+                &[("i", &i.to_string())],
+                Some(w(3_000 + i)),
+                w(0),
+            )
+        })
         .collect();
     enqueue_all(store, &rows.iter().collect::<Vec<_>>()).await;
 
     let now = w(3_100);
-    let (left, right) =
-        tokio::join!(queue.claim_due(now, w(3_200), 15), queue.claim_due(now, w(3_200), 15));
+    let (left, right) = tokio::join!(
+        queue.claim_due(now, w(3_200), 15),
+        queue.claim_due(now, w(3_200), 15)
+    );
     let (left, right) = (ok(left, "claim_due (left)"), ok(right, "claim_due (right)"));
     let left_ids: BTreeSet<String> = ids(&left).into_iter().collect();
     let right_ids: BTreeSet<String> = ids(&right).into_iter().collect();
@@ -1860,8 +2423,14 @@ async fn concurrent_claims_never_share_a_row(
         "two concurrent claims returned the same row(s): {:?}",
         left_ids.intersection(&right_ids).collect::<Vec<_>>()
     );
-    assert!(left.len() <= 15 && right.len() <= 15, "each claim honours its limit");
-    let rest = ok(queue.claim_due(now, w(3_200), 100).await, "claim_due (rest)");
+    assert!(
+        left.len() <= 15 && right.len() <= 15,
+        "each claim honours its limit"
+    );
+    let rest = ok(
+        queue.claim_due(now, w(3_200), 100).await,
+        "claim_due (rest)",
+    );
     let mut all: Vec<String> = ids(&left);
     all.extend(ids(&right));
     all.extend(ids(&rest));
@@ -1870,9 +2439,19 @@ async fn concurrent_claims_never_share_a_row(
     expected.sort();
     assert_eq!(all, expected, "every due row is claimed exactly once");
     for m in &rows {
-        ok(queue.mark_dispatched(&m.id, w(3_101)).await, "mark_dispatched");
+        ok(
+            queue.mark_dispatched(&m.id, w(3_101)).await,
+            "mark_dispatched",
+        );
     }
-    let counted: BTreeMap<String, i32> =
-        left.iter().chain(&right).chain(&rest).map(|m| (m.id.to_string(), m.attempts)).collect();
-    assert!(counted.values().all(|&a| a == 1), "each row was claimed once: one attempt each");
+    let counted: BTreeMap<String, i32> = left
+        .iter()
+        .chain(&right)
+        .chain(&rest)
+        .map(|m| (m.id.to_string(), m.attempts))
+        .collect();
+    assert!(
+        counted.values().all(|&a| a == 1),
+        "each row was claimed once: one attempt each"
+    );
 }

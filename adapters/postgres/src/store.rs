@@ -1,0 +1,134 @@
+//! The Postgres store: a deadpool pool of `AsyncPgConnection`s and the `Store` entry point that
+//! opens zone-bound units of work.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use caracal_core::ports::store::{Store, UnitOfWork, ZoneScope};
+use caracal_core::StoreError;
+use diesel::sql_types::Text;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
+
+use crate::unit_of_work::{op, PgUnitOfWork, Pooled};
+
+/// How long a caller waits for a pooled connection (including establishing a new one) before
+/// the store reports `Unavailable` instead of hanging a request.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The role every unit of work runs as. It owns nothing, so the `zone_isolation` policies bind
+/// it (RLS is ENABLEd, not FORCEd; `spec/api.md §5`).
+pub(crate) const APP_ROLE: &str = "caracal_app";
+
+/// Postgres implementation of the storage ports (`Store`, and `OutboxQueue` in `queue.rs`).
+///
+/// Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool<AsyncPgConnection>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("PgStore")
+            .field("max_size", &status.max_size)
+            .field("size", &status.size)
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// Builds the pool for `database_url` with at most `max_connections` connections.
+    ///
+    /// No connection is opened here: connections are established on first use, and a
+    /// database that cannot be reached surfaces as `StoreError::Unavailable` from that use (call
+    /// [`Store::ping`] to check at start-up). Connections are plain TCP through tokio-postgres
+    /// (no libpq, no TLS).
+    pub fn connect(database_url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .build()
+            .map_err(|err| StoreError::Unavailable(format!("cannot build the pool: {err}")))?;
+        Ok(PgStore { pool })
+    }
+
+    /// A pooled connection, or `Unavailable` after [`ACQUIRE_TIMEOUT`].
+    pub(crate) async fn acquire(&self) -> Result<Pooled, StoreError> {
+        match tokio::time::timeout(ACQUIRE_TIMEOUT, self.pool.get()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(err)) => Err(StoreError::Unavailable(format!(
+                "no database connection: {err}"
+            ))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no database connection within {}s",
+                ACQUIRE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Opens a transaction with `caracal.zone_id` set for `scope` (`'*'` for every zone). With
+    /// `as_app_role` the transaction also switches to `caracal_app`, so row-level security
+    /// applies; without it (the outbox dispatcher) it runs as the connecting role.
+    ///
+    /// Both settings are transaction-local (`set_config(…, true)`, the same as `SET LOCAL`), so
+    /// they end with the transaction and a pooled connection never carries them to its next
+    /// borrower. `set_config('role', …, true)` is exactly `SET LOCAL ROLE`.
+    pub(crate) async fn begin_tx(
+        &self,
+        scope: &ZoneScope,
+        as_app_role: bool,
+    ) -> Result<PgUnitOfWork, StoreError> {
+        let conn = self.acquire().await?;
+        // From here on, dropping `uow` (an early return below) rolls back and cleans up.
+        let mut uow = PgUnitOfWork::new(conn);
+        op!(uow, |conn| AnsiTransactionManager::begin_transaction(conn))?;
+        let zone = match scope {
+            ZoneScope::All => "*",
+            ZoneScope::Zone(zone) => zone.as_str(),
+        };
+        if as_app_role {
+            op!(uow, |conn| diesel::sql_query(
+                "SELECT set_config('role', $1, true), set_config('caracal.zone_id', $2, true)"
+            )
+            .bind::<Text, _>(APP_ROLE)
+            .bind::<Text, _>(zone)
+            .execute(conn))?;
+        } else {
+            op!(uow, |conn| diesel::sql_query(
+                "SELECT set_config('caracal.zone_id', $1, true)"
+            )
+            .bind::<Text, _>(zone)
+            .execute(conn))?;
+        }
+        Ok(uow)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    /// Opens a transaction as `caracal_app` bound to `scope` by row-level security
+    /// (`spec/api.md §5`): a zone-scoped unit of work cannot read or write another zone's rows
+    /// even if a query forgets its zone filter.
+    async fn begin(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        Ok(Box::new(self.begin_tx(scope, true).await?))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.acquire().await?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+            .map_err(crate::error::store_error)
+    }
+}
+
+#[async_trait]
+impl UnitOfWork for PgUnitOfWork {
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.finish().await
+    }
+}

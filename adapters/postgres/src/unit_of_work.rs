@@ -1,0 +1,227 @@
+//! The Postgres unit of work: one pooled connection holding one open transaction, bound to a
+//! zone by row-level security (`spec/api.md §5`).
+//!
+//! Rollback on drop. A `PgUnitOfWork` dropped without `commit` must never hand a connection with
+//! an open transaction back to the pool: the next borrower would run inside it, and the locks it
+//! holds (row locks, the admin-audit advisory lock) would stay taken while the connection idles.
+//! diesel-async's pool only notices an open transaction when the connection is next checked out,
+//! which is too late for the locks. So `Drop`:
+//!
+//! * if an operation was cut off mid-flight (its future dropped), the connection's protocol
+//!   state is unknown: the connection is detached from the pool and closed; Postgres aborts the
+//!   transaction of a session that ends;
+//! * otherwise, inside a Tokio runtime, a task rolls back and then returns the connection to the
+//!   pool (or closes it if the rollback fails or leaves a transaction open);
+//! * outside any runtime, the connection is detached and closed.
+//!
+//! Until that task has run, the connection is out of the pool, so no one can borrow it half-way.
+
+use caracal_core::StoreError;
+use diesel_async::pooled_connection::deadpool::Object;
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+
+/// A pooled connection.
+pub(crate) type Pooled = Object<AsyncPgConnection>;
+
+/// One transaction over every repository (the `UnitOfWork` port), on one pooled connection.
+///
+/// Obtained from [`crate::PgStore`] (`Store::begin`). Every write commits together on `commit`;
+/// dropping it without `commit` rolls everything back (see the module documentation for how
+/// that is guaranteed).
+pub struct PgUnitOfWork {
+    conn: Option<Pooled>,
+    /// Set while a statement is in flight; still set at drop time means the future running it
+    /// was cancelled and the connection state is unknown.
+    in_flight: bool,
+}
+
+impl PgUnitOfWork {
+    /// Wraps a connection on which the caller is about to open a transaction. From here on,
+    /// dropping the value cleans the connection up.
+    pub(crate) fn new(conn: Pooled) -> Self {
+        Self {
+            conn: Some(conn),
+            in_flight: false,
+        }
+    }
+
+    /// The connection, marking an operation as started. Pair with [`Self::end_op`] after the
+    /// operation's future completed (the `op!` macros do).
+    pub(crate) fn begin_op(&mut self) -> Result<&mut AsyncPgConnection, StoreError> {
+        self.in_flight = true;
+        match self.conn.as_mut() {
+            Some(conn) => Ok(&mut **conn),
+            None => Err(StoreError::Unavailable(
+                "unit of work already finished".into(),
+            )),
+        }
+    }
+
+    /// Marks the current operation as completed.
+    pub(crate) fn end_op(&mut self) {
+        self.in_flight = false;
+    }
+
+    /// Commits the transaction. The connection goes back to the pool only after a successful
+    /// commit; after a failed (or cancelled) commit it is closed, whatever state it is in.
+    pub(crate) async fn finish(&mut self) -> Result<(), StoreError> {
+        let conn = self
+            .conn
+            .take()
+            .ok_or_else(|| StoreError::Unavailable("unit of work already finished".into()))?;
+        if self.in_flight {
+            discard(conn);
+            return Err(StoreError::Unavailable(
+                "unit of work was interrupted mid-operation; rolled back".into(),
+            ));
+        }
+        let mut guard = CloseOnDrop(Some(conn));
+        let committed = match guard.0.as_mut() {
+            Some(conn) => AnsiTransactionManager::commit_transaction(&mut **conn).await,
+            None => return Err(StoreError::Unavailable("connection lost".into())),
+        };
+        match committed {
+            Ok(()) => {
+                // Dropping the object returns the (now idle) connection to the pool.
+                drop(guard.0.take());
+                Ok(())
+            }
+            Err(err) => Err(crate::error::store_error(err)),
+        }
+    }
+}
+
+impl Drop for PgUnitOfWork {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.in_flight {
+            discard(conn);
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(roll_back_and_release(conn));
+            }
+            Err(_) => discard(conn),
+        }
+    }
+}
+
+/// Rolls the transaction back and returns the connection to the pool, or closes the connection
+/// when that cannot be done cleanly (including when this task is itself cancelled).
+async fn roll_back_and_release(conn: Pooled) {
+    let mut guard = CloseOnDrop(Some(conn));
+    let Some(conn) = guard.0.as_mut() else {
+        return;
+    };
+    if let Err(err) = AnsiTransactionManager::rollback_transaction(&mut **conn).await {
+        tracing::warn!(error = %err, "rollback of an abandoned unit of work failed; closing its connection");
+        return;
+    }
+    let idle = matches!(
+        AnsiTransactionManager::transaction_manager_status_mut(&mut **conn).transaction_depth(),
+        Ok(None)
+    );
+    if idle {
+        // Back to the pool, with no transaction open.
+        drop(guard.0.take());
+    }
+}
+
+/// Closes a connection instead of returning it to the pool.
+struct CloseOnDrop(Option<Pooled>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            discard(conn);
+        }
+    }
+}
+
+/// Detaches a connection from the pool and closes it. Ending the session makes Postgres abort
+/// any transaction it still had open, releasing its locks at once.
+pub(crate) fn discard(conn: Pooled) {
+    drop(Object::take(conn));
+}
+
+/// Runs one read on the unit of work's connection: `op!(uow, |conn| future)`, or
+/// `op!(uow, optional |conn| future)` to read a missing row as `None`. Tracks the
+/// operation as in flight so that a cancelled future is noticed at drop time.
+macro_rules! op {
+    ($uow:expr, optional |$conn:ident| $body:expr) => {{
+        let $conn = $uow.begin_op()?;
+        let result = diesel::OptionalExtension::optional($body.await);
+        $uow.end_op();
+        result.map_err($crate::error::store_error)
+    }};
+    ($uow:expr, |$conn:ident| $body:expr) => {{
+        let $conn = $uow.begin_op()?;
+        let result = $body.await;
+        $uow.end_op();
+        result.map_err($crate::error::store_error)
+    }};
+}
+pub(crate) use op;
+
+/// Runs one write inside a savepoint: `write_op!(uow, |conn| future)`. A write the database
+/// refuses (a uniqueness rule, row-level security) is rolled back to the savepoint, so the unit
+/// of work stays usable after a `Conflict`, exactly like the in-memory adapter, instead of
+/// poisoning the whole transaction.
+macro_rules! write_op {
+    ($uow:expr, |$conn:ident| $body:expr) => {{
+        let $conn = $uow.begin_op()?;
+        let result = async {
+            <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
+                diesel_async::AsyncPgConnection,
+            >>::begin_transaction(&mut *$conn)
+            .await?;
+            match $body.await {
+                Ok(value) => {
+                    <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
+                        diesel_async::AsyncPgConnection,
+                    >>::commit_transaction(&mut *$conn)
+                    .await?;
+                    Ok(value)
+                }
+                Err(err) => {
+                    // A failed rollback leaves the transaction aborted: later statements and the
+                    // commit fail, and the connection is closed instead of pooled.
+                    let _ = <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
+                        diesel_async::AsyncPgConnection,
+                    >>::rollback_transaction(&mut *$conn)
+                    .await;
+                    Err(err)
+                }
+            }
+        }
+        .await;
+        $uow.end_op();
+        result.map_err($crate::error::store_error)
+    }};
+}
+pub(crate) use write_op;
+
+/// Adds keyset pagination to a boxed query: rows strictly after `page.after` in
+/// `(created_at DESC, id DESC)` order, at most `page.limit` of them (`spec/api.md §1`). The
+/// condition is written `created_at <= t AND (created_at < t OR id < i)` so the
+/// `(…, created_at DESC, id DESC)` indexes can serve it.
+macro_rules! keyset {
+    ($query:expr, $page:expr, $created_at:expr, $id:expr) => {{
+        let mut query = $query;
+        if let Some(after) = &$page.after {
+            let at = after.created_at.as_datetime();
+            query = query.filter(
+                $created_at
+                    .le(at)
+                    .and($created_at.lt(at).or($id.lt(after.id.clone()))),
+            );
+        }
+        query
+            .order(($created_at.desc(), $id.desc()))
+            .limit(i64::from($page.limit))
+    }};
+}
+pub(crate) use keyset;

@@ -1,0 +1,387 @@
+//! The Postgres adapter against a real server: the shared store and outbox-queue contracts, plus
+//! what only Postgres can show (migrations, row-level security, privileges, pool hygiene).
+//!
+//! Each test creates its own database (see `support`) so tests run in parallel and leave
+//! nothing behind. Without a reachable server they skip, except under `CI`, where they fail.
+
+mod support;
+
+use std::time::Duration;
+
+use caracal_core::attribution::Attribution;
+use caracal_core::ids::{ApplicationId, ZoneId};
+use caracal_core::model::{AdminAuditRecord, Application, RegistrationMethod, Zone};
+use caracal_core::ports::store::{Store, ZoneScope};
+use caracal_core::time::Timestamp;
+use caracal_core::StoreError;
+use caracal_postgres::{migrate, PgStore};
+use diesel::sql_types::BigInt;
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use support::TestDb;
+
+fn at(micros: i64) -> Timestamp {
+    Timestamp::from_unix_micros(1_790_000_000_000_000 + micros)
+}
+
+fn zone(id: &str) -> Zone {
+    Zone {
+        id: ZoneId::parse(id).expect("zone id"),
+        name: id.into(),
+        slug: id.into(),
+        dcr_enabled: false,
+        operator_coauthor_badge: false,
+        operator_governed: false,
+        attr: Attribution::created("admin:test", false, at(0)),
+        archived_at: None,
+    }
+}
+
+fn app(zone: &Zone, id: &str) -> Application {
+    Application {
+        id: ApplicationId::parse(id).expect("app id"),
+        zone_id: zone.id.clone(),
+        name: id.into(),
+        registration_method: RegistrationMethod::Managed,
+        traits: vec![],
+        client_secret_hash: None,
+        expires_at: None,
+        attr: Attribution::created("admin:test", false, at(1)),
+        archived_at: None,
+    }
+}
+
+fn audit_record(zone: Option<&str>, id: &str) -> AdminAuditRecord {
+    AdminAuditRecord {
+        id: id.into(),
+        request_id: "req".into(),
+        actor_id: None,
+        actor_name: None,
+        actor_scope: None,
+        action: "POST /v1/zones".into(),
+        method: "POST".into(),
+        path: "/v1/zones".into(),
+        zone_id: zone.map(str::to_owned),
+        entity_type: None,
+        entity_id: None,
+        status_code: 201,
+        payload_json: serde_json::json!({}),
+        occurred_at: at(2),
+        content_sha256: "c".into(),
+        prev_content_sha256: None,
+        chain_seq: 1,
+        chain_hmac: None,
+    }
+}
+
+/// Two zones and one application in each, committed by a global unit of work.
+async fn two_zones_with_apps(store: &PgStore) -> (Zone, Zone, Application, Application) {
+    let (za, zb) = (zone("zone-a"), zone("zone-b"));
+    let (aa, ab) = (app(&za, "app-a"), app(&zb, "app-b"));
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_zone(&za).await.expect("save zone a");
+    uow.save_zone(&zb).await.expect("save zone b");
+    uow.save_application(&aa).await.expect("save app a");
+    uow.save_application(&ab).await.expect("save app b");
+    uow.commit().await.expect("commit");
+    (za, zb, aa, ab)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_contract() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 4).expect("pool");
+    caracal_core::contract::store::run_store_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_queue_contract() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 4).expect("pool");
+    caracal_core::contract::store::run_outbox_queue_contract(&store, &store).await;
+    // A second run on the same store must not trip over the first one's rows.
+    caracal_core::contract::store::run_outbox_queue_contract(&store, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // `create` already applied the baseline; running again applies nothing.
+    let again = migrate(&db.url).await.expect("second migrate");
+    assert!(
+        again.is_empty(),
+        "a current schema gets no migration, got {again:?}"
+    );
+    let third = migrate(&db.url).await.expect("third migrate");
+    assert!(third.is_empty(), "still nothing to apply, got {third:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rls_confines_a_zone_scoped_unit_even_when_the_query_names_another_zone() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 2).expect("pool");
+    let (za, zb, _, ab) = two_zones_with_apps(&store).await;
+
+    let mut uow = store
+        .begin(&ZoneScope::Zone(za.id.clone()))
+        .await
+        .expect("begin");
+    assert_eq!(
+        uow.get_application(&zb.id, &ab.id).await.expect("get"),
+        None,
+        "RLS hides zone B from a unit scoped to zone A, though the query filters on zone B"
+    );
+    drop(uow);
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    assert_eq!(
+        uow.get_application(&zb.id, &ab.id).await.expect("get"),
+        Some(ab)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_role_without_a_zone_setting_sees_nothing() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 2).expect("pool");
+    two_zones_with_apps(&store).await;
+
+    let mut raw = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("raw connection");
+    let count = |sql: &'static str| diesel::sql_query(sql);
+    let total: Count = count("SELECT count(*) AS n FROM applications")
+        .get_result(&mut raw)
+        .await
+        .expect("count as owner");
+    assert_eq!(total.n, 2, "the owner (no RLS) sees both rows");
+
+    raw.batch_execute("SET ROLE caracal_app")
+        .await
+        .expect("SET ROLE");
+    let unset: Count = count("SELECT count(*) AS n FROM applications")
+        .get_result(&mut raw)
+        .await
+        .expect("count as caracal_app");
+    assert_eq!(
+        unset.n, 0,
+        "caracal.zone_id never set: fail closed, no rows"
+    );
+
+    raw.batch_execute("SELECT set_config('caracal.zone_id', '', false)")
+        .await
+        .expect("set ''");
+    let empty: Count = count("SELECT count(*) AS n FROM applications")
+        .get_result(&mut raw)
+        .await
+        .expect("count with empty zone");
+    assert_eq!(empty.n, 0, "an empty caracal.zone_id matches no row");
+
+    raw.batch_execute("SELECT set_config('caracal.zone_id', 'zone-a', false)")
+        .await
+        .expect("set zone-a");
+    let scoped: Count = count("SELECT count(*) AS n FROM applications")
+        .get_result(&mut raw)
+        .await
+        .expect("count in zone-a");
+    assert_eq!(scoped.n, 1, "a zone setting shows that zone's rows only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_role_cannot_rewrite_the_admin_audit_log() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 2).expect("pool");
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.append_admin_audit(&audit_record(None, "audit-1"))
+        .await
+        .expect("append as caracal_app");
+    uow.commit().await.expect("commit");
+
+    let mut raw = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("raw connection");
+    raw.batch_execute("SET ROLE caracal_app; SELECT set_config('caracal.zone_id', '*', false)")
+        .await
+        .expect("become caracal_app with every zone visible");
+    for statement in [
+        "UPDATE admin_audit_events SET status_code = 500",
+        "DELETE FROM admin_audit_events",
+    ] {
+        let err = diesel::sql_query(statement)
+            .execute(&mut raw)
+            .await
+            .expect_err("the audit log is append-only for the app role");
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{statement}: expected a permission error, got {err}"
+        );
+    }
+    let rows: Count = diesel::sql_query("SELECT count(*) AS n FROM admin_audit_events")
+        .get_result(&mut raw)
+        .await
+        .expect("count");
+    assert_eq!(rows.n, 1, "the record is still there");
+}
+
+/// Dropped units of work roll back, release their locks at once, and never hand an open
+/// transaction to the next borrower, even after many more drops than the pool has connections
+/// and when a drop interrupts a statement mid-flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_units_of_work_do_not_poison_the_pool() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    const POOL: usize = 2;
+    let store = PgStore::connect(&db.url, POOL).expect("pool");
+    let home = zone("home");
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_zone(&home).await.expect("save zone");
+    uow.commit().await.expect("commit");
+
+    for n in 0..(2 * POOL + 2) {
+        let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+        uow.save_application(&app(&home, &format!("dropped-{n}")))
+            .await
+            .expect("save");
+        // Take the chain lock too: a leaked transaction would keep it.
+        uow.last_admin_audit(Some("home"))
+            .await
+            .expect("last_admin_audit");
+        drop(uow);
+
+        let mut check = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.begin(&ZoneScope::Zone(home.id.clone())),
+        )
+        .await
+        .expect("a connection is available again after a drop")
+        .expect("begin");
+        let app_id = ApplicationId::parse(&format!("dropped-{n}")).expect("id");
+        assert_eq!(
+            check.get_application(&home.id, &app_id).await.expect("get"),
+            None,
+            "an uncommitted write of a dropped unit of work is not visible"
+        );
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            check.last_admin_audit(Some("home")),
+        )
+        .await
+        .expect("the dropped unit released the chain lock")
+        .expect("last_admin_audit");
+        check.commit().await.expect("commit of a read-only unit");
+    }
+
+    // The dropped unit's locks must go at once, not when its connection is next borrowed: here
+    // nobody borrows again while an already-open unit waits for the lock.
+    let mut waiting = store.begin(&ZoneScope::All).await.expect("begin");
+    let mut dropped = store.begin(&ZoneScope::All).await.expect("begin");
+    dropped
+        .last_admin_audit(Some("home"))
+        .await
+        .expect("take the lock");
+    drop(dropped);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        waiting.last_admin_audit(Some("home")),
+    )
+    .await
+    .expect("a dropped unit of work releases its locks without waiting for the pool")
+    .expect("last_admin_audit");
+    waiting.commit().await.expect("commit");
+
+    // A statement cut off mid-flight: the second unit waits on the chain lock the first holds,
+    // and its future is dropped by a timeout.
+    let mut holder = store.begin(&ZoneScope::All).await.expect("begin");
+    holder
+        .last_admin_audit(Some("home"))
+        .await
+        .expect("take the lock");
+    let mut waiter = store.begin(&ZoneScope::All).await.expect("begin");
+    let cut = tokio::time::timeout(
+        Duration::from_millis(200),
+        waiter.last_admin_audit(Some("home")),
+    )
+    .await;
+    assert!(
+        cut.is_err(),
+        "the waiter blocks behind the holder's advisory lock"
+    );
+    drop(waiter);
+    holder
+        .append_admin_audit(&audit_record(Some("home"), "after-cut"))
+        .await
+        .expect("append");
+    holder.commit().await.expect("commit");
+
+    for _ in 0..(2 * POOL) {
+        let mut uow = tokio::time::timeout(Duration::from_secs(10), store.begin(&ZoneScope::All))
+            .await
+            .expect("the pool still hands out connections")
+            .expect("begin");
+        let last = uow
+            .last_admin_audit(Some("home"))
+            .await
+            .expect("last_admin_audit");
+        assert_eq!(last.map(|r| r.id), Some("after-cut".to_owned()));
+        uow.commit().await.expect("commit");
+    }
+    store.ping().await.expect("ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_leaves_the_unit_of_work_usable() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 2).expect("pool");
+    let (za, _, aa, _) = two_zones_with_apps(&store).await;
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    let mut twin = app(&za, "app-twin");
+    twin.name = aa.name.to_uppercase();
+    match uow.save_application(&twin).await {
+        Err(StoreError::Conflict(rule)) => assert_eq!(rule, "applications_active_managed_name"),
+        other => panic!("expected a name conflict, got {other:?}"),
+    }
+    let other = app(&za, "app-other");
+    uow.save_application(&other)
+        .await
+        .expect("the transaction is not aborted by the conflict");
+    uow.commit().await.expect("commit");
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    assert_eq!(
+        uow.get_application(&za.id, &other.id).await.expect("get"),
+        Some(other)
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_not_a_panic() {
+    let store = PgStore::connect("postgres://postgres@127.0.0.1:1/nowhere", 1).expect("pool");
+    match store.ping().await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    match store.begin(&ZoneScope::All).await {
+        Err(StoreError::Unavailable(_)) => {}
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("begin cannot succeed without a server"),
+    }
+}
