@@ -12,3 +12,6 @@ pub use system::{FixedClock, SystemClock, UuidV7Ids};
 
 pub mod bus;
 pub use bus::MemoryBus;
+
+pub mod limits;
+pub use limits::MemoryRateLimiter;

@@ -6,3 +6,6 @@
 pub mod bus;
 
 pub use bus::RedisBus;
+pub mod limits;
+
+pub use limits::RedisRateLimiter;

@@ -199,6 +199,29 @@ impl Management {
     }
 }
 
+/// How often a use case that generates a unique value is re-run after losing a race.
+const GENERATED_VALUE_RETRIES: usize = 8;
+
+/// Runs a use case that generates a unique value (slug, identifier, version number). Two
+/// concurrent writers can compute the same value; the store's unique index turns the loser's
+/// write into a conflict, and the use case is re-run with a fresh read instead of failing.
+pub(crate) async fn retry_lost_race<T, F, Fut>(
+    mut attempt: F,
+    lost_race: impl Fn(&Error) -> bool,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(err) if tries < GENERATED_VALUE_RETRIES && lost_race(&err) => tries += 1,
+            other => return other,
+        }
+    }
+}
+
 /// Trims and bounds a required name.
 pub(crate) fn bounded_name(value: &str, max: usize, code: &'static str) -> Result<String> {
     let name = value.trim();

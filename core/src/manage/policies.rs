@@ -163,6 +163,20 @@ impl Management {
         id: &PolicyId,
         content: String,
     ) -> Result<PolicyVersion> {
+        super::retry_lost_race(
+            || self.add_policy_version_once(caller, zone, id, content.clone()),
+            |e| e.code == "version_conflict",
+        )
+        .await
+    }
+
+    async fn add_policy_version_once(
+        &self,
+        caller: &Caller,
+        zone: &ZoneId,
+        id: &PolicyId,
+        content: String,
+    ) -> Result<PolicyVersion> {
         if content.is_empty() {
             return Err(invalid_body("content", "content must not be empty"));
         }
@@ -177,7 +191,9 @@ impl Management {
             .map(|v| v.version + 1)
             .unwrap_or(1);
         let version = self.new_version(caller, &policy, next, content)?;
-        uow.save_policy_version(&version).await?;
+        uow.save_policy_version(&version)
+            .await
+            .map_err(version_conflict)?;
         uow.commit().await?;
         Ok(version)
     }
@@ -211,4 +227,15 @@ pub fn invalid_body(path: &str, message: &str) -> Error {
         .with_extra(serde_json::json!({
             "details": { "issues": [ { "path": [path], "message": message } ] }
         }))
+}
+
+/// A version number taken by a concurrent writer.
+pub(crate) fn version_conflict(err: StoreError) -> Error {
+    match err {
+        StoreError::Conflict(_) => Error::conflict(
+            "version_conflict",
+            "a concurrent writer took this version number",
+        ),
+        other => other.into(),
+    }
 }

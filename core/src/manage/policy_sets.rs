@@ -220,6 +220,20 @@ impl Management {
         id: &PolicySetId,
         manifest: Vec<ManifestEntry>,
     ) -> Result<PolicySetVersion> {
+        super::retry_lost_race(
+            || self.add_policy_set_version_once(caller, zone, id, manifest.clone()),
+            |e| e.code == "version_conflict",
+        )
+        .await
+    }
+
+    async fn add_policy_set_version_once(
+        &self,
+        caller: &Caller,
+        zone: &ZoneId,
+        id: &PolicySetId,
+        manifest: Vec<ManifestEntry>,
+    ) -> Result<PolicySetVersion> {
         let ids: Vec<String> = manifest.into_iter().map(|m| m.policy_version_id).collect();
         let mut uow = self.begin(caller).await?;
         self.live_zone(&mut uow, zone).await?;
@@ -237,7 +251,9 @@ impl Management {
             created_via_operator: caller.via_operator,
             created_at: self.clock.now(),
         };
-        uow.insert_policy_set_version(&version).await?;
+        uow.insert_policy_set_version(&version)
+            .await
+            .map_err(super::policies::version_conflict)?;
         uow.commit().await?;
         Ok(version)
     }

@@ -143,6 +143,23 @@ impl Management {
         zone: &ZoneId,
         input: NewProvider,
     ) -> Result<Provider> {
+        let generated = input
+            .identifier
+            .as_deref()
+            .is_none_or(|i| i.trim().is_empty());
+        super::retry_lost_race(
+            || self.create_provider_once(caller, zone, input.clone()),
+            |e| generated && e.code == "provider_identifier_conflict",
+        )
+        .await
+    }
+
+    async fn create_provider_once(
+        &self,
+        caller: &Caller,
+        zone: &ZoneId,
+        input: NewProvider,
+    ) -> Result<Provider> {
         let name = input
             .name
             .as_deref()

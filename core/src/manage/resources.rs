@@ -250,6 +250,23 @@ impl Management {
         zone: &ZoneId,
         input: ResourceInput,
     ) -> Result<Resource> {
+        let generated = input
+            .identifier
+            .as_deref()
+            .is_none_or(|i| i.trim().is_empty());
+        super::retry_lost_race(
+            || self.create_resource_once(caller, zone, input.clone()),
+            |e| generated && e.code == "resource_identifier_conflict",
+        )
+        .await
+    }
+
+    async fn create_resource_once(
+        &self,
+        caller: &Caller,
+        zone: &ZoneId,
+        input: ResourceInput,
+    ) -> Result<Resource> {
         let name = input
             .name
             .as_deref()

@@ -88,6 +88,15 @@ impl Management {
 
     /// Creates a zone with an explicit or generated unique slug.
     pub async fn create_zone(&self, caller: &Caller, input: NewZone) -> Result<Zone> {
+        let generated = input.slug.is_none();
+        super::retry_lost_race(
+            || self.create_zone_once(caller, input.clone()),
+            |e| generated && e.code == "zone_slug_conflict",
+        )
+        .await
+    }
+
+    async fn create_zone_once(&self, caller: &Caller, input: NewZone) -> Result<Zone> {
         let name = bounded_name(&input.name, 120, "invalid_zone")?;
         if let Some(slug) = &input.slug {
             validate_slug(slug)?;

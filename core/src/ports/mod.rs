@@ -3,9 +3,11 @@
 pub mod clock;
 pub mod crypto;
 pub mod events;
+pub mod limits;
 pub mod store;
 
 pub use clock::{Clock, IdGenerator};
 pub use crypto::{MessageAuthenticator, PasswordHasher, SecretGenerator, SecretSealer};
 pub use events::{BusError, Delivery, EventBus};
+pub use limits::{LimiterError, RateLimiter};
 pub use store::*;

@@ -21,6 +21,12 @@ pub struct ApiConfig {
     pub max_resources_per_zone: u64,
     /// `OUTBOX_POLL_MS` (250).
     pub outbox_poll_ms: u64,
+    /// `API_V1_RATE_LIMIT_PER_MIN` (600): `/v1` requests per minute, per client IP and per actor.
+    pub v1_rate_limit_per_min: u64,
+    /// `ADMIN_AUTH_FAIL_LIMIT_PER_MIN` (60): failed authentications per minute per client IP.
+    pub auth_fail_limit_per_min: u64,
+    /// `TRUST_PROXY` (false): take the client IP from `X-Forwarded-For`.
+    pub trust_proxy: bool,
 }
 
 impl ApiConfig {
@@ -39,6 +45,9 @@ impl ApiConfig {
                 .unwrap_or_else(|| "caracal-control".into()),
             max_resources_per_zone: env.parsed("API_MAX_RESOURCES_PER_ZONE", 100_000)?,
             outbox_poll_ms: env.parsed("OUTBOX_POLL_MS", 250)?,
+            v1_rate_limit_per_min: env.parsed("API_V1_RATE_LIMIT_PER_MIN", 600)?,
+            auth_fail_limit_per_min: env.parsed("ADMIN_AUTH_FAIL_LIMIT_PER_MIN", 60)?,
+            trust_proxy: env.flag("TRUST_PROXY", false)?,
         })
     }
 }
@@ -54,6 +63,9 @@ impl Default for ApiConfig {
             control_audience: "caracal-control".into(),
             max_resources_per_zone: 100_000,
             outbox_poll_ms: 250,
+            v1_rate_limit_per_min: 600,
+            auth_fail_limit_per_min: 60,
+            trust_proxy: false,
         }
     }
 }

@@ -9,6 +9,7 @@ use actix_web::{web, HttpMessage, ResponseError};
 use caracal_core::manage::admin_audit::{audit_unavailable, AuditEntry};
 use caracal_core::manage::auth::{authorize, RequestShape};
 use caracal_core::manage::{Actor, Caller};
+use caracal_core::ErrorKind;
 use caracal_http::body::JsonBody;
 use caracal_http::{request_id_of, ApiError};
 
@@ -35,6 +36,35 @@ fn harden<B>(res: &mut ServiceResponse<B>) {
     );
 }
 
+fn rate_limited() -> caracal_core::Error {
+    caracal_core::Error::new(ErrorKind::RateLimited, "rate_limited")
+}
+
+/// Rate limits are a security control: when they cannot be counted, requests are refused.
+fn limiter_down(err: caracal_core::ports::LimiterError) -> caracal_core::Error {
+    caracal_core::Error::new(ErrorKind::Unavailable, "rate_limiter_unavailable")
+        .describe(err.to_string())
+}
+
+/// The client's address: the peer, or the first `X-Forwarded-For` hop behind a trusted proxy.
+fn client_ip(req: &ServiceRequest, trust_proxy: bool) -> String {
+    if trust_proxy {
+        if let Some(first) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+        {
+            return first.to_owned();
+        }
+    }
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The middleware.
 pub async fn admin_gate(
     req: ServiceRequest,
@@ -49,12 +79,41 @@ pub async fn admin_gate(
     let path = req.path().to_owned();
     let request_id = request_id_of(req.request());
 
+    let client_ip = client_ip(&req, state.config.trust_proxy);
+    let minute = state.management.clock.now().unix_seconds().div_euclid(60);
     let authorized: Result<Actor, caracal_core::Error> = async {
+        let limiter = &state.limiter;
+        let per_min = state.config.v1_rate_limit_per_min;
+        let ip_key = format!("api:v1_rl:ip:{client_ip}");
+        if limiter.hit(&ip_key, minute).await.map_err(limiter_down)? > per_min {
+            return Err(rate_limited());
+        }
+        // Past the failure limit an address is refused before its token is even verified, so a
+        // guessing client cannot make the server spend Argon2 time on it.
+        let fail_key = format!("api:admin_auth_fail:{client_ip}");
+        let fail_limit = state.config.auth_fail_limit_per_min;
+        if limiter
+            .count(&fail_key, minute)
+            .await
+            .map_err(limiter_down)?
+            >= fail_limit
+        {
+            return Err(rate_limited());
+        }
         let header = req
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let actor = state.management.authenticate(header).await?;
+        let actor = match state.management.authenticate(header).await {
+            Ok(actor) => actor,
+            Err(err) if err.kind == ErrorKind::Unauthenticated => {
+                if limiter.hit(&fail_key, minute).await.map_err(limiter_down)? > fail_limit {
+                    return Err(rate_limited());
+                }
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        };
         let shape = RequestShape {
             method: &method,
             path: &path,
@@ -64,6 +123,14 @@ pub async fn admin_gate(
             _ => false,
         };
         authorize(&actor, shape, reserved)?;
+        if limiter
+            .hit(&format!("api:v1_rl:actor:{}", actor.token_id), minute)
+            .await
+            .map_err(limiter_down)?
+            > per_min
+        {
+            return Err(rate_limited());
+        }
         Ok(actor)
     }
     .await;

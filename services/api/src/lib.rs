@@ -15,7 +15,7 @@ use std::sync::Arc;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 use caracal_core::manage::Management;
-use caracal_core::ports::{EventBus, OutboxQueue, Store};
+use caracal_core::ports::{EventBus, OutboxQueue, RateLimiter, Store};
 use caracal_http::metrics::HttpCounters;
 
 pub use config::ApiConfig;
@@ -33,6 +33,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     /// Request counters.
     pub counters: Arc<HttpCounters>,
+    /// `/v1` rate-limit counters.
+    pub limiter: Arc<dyn RateLimiter>,
     /// Tunables.
     pub config: Arc<ApiConfig>,
 }

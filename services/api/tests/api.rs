@@ -13,7 +13,7 @@ use caracal_core::model::OutboxMessage;
 use caracal_core::ports::store::{Page, Store, ZoneScope};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets};
 use caracal_http::metrics::HttpCounters;
-use caracal_memory::{MemoryBus, MemoryStore, SystemClock, UuidV7Ids};
+use caracal_memory::{MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock, UuidV7Ids};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "cat_test_bootstrap_token";
@@ -24,6 +24,10 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(ApiConfig::default()).await
+}
+
+async fn harness_with(config: ApiConfig) -> Harness {
     let store = MemoryStore::new();
     let kek = Kek::generate().expect("kek");
     // Cheap Argon2 parameters keep tests fast; production parameters are covered in caracal-crypto.
@@ -45,7 +49,8 @@ async fn harness() -> Harness {
         bus: Arc::new(MemoryBus::new()),
         store: Arc::new(store.clone()),
         counters: Arc::new(HttpCounters::default()),
-        config: Arc::new(ApiConfig::default()),
+        limiter: Arc::new(MemoryRateLimiter::new()),
+        config: Arc::new(config),
     };
     Harness { store, state }
 }
@@ -500,5 +505,56 @@ async fn grants_and_templates() {
             "label-confinement",
             "zone-restriction"
         ]
+    );
+}
+
+#[actix_web::test]
+async fn rate_limits_per_address_and_failed_auth() {
+    let h = harness_with(ApiConfig {
+        v1_rate_limit_per_min: 5,
+        auth_fail_limit_per_min: 2,
+        ..ApiConfig::default()
+    })
+    .await;
+    let app = test::init_service(api_app!(h.state.clone())).await;
+    let bad = || {
+        TestRequest::get()
+            .uri("/v1/zones")
+            .insert_header(("authorization", "Bearer wrong"))
+            .peer_addr("10.0.0.9:1000".parse().expect("addr"))
+    };
+    assert_eq!(raw(&app, bad()).await.0, 401);
+    assert_eq!(raw(&app, bad()).await.0, 401);
+    let (status, body) = raw(&app, bad()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("rate_limited")),
+        "third failure in a minute"
+    );
+    let good = TestRequest::get()
+        .uri("/v1/zones")
+        .insert_header(("authorization", format!("Bearer {TOKEN}")))
+        .peer_addr("10.0.0.9:1000".parse().expect("addr"));
+    assert_eq!(
+        raw(&app, good).await.0,
+        429,
+        "a guessing address is refused even with a good token"
+    );
+
+    for _ in 0..5 {
+        let ok = TestRequest::get()
+            .uri("/v1/zones")
+            .insert_header(("authorization", format!("Bearer {TOKEN}")))
+            .peer_addr("10.0.0.7:1000".parse().expect("addr"));
+        assert_eq!(raw(&app, ok).await.0, 200);
+    }
+    let over = TestRequest::get()
+        .uri("/v1/zones")
+        .insert_header(("authorization", format!("Bearer {TOKEN}")))
+        .peer_addr("10.0.0.7:1000".parse().expect("addr"));
+    assert_eq!(
+        raw(&app, over).await.0,
+        429,
+        "sixth request in a minute from one address"
     );
 }

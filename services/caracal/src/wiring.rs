@@ -8,11 +8,11 @@ use actix_web::HttpServer;
 use caracal_api::{api_app, ApiConfig, ApiState};
 use caracal_core::dispatch::Dispatcher;
 use caracal_core::manage::{Management, ManagementConfig};
-use caracal_core::ports::{Clock, EventBus, MessageAuthenticator, OutboxQueue, Store};
+use caracal_core::ports::{Clock, EventBus, MessageAuthenticator, OutboxQueue, RateLimiter, Store};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets};
 use caracal_http::config::{ConfigError, Env, ProcessEnv};
 use caracal_http::metrics::HttpCounters;
-use caracal_memory::{MemoryBus, MemoryStore, SystemClock, UuidV7Ids};
+use caracal_memory::{MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock, UuidV7Ids};
 use tokio::sync::watch;
 
 /// The keys every mode needs.
@@ -78,6 +78,7 @@ async fn run_api(
     store: Arc<dyn Store>,
     queue: Arc<dyn OutboxQueue>,
     bus: Arc<dyn EventBus>,
+    limiter: Arc<dyn RateLimiter>,
     keys: Keys,
     config: ApiConfig,
     admin_token: String,
@@ -106,6 +107,7 @@ async fn run_api(
         bus,
         store,
         counters: Arc::new(HttpCounters::default()),
+        limiter,
         config: Arc::new(config.clone()),
     };
     let server = HttpServer::new(move || api_app!(state.clone()))
@@ -152,6 +154,7 @@ pub async fn dev() -> Result<(), String> {
         Arc::new(store.clone()),
         Arc::new(store),
         Arc::new(MemoryBus::new()),
+        Arc::new(MemoryRateLimiter::new()),
         keys,
         config,
         admin_token,
@@ -186,10 +189,12 @@ pub async fn serve() -> Result<(), String> {
         .map_err(|e| format!("cannot use DATABASE_URL: {e}"))?;
     let bus = caracal_redis::RedisBus::connect(&redis_url)
         .map_err(|e| format!("cannot use REDIS_URL: {e}"))?;
+    let limiter = caracal_redis::RedisRateLimiter::new(bus.pool().clone());
     run_api(
         Arc::new(store.clone()),
         Arc::new(store),
         Arc::new(bus),
+        Arc::new(limiter),
         keys,
         config,
         admin_token,
