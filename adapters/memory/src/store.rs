@@ -147,6 +147,10 @@ impl ZoneRepo for MemoryUnitOfWork {
 impl ApplicationRepo for MemoryUnitOfWork {
     async fn save_application(&mut self, app: &Application) -> Result<(), StoreError> {
         self.check_write(Some(&app.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().applications.get(app.id.as_str()) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
         let clash = app.archived_at.is_none()
             && app.registration_method == RegistrationMethod::Managed
             && self.read().applications.values().any(|a| {
@@ -224,6 +228,10 @@ impl ApplicationRepo for MemoryUnitOfWork {
 impl ProviderRepo for MemoryUnitOfWork {
     async fn save_provider(&mut self, provider: &Provider) -> Result<(), StoreError> {
         self.check_write(Some(&provider.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().providers.get(provider.id.as_str()) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
         let clash = provider.archived_at.is_none()
             && self.read().providers.values().any(|p| {
                 p.id != provider.id
@@ -291,6 +299,10 @@ impl ProviderRepo for MemoryUnitOfWork {
 impl ResourceRepo for MemoryUnitOfWork {
     async fn save_resource(&mut self, resource: &Resource) -> Result<(), StoreError> {
         self.check_write(Some(&resource.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().resources.get(resource.id.as_str()) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
         let clash = resource.archived_at.is_none()
             && self.read().resources.values().any(|r| {
                 r.id != resource.id
@@ -370,6 +382,10 @@ impl ResourceRepo for MemoryUnitOfWork {
 impl PolicyRepo for MemoryUnitOfWork {
     async fn save_policy(&mut self, policy: &Policy) -> Result<(), StoreError> {
         self.check_write(Some(&policy.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().policies.get(policy.id.as_str()) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
         let clash = policy.archived_at.is_none()
             && self.read().policies.values().any(|p| {
                 p.id != policy.id
@@ -433,6 +449,10 @@ impl PolicyRepo for MemoryUnitOfWork {
 
     async fn save_policy_version(&mut self, version: &PolicyVersion) -> Result<(), StoreError> {
         self.check_write(Some(&version.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().policy_versions.get(version.id.as_str()) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
         let clash = self.read().policy_versions.values().any(|v| {
             v.id != version.id && v.policy_id == version.policy_id && v.version == version.version
         });
@@ -480,6 +500,10 @@ impl PolicyRepo for MemoryUnitOfWork {
 impl PolicySetRepo for MemoryUnitOfWork {
     async fn save_policy_set(&mut self, set: &PolicySet) -> Result<(), StoreError> {
         self.check_write(Some(&set.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().policy_sets.get(set.id.as_str()) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
         let others = || {
             self.read()
                 .policy_sets
@@ -639,6 +663,10 @@ impl PolicySetRepo for MemoryUnitOfWork {
 impl GrantRepo for MemoryUnitOfWork {
     async fn save_grant(&mut self, grant: &Grant) -> Result<(), StoreError> {
         self.check_write(Some(&grant.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().grants.get(grant.id.as_str()) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
         self.write()
             .grants
             .insert(grant.id.to_string(), grant.clone());
