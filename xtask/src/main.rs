@@ -5,6 +5,8 @@
 //! To add a command: write one `fn name(args: &[String]) -> Result<(), String>`, add an arm to the
 //! `match` in `main`, and a line to `COMMANDS` (which `--help` prints).
 
+mod bench;
+
 use std::env;
 use std::ffi::OsStr;
 use std::fs;
@@ -19,6 +21,11 @@ const COMMANDS: &[(&str, &str)] = &[
         "test [PYTEST_ARGS...]",
         "cargo test --workspace, build `caracal`, then the end-to-end suite driven by the official \
          Python SDK (extra arguments go to pytest, e.g. `-k restart -x`)",
+    ),
+    (
+        "bench",
+        "release build; list-applications p50/p95 over HTTP on Postgres against a /health \
+         baseline in the same run (needs Postgres and Redis on 127.0.0.1)",
     ),
     (
         "ci [PYTEST_ARGS...]",
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
         }
         "test" => test(rest),
         "ci" => ci(rest),
+        "bench" => Workspace::locate().and_then(|ws| bench::run(&mut ws.cargo(), &ws.target_dir)),
         other => Err(format!(
             "unknown command `{other}`; `cargo xtask --help` lists the commands"
         )),

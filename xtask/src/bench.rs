@@ -1,0 +1,354 @@
+//! `cargo xtask bench`: latency of the API's hot read path over real HTTP on Postgres, against
+//! a baseline measured in the same run on the same server (`/health`), so the ratio says what
+//! the route costs beyond the HTTP stack.
+//!
+//! The client is a minimal keep-alive HTTP/1.1 client on one loopback connection (closed loop,
+//! one request in flight), so every sample is the latency a sequential SDK caller would see.
+//! Bounded: a fixed number of requests per round, then the server is stopped and its database
+//! dropped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Applications seeded into the benchmark zone.
+const APPLICATIONS: usize = 50;
+/// Rounds per measurement; the report gives the median round and the spread across rounds.
+const ROUNDS: usize = 5;
+/// Requests per round.
+const PER_ROUND: usize = 1_000;
+/// Warm-up requests before measuring (pool, caches, branch predictors).
+const WARMUP: usize = 300;
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+    host: String,
+}
+
+impl Conn {
+    fn open(port: u16) -> Result<Self, String> {
+        let stream =
+            TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            host: format!("127.0.0.1:{port}"),
+        })
+    }
+
+    /// Sends one request and reads the whole response; returns (status, body).
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<(u16, String), String> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        if let Some(token) = token {
+            head.push_str(&format!("authorization: Bearer {token}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!(
+                "content-type: application/json\r\ncontent-length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream
+            .write_all(head.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        stream
+            .write_all(body.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let mut length = None;
+        loop {
+            line.clear();
+            self.reader
+                .read_line(&mut line)
+                .map_err(|e| format!("read: {e}"))?;
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = trimmed.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let length = length.ok_or("response without content-length")?;
+        let mut buf = vec![0; length];
+        self.reader
+            .read_exact(&mut buf)
+            .map_err(|e| format!("read body: {e}"))?;
+        Ok((status, String::from_utf8_lossy(&buf).into_owned()))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+fn psql(sql: &str) -> Result<(), String> {
+    let status = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qtAc",
+            sql,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("psql: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("psql failed: {sql}"))
+}
+
+/// Stops the server and drops the database however the bench ends.
+struct Cleanup {
+    child: Option<Child>,
+    database: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        ));
+    }
+}
+
+fn hex_key() -> String {
+    // 32 bytes from the OS; a benchmark key only needs to be valid, not secret.
+    let mut bytes = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn json_field<'a>(body: &'a str, field: &str) -> Option<&'a str> {
+    let key = format!("\"{field}\":\"");
+    let start = body.find(&key)? + key.len();
+    let end = body[start..].find('"')?;
+    Some(&body[start..start + end])
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+struct Stats {
+    p50: Vec<Duration>,
+    p95: Vec<Duration>,
+    p99: Vec<Duration>,
+}
+
+fn measure(conn: &mut Conn, path: &str, token: &str) -> Result<Stats, String> {
+    for _ in 0..WARMUP {
+        conn.request("GET", path, Some(token), None)?;
+    }
+    let mut stats = Stats {
+        p50: Vec::new(),
+        p95: Vec::new(),
+        p99: Vec::new(),
+    };
+    for _ in 0..ROUNDS {
+        let mut samples = Vec::with_capacity(PER_ROUND);
+        for _ in 0..PER_ROUND {
+            let started = Instant::now();
+            let (status, _) = conn.request("GET", path, Some(token), None)?;
+            samples.push(started.elapsed());
+            if status != 200 {
+                return Err(format!("GET {path} answered {status}"));
+            }
+        }
+        samples.sort();
+        stats.p50.push(percentile(&samples, 0.50));
+        stats.p95.push(percentile(&samples, 0.95));
+        stats.p99.push(percentile(&samples, 0.99));
+    }
+    for v in [&mut stats.p50, &mut stats.p95, &mut stats.p99] {
+        v.sort();
+    }
+    Ok(stats)
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn row(name: &str, s: &Stats) -> String {
+    let mid = ROUNDS / 2;
+    format!(
+        "| {name} | {:.0} µs ({:.0}–{:.0}) | {:.0} µs ({:.0}–{:.0}) | {:.0} µs |",
+        us(s.p50[mid]),
+        us(s.p50[0]),
+        us(s.p50[ROUNDS - 1]),
+        us(s.p95[mid]),
+        us(s.p95[0]),
+        us(s.p95[ROUNDS - 1]),
+        us(s.p99[mid]),
+    )
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+/// Runs the benchmark with the release binary under `target_dir`.
+pub fn run(cargo: &mut Command, target_dir: &Path) -> Result<(), String> {
+    println!("building the release binary…");
+    let status = cargo
+        .args(["build", "--release", "-p", "caracal"])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err("cargo build --release failed".into());
+    }
+    let binary = target_dir.join("release").join("caracal");
+    let port = free_port()?;
+    let token = format!("cat_bench_{}", &hex_key()[..24]);
+    let database = format!("caracal_bench_{}", std::process::id());
+    psql(&format!("CREATE DATABASE {database}"))?;
+    let mut cleanup = Cleanup {
+        child: None,
+        database: database.clone(),
+    };
+    let child = Command::new(&binary)
+        .args(["serve", "api"])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        )
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("SECRET_STORE_KEK", hex_key())
+        .env("CARACAL_ADMIN_TOKEN", &token)
+        .env("API_PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    cleanup.child = Some(child);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        if let Ok(mut c) = Conn::open(port) {
+            if c.request("GET", "/health", None, None)
+                .is_ok_and(|(s, _)| s == 200)
+            {
+                break c;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("server did not become healthy within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let (status, zone) = conn.request(
+        "POST",
+        "/v1/zones",
+        Some(&token),
+        Some(r#"{"name":"bench"}"#),
+    )?;
+    if status != 201 {
+        return Err(format!("create zone answered {status}: {zone}"));
+    }
+    let zone = json_field(&zone, "id").ok_or("zone id missing")?.to_owned();
+    println!("seeding {APPLICATIONS} applications…");
+    for i in 0..APPLICATIONS {
+        let body = format!(
+            r#"{{"name":"bench-app-{i}","registration_method":"managed","traits":["tier:{i}"]}}"#
+        );
+        let (status, text) = conn.request(
+            "POST",
+            &format!("/v1/zones/{zone}/applications"),
+            Some(&token),
+            Some(&body),
+        )?;
+        if status != 201 {
+            return Err(format!("create application answered {status}: {text}"));
+        }
+    }
+    let list = format!("/v1/zones/{zone}/applications");
+    println!(
+        "measuring: {ROUNDS} rounds × {PER_ROUND} requests each, after {WARMUP} warm-up requests…"
+    );
+    let health = measure(&mut conn, "/health", &token)?;
+    let apps = measure(&mut conn, &list, &token)?;
+    let mid = ROUNDS / 2;
+    println!("\nmachine: {}", machine());
+    println!("one keep-alive loopback connection, one request in flight, release build, Postgres + Redis\n");
+    println!("| request | p50 (spread across rounds) | p95 (spread) | p99 |");
+    println!("| --- | --- | --- | --- |");
+    println!("{}", row("GET /health (baseline)", &health));
+    println!(
+        "{}",
+        row(
+            &format!("GET list applications ({APPLICATIONS} rows)"),
+            &apps
+        )
+    );
+    println!(
+        "\nlist-applications p50 = {:.2} ms ({:.1}× the /health baseline); upstream publishes 4 ms p50, target ≤ 1 ms",
+        us(apps.p50[mid]) / 1000.0,
+        us(apps.p50[mid]) / us(health.p50[mid]).max(1.0),
+    );
+    drop(cleanup);
+    Ok(())
+}
