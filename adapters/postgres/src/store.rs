@@ -6,10 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use caracal_core::ports::store::{Store, UnitOfWork, ZoneScope};
 use caracal_core::StoreError;
-use diesel::sql_types::Text;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl};
 
 use crate::unit_of_work::{op, PgUnitOfWork, Pooled};
 
@@ -84,25 +83,29 @@ impl PgStore {
         let conn = self.acquire().await?;
         // From here on, dropping `uow` (an early return below) rolls back and cleans up.
         let mut uow = PgUnitOfWork::new(conn);
-        op!(uow, |conn| AnsiTransactionManager::begin_transaction(conn))?;
         let zone = match scope {
             ZoneScope::All => "*",
             ZoneScope::Zone(zone) => zone.as_str(),
         };
-        if as_app_role {
-            op!(uow, |conn| diesel::sql_query(
-                "SELECT set_config('role', $1, true), set_config('caracal.zone_id', $2, true)"
-            )
-            .bind::<Text, _>(APP_ROLE)
-            .bind::<Text, _>(zone)
-            .execute(conn))?;
-        } else {
-            op!(uow, |conn| diesel::sql_query(
-                "SELECT set_config('caracal.zone_id', $1, true)"
-            )
-            .bind::<Text, _>(zone)
-            .execute(conn))?;
+        // BEGIN and the RLS binding travel as one simple-query batch: one round trip instead
+        // of two on every request. The zone is spliced in as a literal, which is safe only
+        // because a `ZoneId` holds nothing but `[A-Za-z0-9_.:-]`; re-check it here rather than
+        // trust that invariant at a distance.
+        if zone != "*" && !caracal_core::ids::is_path_id(zone) {
+            return Err(StoreError::Corrupt(
+                "zone id outside the path-id alphabet".into(),
+            ));
         }
+        let sql = if as_app_role {
+            format!(
+                "BEGIN; SELECT set_config('role', '{APP_ROLE}', true), set_config('caracal.zone_id', '{zone}', true)"
+            )
+        } else {
+            format!("BEGIN; SELECT set_config('caracal.zone_id', '{zone}', true)")
+        };
+        op!(uow, |conn| AnsiTransactionManager::begin_transaction_sql(
+            conn, &sql
+        ))?;
         Ok(uow)
     }
 }

@@ -42,6 +42,33 @@ impl RateLimiter for RedisRateLimiter {
         Ok(count)
     }
 
+    async fn hit_and_peek(
+        &self,
+        hits: &[String],
+        peeks: &[String],
+        window: i64,
+    ) -> Result<(Vec<u64>, Vec<u64>), LimiterError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in hits {
+            let full = format!("{key}:{window}");
+            pipe.incr(&full, 1).expire(&full, WINDOW_TTL_SECS).ignore();
+        }
+        for key in peeks {
+            pipe.cmd("GET").arg(format!("{key}:{window}"));
+        }
+        let values: Vec<Option<u64>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        if values.len() != hits.len() + peeks.len() {
+            return Err(LimiterError("unexpected pipeline reply".into()));
+        }
+        let (h, p) = values.split_at(hits.len());
+        Ok((
+            h.iter().map(|v| v.unwrap_or(0)).collect(),
+            p.iter().map(|v| v.unwrap_or(0)).collect(),
+        ))
+    }
+
     async fn count(&self, key: &str, window: i64) -> Result<u64, LimiterError> {
         let mut conn = self.pool.get().await.map_err(unavailable)?;
         let value: Option<u64> = redis::cmd("GET")

@@ -84,26 +84,30 @@ pub async fn admin_gate(
     let authorized: Result<Actor, caracal_core::Error> = async {
         let limiter = &state.limiter;
         let per_min = state.config.v1_rate_limit_per_min;
-        let ip_key = format!("api:v1_rl:ip:{client_ip}");
-        if limiter.hit(&ip_key, minute).await.map_err(limiter_down)? > per_min {
-            return Err(rate_limited());
-        }
-        // Past the failure limit an address is refused before its token is even verified, so a
-        // guessing client cannot make the server spend Argon2 time on it.
-        let fail_key = format!("api:admin_auth_fail:{client_ip}");
         let fail_limit = state.config.auth_fail_limit_per_min;
-        if limiter
-            .count(&fail_key, minute)
-            .await
-            .map_err(limiter_down)?
-            >= fail_limit
-        {
-            return Err(rate_limited());
-        }
         let header = req
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
+        // One round trip on every request: count the address and the presented credential
+        // (its SHA-256 stands for the token id, one to one) and read the address's failures.
+        // Past the failure limit an address is refused before its token is verified, so a
+        // guessing client cannot make the server spend Argon2 time on it.
+        let credential = caracal_core::digest::sha256_hex(header.unwrap_or("").as_bytes());
+        let ip_key = format!("api:v1_rl:ip:{client_ip}");
+        let actor_key = format!("api:v1_rl:actor:{}", &credential[..32]);
+        let fail_key = format!("api:admin_auth_fail:{client_ip}");
+        let (hits, peeks) = limiter
+            .hit_and_peek(
+                &[ip_key, actor_key],
+                std::slice::from_ref(&fail_key),
+                minute,
+            )
+            .await
+            .map_err(limiter_down)?;
+        if hits.iter().any(|n| *n > per_min) || peeks.iter().any(|n| *n >= fail_limit) {
+            return Err(rate_limited());
+        }
         let actor = match state.management.authenticate(header).await {
             Ok(actor) => actor,
             Err(err) if err.kind == ErrorKind::Unauthenticated => {
@@ -123,14 +127,6 @@ pub async fn admin_gate(
             _ => false,
         };
         authorize(&actor, shape, reserved)?;
-        if limiter
-            .hit(&format!("api:v1_rl:actor:{}", actor.token_id), minute)
-            .await
-            .map_err(limiter_down)?
-            > per_min
-        {
-            return Err(rate_limited());
-        }
         Ok(actor)
     }
     .await;
