@@ -212,23 +212,21 @@ class CaracalServer:
         )
 
     def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after a grace period; returns the exit status."""
+        """SIGTERM, then SIGKILL after a grace period. Returns the exit status, or None when the
+        server ignored SIGTERM and had to be killed."""
         if self.process is None:
             return self.exit_code
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
                 self.exit_code = None
-                self.process = None
-                self._log.flush()
                 return None
-        self.exit_code = self.process.returncode
-        self.process = None
-        self._log.flush()
+        self.exit_code = process.returncode
         return self.exit_code
 
     def output(self, tail_chars: int = 20000) -> str:
