@@ -464,6 +464,64 @@ impl Management {
         })
     }
 
+    /// Archives DCR applications whose expiry passed more than `grace_ms` ago, in every live
+    /// zone (the DCR garbage collector, `spec/api.md §3.2` "Jobs"). Returns how many it archived.
+    pub async fn archive_expired_dcr_applications(&self, grace_ms: i64) -> Result<usize> {
+        let now = self.clock.now();
+        let cutoff = now.plus_millis(-grace_ms);
+        let mut uow = self
+            .store
+            .begin(&crate::ports::store::ZoneScope::All)
+            .await?;
+        let mut archived = 0;
+        let mut zones_page = Page {
+            limit: 500,
+            after: None,
+        };
+        loop {
+            let zones = uow.list_zones(&zones_page).await?;
+            let more_zones = zones.len() as u32 == zones_page.limit;
+            zones_page.after = zones.last().map(|z| crate::ports::store::After {
+                created_at: z.attr.created_at,
+                id: z.id.to_string(),
+            });
+            for zone in zones {
+                let mut page = Page {
+                    limit: 500,
+                    after: None,
+                };
+                loop {
+                    let apps = uow
+                        .list_applications(&zone.id, Liveness::Active, &page)
+                        .await?;
+                    let more = apps.len() as u32 == page.limit;
+                    page.after = apps.last().map(|a| crate::ports::store::After {
+                        created_at: a.attr.created_at,
+                        id: a.id.to_string(),
+                    });
+                    for mut app in apps {
+                        let expired = app.registration_method == RegistrationMethod::Dcr
+                            && app.expires_at.is_some_and(|t| t <= cutoff);
+                        if expired {
+                            app.archived_at = Some(now);
+                            app.attr.touch("system:dcr-gc", false, now);
+                            uow.save_application(&app).await?;
+                            archived += 1;
+                        }
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+            }
+            if !more_zones {
+                break;
+            }
+        }
+        uow.commit().await?;
+        Ok(archived)
+    }
+
     async fn count_live_dcr(&self, uow: &mut Box<dyn UnitOfWork>, zone: &ZoneId) -> Result<usize> {
         let status = self.zone_dcr_count(uow, zone).await?;
         Ok(status)

@@ -37,3 +37,31 @@ pub async fn run_dispatcher(
         }
     }
 }
+
+/// How long after expiry a DCR application is archived.
+const DCR_GRACE_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Archives expired DCR applications every `tick` until shutdown.
+pub async fn run_dcr_gc(
+    management: caracal_core::manage::Management,
+    tick: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match management
+            .archive_expired_dcr_applications(DCR_GRACE_MS)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(archived = n, "archived expired DCR applications"),
+            Err(err) => tracing::warn!(error = %err, "DCR garbage collection failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}

@@ -559,3 +559,98 @@ async fn rate_limits_per_address_and_failed_auth() {
         "sixth use of the token in a minute"
     );
 }
+
+#[actix_web::test]
+async fn dcr_registration_gate_limit_and_garbage_collection() {
+    let h = harness().await;
+    let app = test::init_service(api_app!(h.state.clone())).await;
+    let (_, zone) = call(&app, "POST", "/v1/zones", Some(json!({"name": "dcr"}))).await;
+    let z = zone["id"].as_str().expect("zone").to_owned();
+    let dcr = format!("/v1/zones/{z}/applications/dcr");
+    let (status, body) = call(&app, "POST", &dcr, Some(json!({"name": "bot"}))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("dcr_disabled"))
+    );
+    call(
+        &app,
+        "PATCH",
+        &format!("/v1/zones/{z}"),
+        Some(json!({"dcr_enabled": true})),
+    )
+    .await;
+    let (status, reg) = call(
+        &app,
+        "POST",
+        &dcr,
+        Some(json!({"name": "bot", "expires_in": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, reg["registration_method"].as_str()),
+        (201, Some("dcr")),
+        "{reg}"
+    );
+    assert!(reg["client_secret"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("cs_")));
+    let id = reg["id"].as_str().expect("id").to_owned();
+    let (status, body) = call(
+        &app,
+        "GET",
+        &format!("/v1/zones/{z}/applications/{id}/client-secret"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("application_not_found")),
+        "DCR secrets are never retrievable"
+    );
+
+    let mut limited = false;
+    for i in 0..40 {
+        let (status, body) = call(
+            &app,
+            "POST",
+            &dcr,
+            Some(json!({"name": format!("burst-{i}")})),
+        )
+        .await;
+        if status == 429 {
+            assert_eq!(body["error"], "dcr_rate_limit_exceeded");
+            limited = true;
+            break;
+        }
+    }
+    assert!(
+        limited,
+        "more than 10 registrations in one second are refused"
+    );
+
+    // Expired by a second; with no grace period the collector archives it and nothing else.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let archived = h
+        .state
+        .management
+        .archive_expired_dcr_applications(0)
+        .await
+        .expect("gc");
+    assert_eq!(archived, 1);
+    let (status, _) = call(
+        &app,
+        "GET",
+        &format!("/v1/zones/{z}/applications/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        h.state
+            .management
+            .archive_expired_dcr_applications(0)
+            .await
+            .expect("gc"),
+        0
+    );
+}

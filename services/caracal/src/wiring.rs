@@ -99,6 +99,11 @@ async fn run_api(
     let worker = tokio::spawn(caracal_api::worker::run_dispatcher(
         dispatcher,
         Duration::from_millis(config.outbox_poll_ms),
+        stop_rx.clone(),
+    ));
+    let gc = tokio::spawn(caracal_api::worker::run_dcr_gc(
+        management.clone(),
+        Duration::from_secs(60),
         stop_rx,
     ));
     let state = ApiState {
@@ -127,6 +132,7 @@ async fn run_api(
     let result = server.await.map_err(|e| format!("api server failed: {e}"));
     let _ = stop_tx.send(true);
     let _ = worker.await;
+    let _ = gc.await;
     result
 }
 

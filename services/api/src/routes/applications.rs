@@ -10,6 +10,9 @@ use crate::reply::{caller, created, json_body, Handled};
 use crate::{views, ApiState};
 
 type ZonePath = web::Path<String>;
+
+/// DCR registrations allowed per second per zone and actor.
+const DCR_PER_SECOND: u64 = 10;
 type AppPath = web::Path<(String, String)>;
 
 fn ids(path: &(String, String)) -> Result<(ZoneId, ApplicationId), caracal_core::Error> {
@@ -75,6 +78,24 @@ async fn dcr(
     let caller = caller(&req)?;
     let zone = ZoneId::parse(&path)?;
     let input: NewDcrApplication = json_body(&req, &state, payload, "invalid_application").await?;
+    // At most 10 registrations per second per zone and actor (`spec/api.md §3.2`).
+    let second = state.management.clock.now().unix_seconds();
+    let key = format!("rl:dcr:{zone}:{}", caller.actor.token_id);
+    let count = state.limiter.hit(&key, second).await.map_err(|e| {
+        caracal_core::Error::new(
+            caracal_core::ErrorKind::Unavailable,
+            "rate_limiter_unavailable",
+        )
+        .describe(e.to_string())
+    })?;
+    if count > DCR_PER_SECOND {
+        return Err(caracal_core::Error::new(
+            caracal_core::ErrorKind::RateLimited,
+            "dcr_rate_limit_exceeded",
+        )
+        .describe("at most 10 DCR registrations per second per zone and actor")
+        .into());
+    }
     let out = state
         .management
         .register_dcr_application(&caller, &zone, input)
