@@ -726,6 +726,29 @@ impl AdminTokenRepo for MemoryUnitOfWork {
         Ok(found.filter(|t| self.visible(t.zone_id.as_ref())))
     }
 
+    async fn get_admin_token(
+        &mut self,
+        id: &AdminTokenId,
+    ) -> Result<Option<AdminToken>, StoreError> {
+        let found = self.read().admin_tokens.get(id.as_str()).cloned();
+        Ok(found.filter(|t| self.visible(t.zone_id.as_ref())))
+    }
+
+    async fn list_admin_tokens(&mut self, page: &Page) -> Result<Vec<AdminToken>, StoreError> {
+        let rows: Vec<AdminToken> = self
+            .read()
+            .admin_tokens
+            .values()
+            .filter(|t| self.visible(t.zone_id.as_ref()))
+            .cloned()
+            .collect();
+        Ok(page_of(
+            rows.into_iter(),
+            |t| (t.created_at, t.id.to_string()),
+            page,
+        ))
+    }
+
     async fn list_admin_tokens_created_by(
         &mut self,
         creator: &str,

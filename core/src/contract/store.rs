@@ -1642,6 +1642,30 @@ async fn admin_tokens(store: &dyn Store, run: &Run) {
         None,
         "an unknown hash finds nothing"
     );
+    assert_eq!(
+        ok(uow.get_admin_token(&revoked.id).await, "get"),
+        Some(revoked.clone()),
+        "get by id returns revoked tokens too"
+    );
+    let all = ok(
+        uow.list_admin_tokens(&Page {
+            limit: 500,
+            after: None,
+        })
+        .await,
+        "list all",
+    );
+    for t in [&global, &zoned, &revoked, &foreign] {
+        assert!(
+            all.iter().any(|x| x.id == t.id),
+            "list_admin_tokens includes revoked and every creator's tokens"
+        );
+    }
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].created_at, w[0].id.as_str()) > (w[1].created_at, w[1].id.as_str())),
+        "admin tokens list newest first"
+    );
     let mut listed = ok(uow.list_admin_tokens_created_by(&creator).await, "list");
     listed.sort_by(|a, b| a.id.cmp(&b.id));
     let mut expected = vec![global.clone(), zoned];

@@ -34,6 +34,12 @@ impl TokenCache {
             .map(|(actor, _)| actor.clone())
     }
 
+    /// Forgets a token at once (revocation in this process).
+    pub(crate) fn evict(&self, sha: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(sha);
+    }
+
     fn put(&self, sha: String, actor: Actor, until: Timestamp) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= CACHE_MAX {

@@ -13,6 +13,7 @@ use crate::ports::{
 };
 
 pub mod admin_audit;
+pub mod admin_tokens;
 pub mod applications;
 pub mod auth;
 pub mod grants;

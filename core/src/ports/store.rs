@@ -261,6 +261,13 @@ pub trait AdminTokenRepo {
         &mut self,
         sha256_hex: &str,
     ) -> Result<Option<AdminToken>, StoreError>;
+    /// One token by id, revoked or not.
+    async fn get_admin_token(
+        &mut self,
+        id: &AdminTokenId,
+    ) -> Result<Option<AdminToken>, StoreError>;
+    /// Every token visible to the unit of work, revoked ones included, paginated.
+    async fn list_admin_tokens(&mut self, page: &Page) -> Result<Vec<AdminToken>, StoreError>;
     /// Unrevoked tokens created by `creator`.
     async fn list_admin_tokens_created_by(
         &mut self,

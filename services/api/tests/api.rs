@@ -654,3 +654,128 @@ async fn dcr_registration_gate_limit_and_garbage_collection() {
         0
     );
 }
+
+#[actix_web::test]
+async fn scoped_and_read_only_tokens_are_confined() {
+    let h = harness().await;
+    let app = test::init_service(api_app!(h.state.clone())).await;
+    let (_, a) = call(&app, "POST", "/v1/zones", Some(json!({"name": "a"}))).await;
+    let (_, b) = call(&app, "POST", "/v1/zones", Some(json!({"name": "b"}))).await;
+    let (za, zb) = (
+        a["id"].as_str().expect("a").to_owned(),
+        b["id"].as_str().expect("b").to_owned(),
+    );
+
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/admin-tokens",
+        Some(json!({"name": "zone a", "scope": "zone"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("zone_id_required"))
+    );
+    let (status, minted) = call(
+        &app,
+        "POST",
+        "/v1/admin-tokens",
+        Some(json!({"name": "zone a", "scope": "zone", "zone_id": za})),
+    )
+    .await;
+    assert_eq!(status, 201, "{minted}");
+    let zone_token = minted["token"].as_str().expect("plaintext once").to_owned();
+    assert!(zone_token.starts_with("cat_"));
+    let (_, reader) = call(
+        &app,
+        "POST",
+        "/v1/admin-tokens",
+        Some(json!({"name": "reader", "scope": "global", "capability": "read"})),
+    )
+    .await;
+    let read_token = reader["token"].as_str().expect("reader").to_owned();
+
+    let with = |token: &str, req: TestRequest| {
+        req.insert_header(("authorization", format!("Bearer {token}")))
+    };
+    let (status, body) = raw(&app, with(&zone_token, TestRequest::get().uri("/v1/zones"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("admin_token_zone_mismatch"))
+    );
+    let (status, _) = raw(
+        &app,
+        with(
+            &zone_token,
+            TestRequest::get().uri(&format!("/v1/zones/{za}/applications")),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "a zone token reads its own zone");
+    let (status, body) = raw(
+        &app,
+        with(
+            &zone_token,
+            TestRequest::get().uri(&format!("/v1/zones/{zb}/applications")),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("admin_token_zone_mismatch"))
+    );
+    let (status, body) = raw(
+        &app,
+        with(&zone_token, TestRequest::get().uri("/v1/admin-tokens")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = raw(
+        &app,
+        with(
+            &read_token,
+            TestRequest::post()
+                .uri(&format!("/v1/zones/{za}/applications"))
+                .set_json(json!({"name": "x", "registration_method": "managed"})),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("admin_token_read_only"))
+    );
+    let (_, apps) = call(&app, "GET", &format!("/v1/zones/{za}/applications"), None).await;
+    assert_eq!(apps["items"], json!([]), "a refused write changes nothing");
+
+    let (_, list) = call(&app, "GET", "/v1/admin-tokens", None).await;
+    assert!(
+        !list.to_string().contains(&zone_token),
+        "plaintext is never listed"
+    );
+    let id = minted["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        call(&app, "DELETE", &format!("/v1/admin-tokens/{id}"), None)
+            .await
+            .0,
+        204
+    );
+    let (status, body) = raw(
+        &app,
+        with(
+            &zone_token,
+            TestRequest::get().uri(&format!("/v1/zones/{za}/applications")),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_admin_token")),
+        "revocation lands at once in this process"
+    );
+    let (status, body) = call(&app, "DELETE", &format!("/v1/admin-tokens/{id}"), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("admin_token_not_found"))
+    );
+}

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use caracal_core::ids::{AdminTokenId, ZoneId};
 use caracal_core::model::{AdminToken, Capability, TokenScope};
-use caracal_core::ports::store::AdminTokenRepo;
+use caracal_core::ports::store::{AdminTokenRepo, Page};
 use caracal_core::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -12,7 +12,7 @@ use diesel_async::RunQueryDsl;
 use crate::convert::{id, opt_dt, opt_ts, ts};
 use crate::error::corrupt;
 use crate::schema::admin_tokens as t;
-use crate::unit_of_work::{op, write_op, PgUnitOfWork};
+use crate::unit_of_work::{keyset, op, write_op, PgUnitOfWork};
 
 #[derive(Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = t, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
@@ -128,6 +128,30 @@ impl AdminTokenRepo for PgUnitOfWork {
                     .first(conn)
         )?;
         row.map(AdminToken::try_from).transpose()
+    }
+
+    async fn get_admin_token(
+        &mut self,
+        id: &AdminTokenId,
+    ) -> Result<Option<AdminToken>, StoreError> {
+        let row: Option<AdminTokenRow> = op!(
+            self,
+            optional
+                | conn
+                | t::table
+                    .filter(t::id.eq(id.as_str()))
+                    .select(AdminTokenRow::as_select())
+                    .first(conn)
+        )?;
+        row.map(AdminToken::try_from).transpose()
+    }
+
+    async fn list_admin_tokens(&mut self, page: &Page) -> Result<Vec<AdminToken>, StoreError> {
+        let query = t::table.select(AdminTokenRow::as_select()).into_boxed();
+        let rows: Vec<AdminTokenRow> =
+            op!(self, |conn| keyset!(query, page, t::created_at, t::id)
+                .load(conn))?;
+        rows.into_iter().map(AdminToken::try_from).collect()
     }
 
     async fn list_admin_tokens_created_by(

@@ -7,6 +7,7 @@ use caracal_core::error::Error;
 use caracal_core::pagination::page_request;
 use caracal_core::ports::store::{Liveness, Page};
 
+pub mod admin_tokens;
 pub mod applications;
 pub mod grants;
 pub mod health;
@@ -48,4 +49,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     policies::configure(cfg);
     policy_sets::configure(cfg);
     grants::configure(cfg);
+    admin_tokens::configure(cfg);
 }
