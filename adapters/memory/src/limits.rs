@@ -6,10 +6,14 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use caracal_core::ports::{LimiterError, RateLimiter};
 
-/// Counters by `(key, window)`; older windows are dropped as newer ones arrive.
+/// Entries kept before old windows are swept.
+const SWEEP_AT: usize = 100_000;
+
+/// Counters by `(key, window)`, like Redis keys `<key>:<window>`; windows older than the newest
+/// seen are swept once the map grows, so memory stays bounded under a flood of keys.
 #[derive(Debug, Default)]
 pub struct MemoryRateLimiter {
-    counts: Mutex<HashMap<String, (i64, u64)>>,
+    counts: Mutex<HashMap<(String, i64), u64>>,
 }
 
 impl MemoryRateLimiter {
@@ -23,24 +27,16 @@ impl MemoryRateLimiter {
 impl RateLimiter for MemoryRateLimiter {
     async fn hit(&self, key: &str, window: i64) -> Result<u64, LimiterError> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if counts.len() > 100_000 {
-            // Bound memory under a flood of distinct keys: keep only the current window.
-            counts.retain(|_, (w, _)| *w >= window);
+        if counts.len() >= SWEEP_AT {
+            counts.retain(|(_, w), _| *w >= window - 1);
         }
-        let entry = counts.entry(key.to_owned()).or_insert((window, 0));
-        if entry.0 != window {
-            *entry = (window, 0);
-        }
-        entry.1 += 1;
-        Ok(entry.1)
+        let count = counts.entry((key.to_owned(), window)).or_insert(0);
+        *count += 1;
+        Ok(*count)
     }
 
     async fn count(&self, key: &str, window: i64) -> Result<u64, LimiterError> {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(counts
-            .get(key)
-            .filter(|(w, _)| *w == window)
-            .map(|(_, c)| *c)
-            .unwrap_or(0))
+        Ok(counts.get(&(key.to_owned(), window)).copied().unwrap_or(0))
     }
 }
