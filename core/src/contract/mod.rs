@@ -1,4 +1,4 @@
 //! Port contract suites: one per port, run by every adapter's tests.
 pub mod events;
-pub mod store;
 pub mod limits;
+pub mod store;
