@@ -41,6 +41,9 @@ pub struct Error {
     pub description: Option<String>,
     /// Extra members merged into the error body (`details`, `state`, `max_days`, …).
     pub extra: Option<Value>,
+    /// Server-side detail for the log (the underlying store, crypto or limiter failure). Never
+    /// sent to the caller.
+    pub detail: Option<String>,
 }
 
 impl Error {
@@ -51,6 +54,7 @@ impl Error {
             code,
             description: None,
             extra: None,
+            detail: None,
         }
     }
 
@@ -74,9 +78,15 @@ impl Error {
         Self::new(ErrorKind::Forbidden, code).describe(description)
     }
 
-    /// `500`: something that should not happen; the description stays server-side.
-    pub fn internal(description: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Internal, "internal_error").describe(description)
+    /// `500`: something that should not happen; what happened stays server-side.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, "internal_error").with_detail(detail)
+    }
+
+    /// Adds server-side detail (logged, never sent).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 
     /// Adds an `error_description`.
@@ -110,7 +120,7 @@ impl From<StoreError> for Error {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Unavailable(detail) => {
-                Error::new(ErrorKind::Unavailable, "store_unavailable").describe(detail)
+                Error::new(ErrorKind::Unavailable, "store_unavailable").with_detail(detail)
             }
             StoreError::Conflict(rule) => Error::conflict(
                 "conflict",
@@ -137,7 +147,14 @@ pub enum CryptoError {
 
 impl From<CryptoError> for Error {
     fn from(err: CryptoError) -> Self {
-        Error::new(ErrorKind::BadGateway, "secret_backend_unavailable").describe(err.to_string())
+        Error::new(ErrorKind::BadGateway, "secret_backend_unavailable").with_detail(err.to_string())
+    }
+}
+
+impl From<crate::ports::LimiterError> for Error {
+    /// Rate limits are a security control: when they cannot be counted, the request is refused.
+    fn from(err: crate::ports::LimiterError) -> Self {
+        Error::new(ErrorKind::Unavailable, "rate_limiter_unavailable").with_detail(err.0)
     }
 }
 

@@ -37,26 +37,17 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
-/// The route error body: `{"error": code, "error_description"?, …extra}`. Internal details
-/// stay in the log, never on the wire.
+/// The route error body: `{"error": code, "error_description"?, …extra}`. An error's
+/// server-side `detail` goes to the log only.
 pub fn error_body(err: &Error) -> Value {
     let mut body = Map::new();
     body.insert("error".into(), json!(err.code));
-    let hide = matches!(err.kind, ErrorKind::Internal | ErrorKind::Unavailable)
-        && !matches!(err.code, "audit_unavailable");
     if let Some(description) = &err.description {
-        if !hide {
-            body.insert("error_description".into(), json!(description));
-        }
+        body.insert("error_description".into(), json!(description));
     }
     if let Some(Value::Object(extra)) = &err.extra {
         for (k, v) in extra {
             body.insert(k.clone(), v.clone());
-        }
-    }
-    if err.code == "audit_unavailable" {
-        if let Some(description) = &err.description {
-            body.insert("error_description".into(), json!(description));
         }
     }
     Value::Object(body)
@@ -68,8 +59,8 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if matches!(self.0.kind, ErrorKind::Internal | ErrorKind::Unavailable) {
-            tracing::error!(code = self.0.code, error = %self.0, "request failed");
+        if let Some(detail) = &self.0.detail {
+            tracing::error!(code = self.0.code, detail = %detail, "request failed");
         }
         HttpResponse::build(self.status_code()).json(error_body(&self.0))
     }
@@ -97,4 +88,27 @@ pub async fn not_found_route(req: HttpRequest) -> HttpResponse {
         "error": "Not Found",
         "statusCode": 404,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_side_detail_never_reaches_the_wire() {
+        let body = error_body(&Error::internal(
+            "connection refused to 10.0.0.5 as user caracal",
+        ));
+        assert_eq!(body, json!({ "error": "internal_error" }));
+        let store = error_body(
+            &caracal_core::StoreError::Unavailable("pg: password auth failed".into()).into(),
+        );
+        assert_eq!(store, json!({ "error": "store_unavailable" }));
+        let audit = caracal_core::manage::admin_audit::audit_unavailable();
+        assert_eq!(status_of(audit.kind), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            error_body(&audit)["error_description"].is_string(),
+            "contractual descriptions stay public"
+        );
+    }
 }

@@ -40,12 +40,6 @@ fn rate_limited() -> caracal_core::Error {
     caracal_core::Error::new(ErrorKind::RateLimited, "rate_limited")
 }
 
-/// Rate limits are a security control: when they cannot be counted, requests are refused.
-fn limiter_down(err: caracal_core::ports::LimiterError) -> caracal_core::Error {
-    caracal_core::Error::new(ErrorKind::Unavailable, "rate_limiter_unavailable")
-        .describe(err.to_string())
-}
-
 /// The client's address: the peer, or the first `X-Forwarded-For` hop behind a trusted proxy.
 fn client_ip(req: &ServiceRequest, trust_proxy: bool) -> String {
     if trust_proxy {
@@ -104,14 +98,19 @@ pub async fn admin_gate(
                 minute,
             )
             .await
-            .map_err(limiter_down)?;
+            .map_err(caracal_core::Error::from)?;
         if hits.iter().any(|n| *n > per_min) || peeks.iter().any(|n| *n >= fail_limit) {
             return Err(rate_limited());
         }
         let actor = match state.management.authenticate(header).await {
             Ok(actor) => actor,
             Err(err) if err.kind == ErrorKind::Unauthenticated => {
-                if limiter.hit(&fail_key, minute).await.map_err(limiter_down)? > fail_limit {
+                if limiter
+                    .hit(&fail_key, minute)
+                    .await
+                    .map_err(caracal_core::Error::from)?
+                    > fail_limit
+                {
                     return Err(rate_limited());
                 }
                 return Err(err);

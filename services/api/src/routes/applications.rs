@@ -81,13 +81,11 @@ async fn dcr(
     // At most 10 registrations per second per zone and actor (`spec/api.md §3.2`).
     let second = state.management.clock.now().unix_seconds();
     let key = format!("rl:dcr:{zone}:{}", caller.actor.token_id);
-    let count = state.limiter.hit(&key, second).await.map_err(|e| {
-        caracal_core::Error::new(
-            caracal_core::ErrorKind::Unavailable,
-            "rate_limiter_unavailable",
-        )
-        .describe(e.to_string())
-    })?;
+    let count = state
+        .limiter
+        .hit(&key, second)
+        .await
+        .map_err(caracal_core::Error::from)?;
     if count > DCR_PER_SECOND {
         return Err(caracal_core::Error::new(
             caracal_core::ErrorKind::RateLimited,
