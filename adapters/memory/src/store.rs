@@ -894,6 +894,14 @@ impl SecretRepo for MemoryUnitOfWork {
 }
 
 #[async_trait]
+impl UnitLocks for MemoryUnitOfWork {
+    async fn lock(&mut self, _name: &str) -> Result<(), StoreError> {
+        // Every memory unit of work already holds the store lock for its whole life.
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl UnitOfWork for MemoryUnitOfWork {
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         let MemoryUnitOfWork {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use caracal_core::ports::store::{Store, UnitOfWork, ZoneScope};
+use caracal_core::ports::store::{Store, UnitLocks, UnitOfWork, ZoneScope};
 use caracal_core::StoreError;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
@@ -126,6 +126,20 @@ impl Store for PgStore {
             .await
             .map(|_| ())
             .map_err(crate::error::store_error)
+    }
+}
+
+#[async_trait]
+impl UnitLocks for PgUnitOfWork {
+    /// A transaction-scoped advisory lock: released by commit or rollback, never leaked to the
+    /// connection's next borrower.
+    async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
+        op!(self, |conn| diesel::sql_query(
+            "SELECT pg_advisory_xact_lock(hashtext($1))"
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+        .execute(conn))?;
+        Ok(())
     }
 }
 

@@ -49,6 +49,7 @@ pub async fn run_store_contract(store: &dyn Store) {
     outbox_enqueue_and_lookup(store, &run).await;
     secrets(store, &run).await;
     uniqueness_rules(store, &run).await;
+    named_locks_serialise(store).await;
 }
 
 /// Runs every case of the outbox-queue contract (`spec/api.md §4`). `store` and `queue` are the
@@ -2477,5 +2478,31 @@ async fn concurrent_claims_never_share_a_row(
     assert!(
         counted.values().all(|&a| a == 1),
         "each row was claimed once: one attempt each"
+    );
+}
+
+/// Two units of work taking the same named lock run one after the other: the second is granted
+/// the lock only after the first commits.
+async fn named_locks_serialise(store: &dyn Store) {
+    let name = format!("contract-lock-{}", std::process::id());
+    let mut first = ok(store.begin(&ZoneScope::All).await, "begin first");
+    ok(first.lock(&name).await, "first takes the lock");
+    let second = async {
+        let mut second = ok(store.begin(&ZoneScope::All).await, "begin second");
+        ok(second.lock(&name).await, "second takes the lock");
+        let granted = std::time::Instant::now();
+        commit(second, "second").await;
+        granted
+    };
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let released = std::time::Instant::now();
+        commit(first, "first").await;
+        released
+    };
+    let (granted, released) = tokio::join!(second, release);
+    assert!(
+        granted >= released,
+        "the second unit got the lock only after the first released it"
     );
 }

@@ -67,6 +67,11 @@ fn invalid_contract(description: impl Into<String>) -> Error {
     Error::new(ErrorKind::Unprocessable, "invalid_policy_contract").describe(description)
 }
 
+/// The lock every change of a zone's active policy set takes.
+fn activation_lock(zone: &ZoneId) -> String {
+    format!("policy-activation:{zone}")
+}
+
 /// `manifest_sha256`: hex SHA-256 of the compact manifest JSON.
 pub fn manifest_sha256(manifest: &[PolicyVersionId]) -> String {
     let entries: Vec<Value> = manifest
@@ -300,6 +305,9 @@ impl Management {
     ) -> Result<Activation> {
         let mut uow = self.begin(caller).await?;
         self.live_zone(&mut uow, zone).await?;
+        // "One transaction under a zone lock" (spec/api.md §3.7): concurrent activations in a
+        // zone run one after the other, so exactly one set ends active.
+        uow.lock(&activation_lock(zone)).await?;
         let mut set = self.live_set(&mut uow, zone, id).await?;
         let version = match PolicySetVersionId::parse(version_id) {
             Ok(vid) => uow
@@ -501,6 +509,7 @@ impl Management {
     ) -> Result<()> {
         let mut uow = self.begin(caller).await?;
         self.live_zone(&mut uow, zone).await?;
+        uow.lock(&activation_lock(zone)).await?;
         let mut set = self.live_set(&mut uow, zone, id).await?;
         let was_active = set.active_version_id.take().is_some();
         let now = self.clock.now();

@@ -320,6 +320,14 @@ pub trait SecretRepo {
     async fn delete_secret(&mut self, reference: &str) -> Result<bool, StoreError>;
 }
 
+/// Named locks held until the unit of work ends, for rules that span rows (one active policy
+/// set per zone): two units taking the same name run one after the other.
+#[async_trait]
+pub trait UnitLocks {
+    /// Blocks until this unit holds the lock `name`; released at commit or rollback.
+    async fn lock(&mut self, name: &str) -> Result<(), StoreError>;
+}
+
 /// One transaction over every repository. Dropping it without `commit` rolls everything back.
 #[async_trait]
 pub trait UnitOfWork:
@@ -334,6 +342,7 @@ pub trait UnitOfWork:
     + AdminAuditRepo
     + OutboxRepo
     + SecretRepo
+    + UnitLocks
     + Send
 {
     /// Makes every write of this unit visible at once.

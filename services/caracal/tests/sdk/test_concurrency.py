@@ -108,3 +108,33 @@ def test_racing_default_resource_identifiers_stay_unique(server: CaracalServer, 
     assert outcomes == Counter({"created": RACERS}), f"outcomes: {dict(outcomes)}"
     identifiers = [r["identifier"] for r in admin.resources.list(zone)]
     assert len(set(identifiers)) == RACERS, f"duplicate identifiers: {identifiers}"
+
+
+def test_racing_activations_leave_exactly_one_active_set(server: CaracalServer, admin: AdminClient, zone: str) -> None:
+    """Activation runs under a zone lock (spec/api.md §3.7): racing activations of different sets
+    all succeed, in some order, and the zone ends with exactly one active set."""
+    content = author_grants_document([ResourceGrant(application_id="a", resource_identifier="resource://r", scopes=["r"])])
+    policy = admin.policies.create(zone, {"name": "race policy", "content": content})
+    targets = []
+    for i in range(RACERS):
+        policy_set = admin.policy_sets.create(zone, f"race set {i}")
+        version = admin.policy_sets.add_version(zone, policy_set["id"], [{"policy_version_id": policy["version_id"]}])
+        targets.append((policy_set["id"], version["version_id"]))
+    clients = [make_admin(server)[0] for _ in range(RACERS)]
+    start = threading.Barrier(RACERS)
+
+    def run(index: int) -> str:
+        set_id, version_id = targets[index]
+        start.wait()
+        try:
+            clients[index].policy_sets.activate(zone, set_id, version_id)
+            return "activated"
+        except AdminApiError as error:
+            return f"{error.status} {error.code}"
+
+    for _ in range(3):
+        with ThreadPoolExecutor(RACERS) as pool:
+            outcomes = Counter(pool.map(run, range(RACERS)))
+        assert outcomes == Counter({"activated": RACERS}), f"outcomes: {dict(outcomes)}"
+        active = [s for s in admin.policy_sets.list(zone) if s.get("active_version_id")]
+        assert len(active) == 1, f"active sets: {active}"
