@@ -223,6 +223,15 @@ where
     }
 }
 
+/// An optional body string, trimmed; blank counts as absent (upstream treats `""` like a missing
+/// name or identifier).
+pub(crate) fn non_blank(value: Option<&str>) -> Option<String> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
 /// Trims and bounds a required name.
 pub(crate) fn bounded_name(value: &str, max: usize, code: &'static str) -> Result<String> {
     let name = value.trim();

@@ -16,7 +16,7 @@ use crate::naming::{
 use crate::ports::store::{Liveness, Page, UnitOfWork};
 use crate::provider_config::{self, is_oauth, SplitConfig};
 
-use super::{bounded_name, reserved_namespace, Caller, Management};
+use super::{bounded_name, non_blank, reserved_namespace, Caller, Management};
 
 /// `POST …/providers` body. Unknown top-level keys are ignored, as upstream does.
 #[derive(Debug, Clone, Deserialize)]
@@ -143,10 +143,7 @@ impl Management {
         zone: &ZoneId,
         input: NewProvider,
     ) -> Result<Provider> {
-        let generated = input
-            .identifier
-            .as_deref()
-            .is_none_or(|i| i.trim().is_empty());
+        let generated = non_blank(input.identifier.as_deref()).is_none();
         super::retry_lost_race(
             || self.create_provider_once(caller, zone, input.clone()),
             |e| generated && e.code == "provider_identifier_conflict",
@@ -160,18 +157,8 @@ impl Management {
         zone: &ZoneId,
         input: NewProvider,
     ) -> Result<Provider> {
-        let name = input
-            .name
-            .as_deref()
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned);
-        let identifier = input
-            .identifier
-            .as_deref()
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .map(str::to_owned);
+        let name = non_blank(input.name.as_deref());
+        let identifier = non_blank(input.identifier.as_deref());
         if name.is_none() && identifier.is_none() {
             return Err(Error::invalid(
                 "invalid_provider",

@@ -12,7 +12,7 @@ use crate::naming::{is_reserved_name, is_reserved_resource_identifier, slugify};
 use crate::patch::Patch;
 use crate::ports::store::{Liveness, Page, UnitOfWork};
 
-use super::{reserved_namespace, Caller, Management};
+use super::{non_blank, reserved_namespace, Caller, Management};
 
 /// `POST …/resources` body; the PATCH body is the same with every field optional.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -250,10 +250,7 @@ impl Management {
         zone: &ZoneId,
         input: ResourceInput,
     ) -> Result<Resource> {
-        let generated = input
-            .identifier
-            .as_deref()
-            .is_none_or(|i| i.trim().is_empty());
+        let generated = non_blank(input.identifier.as_deref()).is_none();
         super::retry_lost_race(
             || self.create_resource_once(caller, zone, input.clone()),
             |e| generated && e.code == "resource_identifier_conflict",
@@ -267,18 +264,8 @@ impl Management {
         zone: &ZoneId,
         input: ResourceInput,
     ) -> Result<Resource> {
-        let name = input
-            .name
-            .as_deref()
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned);
-        let identifier = input
-            .identifier
-            .as_deref()
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .map(str::to_owned);
+        let name = non_blank(input.name.as_deref());
+        let identifier = non_blank(input.identifier.as_deref());
         if name.is_none() && identifier.is_none() {
             return Err(invalid("name or identifier is required"));
         }
