@@ -35,3 +35,24 @@ pub trait MessageAuthenticator: Send + Sync {
     /// Constant-time check of a hex tag.
     fn verify_hex(&self, message: &[u8], tag_hex: &str) -> bool;
 }
+
+/// ES256 (ECDSA P-256 with SHA-256) key handling for mandates (`spec/sts.md §4–5`).
+pub trait Es256: Send + Sync {
+    /// A fresh P-256 private key as a SEC1 PEM document (`-----BEGIN EC PRIVATE KEY-----`),
+    /// the plaintext upstream seals in its secret store.
+    fn generate_pem(&self) -> Result<String, CryptoError>;
+    /// Loads a SEC1 (or PKCS#8) PEM private key for signing.
+    fn load_signer(&self, pem: &str) -> Result<std::sync::Arc<dyn Es256Signer>, CryptoError>;
+    /// Whether `signature` (raw R‖S, 64 bytes) is a valid ES256 signature of `message` under
+    /// the uncompressed public point `public_point` (`0x04‖X‖Y`, 65 bytes). Never panics on
+    /// malformed input: anything unparseable is `false`.
+    fn verify(&self, public_point: &[u8], message: &[u8], signature: &[u8]) -> bool;
+}
+
+/// A loaded ES256 private key.
+pub trait Es256Signer: Send + Sync {
+    /// Raw R‖S signature (64 bytes) of `message`.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    /// The uncompressed public point (`0x04‖X‖Y`, 65 bytes).
+    fn public_point(&self) -> &[u8];
+}

@@ -3,11 +3,17 @@
 pub mod clock;
 pub mod crypto;
 pub mod events;
+pub mod evidence;
+pub mod expiring;
 pub mod limits;
 pub mod store;
 
 pub use clock::{Clock, IdGenerator};
-pub use crypto::{MessageAuthenticator, PasswordHasher, SecretGenerator, SecretSealer};
+pub use crypto::{
+    Es256, Es256Signer, MessageAuthenticator, PasswordHasher, SecretGenerator, SecretSealer,
+};
 pub use events::{BusError, Delivery, EventBus};
+pub use evidence::{AuditEvent, AuditSink, SinkHealth};
+pub use expiring::{ExpiringKeys, ExpiringKeysError};
 pub use limits::{LimiterError, RateLimiter};
 pub use store::*;
