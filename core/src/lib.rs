@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attribution;
+pub mod authority;
 pub mod digest;
 pub mod dispatch;
 pub mod error;

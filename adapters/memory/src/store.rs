@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use caracal_core::authority::*;
 use caracal_core::error::StoreError;
 use caracal_core::ids::*;
 use caracal_core::model::*;
@@ -28,6 +29,11 @@ struct State {
     admin_audit: Vec<AdminAuditRecord>,
     outbox: BTreeMap<String, OutboxMessage>,
     secrets: BTreeMap<String, SealedSecret>,
+    authority_records: BTreeMap<String, AuthorityRecord>,
+    agent_sessions: BTreeMap<String, AgentSession>,
+    delegation_edges: BTreeMap<String, DelegationEdge>,
+    graph_epochs: BTreeMap<String, i64>,
+    signing_keys: BTreeMap<String, ZoneSigningKey>,
 }
 
 /// The in-memory store. Cheap to clone; clones share state.
@@ -890,6 +896,160 @@ impl SecretRepo for MemoryUnitOfWork {
             return Ok(false);
         }
         Ok(self.write().secrets.remove(reference).is_some())
+    }
+}
+
+#[async_trait]
+impl AuthorityRecordRepo for MemoryUnitOfWork {
+    async fn save_authority_record(&mut self, record: &AuthorityRecord) -> Result<(), StoreError> {
+        self.check_write(Some(&record.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().authority_records.get(&record.id) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
+        self.write()
+            .authority_records
+            .insert(record.id.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn get_authority_record(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<AuthorityRecord>, StoreError> {
+        let found = self.read().authority_records.get(id).cloned();
+        Ok(found.filter(|r| &r.zone_id == zone && self.visible(Some(&r.zone_id))))
+    }
+
+    async fn list_authority_record_children(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Vec<AuthorityRecord>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let mut children: Vec<AuthorityRecord> = self
+            .read()
+            .authority_records
+            .values()
+            .filter(|r| &r.zone_id == zone && r.parent_id.as_deref() == Some(id))
+            .cloned()
+            .collect();
+        // Oldest first, as the Postgres adapter orders them, so callers see one order everywhere.
+        children.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(children)
+    }
+}
+
+#[async_trait]
+impl AgentGraphRepo for MemoryUnitOfWork {
+    async fn save_agent_session(&mut self, session: &AgentSession) -> Result<(), StoreError> {
+        self.check_write(Some(&session.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().agent_sessions.get(&session.id) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
+        self.write()
+            .agent_sessions
+            .insert(session.id.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn get_agent_session(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<AgentSession>, StoreError> {
+        let found = self.read().agent_sessions.get(id).cloned();
+        Ok(found.filter(|s| &s.zone_id == zone && self.visible(Some(&s.zone_id))))
+    }
+
+    async fn save_delegation_edge(&mut self, edge: &DelegationEdge) -> Result<(), StoreError> {
+        self.check_write(Some(&edge.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().delegation_edges.get(&edge.id) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
+        self.write()
+            .delegation_edges
+            .insert(edge.id.clone(), edge.clone());
+        Ok(())
+    }
+
+    async fn get_delegation_edge(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<DelegationEdge>, StoreError> {
+        let found = self.read().delegation_edges.get(id).cloned();
+        Ok(found.filter(|e| &e.zone_id == zone && self.visible(Some(&e.zone_id))))
+    }
+
+    async fn delegation_graph_epoch(&mut self, zone: &ZoneId) -> Result<i64, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(0);
+        }
+        Ok(self
+            .read()
+            .graph_epochs
+            .get(zone.as_str())
+            .copied()
+            .unwrap_or(0))
+    }
+
+    async fn bump_delegation_graph_epoch(&mut self, zone: &ZoneId) -> Result<i64, StoreError> {
+        self.check_write(Some(zone))?;
+        let epoch = self
+            .write()
+            .graph_epochs
+            .entry(zone.to_string())
+            .or_insert(0);
+        *epoch += 1;
+        Ok(*epoch)
+    }
+}
+
+#[async_trait]
+impl SigningKeyRepo for MemoryUnitOfWork {
+    async fn insert_signing_key(&mut self, key: &ZoneSigningKey) -> Result<(), StoreError> {
+        self.check_write(Some(&key.zone_id))?;
+        if self.read().signing_keys.contains_key(&key.id) {
+            return Err(StoreError::Conflict("zone_signing_keys_pkey".into()));
+        }
+        let clash = self
+            .read()
+            .signing_keys
+            .values()
+            .any(|k| k.zone_id == key.zone_id && k.version == key.version);
+        if clash {
+            return Err(StoreError::Conflict("zone_signing_keys_version".into()));
+        }
+        self.write()
+            .signing_keys
+            .insert(key.id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn latest_signing_keys(
+        &mut self,
+        zone: &ZoneId,
+        limit: u32,
+    ) -> Result<Vec<ZoneSigningKey>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<ZoneSigningKey> = self
+            .read()
+            .signing_keys
+            .values()
+            .filter(|k| &k.zone_id == zone)
+            .cloned()
+            .collect();
+        keys.sort_by_key(|k| std::cmp::Reverse(k.version));
+        keys.truncate(limit as usize);
+        Ok(keys)
     }
 }
 

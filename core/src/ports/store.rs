@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 
+use crate::authority::*;
 use crate::error::StoreError;
 use crate::ids::*;
 use crate::model::*;
@@ -320,6 +321,64 @@ pub trait SecretRepo {
     async fn delete_secret(&mut self, reference: &str) -> Result<bool, StoreError>;
 }
 
+/// Authority records (`spec/sts.md §3.9`).
+#[async_trait]
+pub trait AuthorityRecordRepo {
+    /// Inserts or replaces the record with this id.
+    async fn save_authority_record(&mut self, record: &AuthorityRecord) -> Result<(), StoreError>;
+    /// The record of this zone.
+    async fn get_authority_record(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<AuthorityRecord>, StoreError>;
+    /// Records whose `parent_id` is `id` (one level; callers walk the tree).
+    async fn list_authority_record_children(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Vec<AuthorityRecord>, StoreError>;
+}
+
+/// Governed agent Sessions and Delegation edges (written by the Coordinator, read by the STS).
+#[async_trait]
+pub trait AgentGraphRepo {
+    /// Inserts or replaces the Session with this id.
+    async fn save_agent_session(&mut self, session: &AgentSession) -> Result<(), StoreError>;
+    /// The Session of this zone.
+    async fn get_agent_session(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<AgentSession>, StoreError>;
+    /// Inserts or replaces the edge with this id.
+    async fn save_delegation_edge(&mut self, edge: &DelegationEdge) -> Result<(), StoreError>;
+    /// The edge of this zone.
+    async fn get_delegation_edge(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<DelegationEdge>, StoreError>;
+    /// The zone's delegation graph epoch (0 when never bumped).
+    async fn delegation_graph_epoch(&mut self, zone: &ZoneId) -> Result<i64, StoreError>;
+    /// Adds one to the zone's epoch and returns the new value.
+    async fn bump_delegation_graph_epoch(&mut self, zone: &ZoneId) -> Result<i64, StoreError>;
+}
+
+/// Zone signing keys (`spec/sts.md §5`).
+#[async_trait]
+pub trait SigningKeyRepo {
+    /// Inserts a new key version. A second key with the same `(zone, version)` is
+    /// `StoreError::Conflict("zone_signing_keys_version")`.
+    async fn insert_signing_key(&mut self, key: &ZoneSigningKey) -> Result<(), StoreError>;
+    /// The zone's newest `limit` keys, newest (highest version) first.
+    async fn latest_signing_keys(
+        &mut self,
+        zone: &ZoneId,
+        limit: u32,
+    ) -> Result<Vec<ZoneSigningKey>, StoreError>;
+}
+
 /// Named locks held until the unit of work ends, for rules that span rows (one active policy
 /// set per zone): two units taking the same name run one after the other.
 #[async_trait]
@@ -342,6 +401,9 @@ pub trait UnitOfWork:
     + AdminAuditRepo
     + OutboxRepo
     + SecretRepo
+    + AuthorityRecordRepo
+    + AgentGraphRepo
+    + SigningKeyRepo
     + UnitLocks
     + Send
 {
