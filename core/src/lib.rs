@@ -8,6 +8,7 @@ pub mod authority;
 pub mod digest;
 pub mod dispatch;
 pub mod error;
+pub mod expiry_cache;
 pub mod ids;
 pub mod manage;
 pub mod model;
@@ -17,6 +18,7 @@ pub mod patch;
 pub mod policy_document;
 pub mod ports;
 pub mod provider_config;
+pub mod sts;
 pub mod time;
 
 pub use error::{CryptoError, Error, ErrorKind, Result, StoreError};
