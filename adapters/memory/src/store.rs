@@ -186,6 +186,14 @@ impl ApplicationRepo for MemoryUnitOfWork {
         Ok(found.filter(|a| &a.zone_id == zone && self.visible(Some(&a.zone_id))))
     }
 
+    async fn find_application_any_zone(
+        &mut self,
+        id: &ApplicationId,
+    ) -> Result<Option<Application>, StoreError> {
+        let found = self.read().applications.get(id.as_str()).cloned();
+        Ok(found.filter(|a| self.visible(Some(&a.zone_id))))
+    }
+
     async fn list_applications(
         &mut self,
         zone: &ZoneId,

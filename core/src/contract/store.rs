@@ -1252,6 +1252,28 @@ async fn application_lists_and_name_lookup(store: &dyn Store, run: &Run) {
         None,
         "an application archived in this unit of work is no longer found by name"
     );
+
+    // The any-zone lookup finds a row wherever it lives, archived or not, but a zone-scoped
+    // unit still sees only its own zone.
+    assert_eq!(
+        ok(uow.find_application_any_zone(&foreign.id).await, "any zone").map(|a| a.zone_id),
+        Some(other.id.clone()),
+        "the any-zone lookup reports the zone that holds the application"
+    );
+    assert!(
+        ok(uow.find_application_any_zone(&ghost.id).await, "any zone").is_some(),
+        "the any-zone lookup includes archived rows; callers decide liveness"
+    );
+    commit(uow, "application fixtures").await;
+    let mut scoped = begin(store, &ZoneScope::Zone(z.id.clone())).await;
+    assert_eq!(
+        ok(
+            scoped.find_application_any_zone(&foreign.id).await,
+            "scoped"
+        ),
+        None,
+        "a zone-scoped unit cannot find another zone's application"
+    );
 }
 
 /// Providers: keyset lists by liveness; the identifier lookup ignores archived rows.

@@ -91,6 +91,13 @@ pub trait ApplicationRepo {
         zone: &ZoneId,
         name: &str,
     ) -> Result<Option<Application>, StoreError>;
+    /// The application with this id in whichever zone holds it (within the unit's scope),
+    /// archived or not. The STS needs it for the control-key path (no zone in the request)
+    /// and to tell a caller which zone its application lives in (`spec/sts.md §3.3`).
+    async fn find_application_any_zone(
+        &mut self,
+        id: &ApplicationId,
+    ) -> Result<Option<Application>, StoreError>;
 }
 
 /// Providers.

@@ -112,6 +112,22 @@ impl ApplicationRepo for PgUnitOfWork {
         row.map(Application::try_from).transpose()
     }
 
+    async fn find_application_any_zone(
+        &mut self,
+        app: &ApplicationId,
+    ) -> Result<Option<Application>, StoreError> {
+        let row: Option<ApplicationRow> = op!(
+            self,
+            optional
+                | conn
+                | t::table
+                    .filter(t::id.eq(app.as_str()))
+                    .select(ApplicationRow::as_select())
+                    .first(conn)
+        )?;
+        row.map(Application::try_from).transpose()
+    }
+
     async fn list_applications(
         &mut self,
         zone: &ZoneId,
