@@ -1,6 +1,6 @@
-//! Diesel's view of the tables created by `migrations/2026-11-24-000001_baseline`. Kept by hand,
-//! column for column with the migration (there is no `diesel print-schema` without libpq); the
-//! store contract suite exercises every column, so a drift fails a test.
+//! Diesel's view of the tables created by `migrations/` (the baseline and the authority graph).
+//! Kept by hand, column for column with the migrations (there is no `diesel print-schema` without
+//! libpq); the store contract suite exercises every column, so a drift fails a test.
 
 diesel::table! {
     zones (id) {
@@ -228,6 +228,86 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    authority_records (id) {
+        id -> Text,
+        zone_id -> Text,
+        session_type -> Text,
+        subject_id -> Text,
+        client_id -> Text,
+        parent_id -> Nullable<Text>,
+        status -> Text,
+        expires_at -> Timestamptz,
+        authenticated_at -> Timestamptz,
+        claims_json -> Nullable<Jsonb>,
+        revoked_at -> Nullable<Timestamptz>,
+        revoked_reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    agent_sessions (id) {
+        id -> Text,
+        zone_id -> Text,
+        application_id -> Text,
+        subject_session_id -> Text,
+        parent_id -> Nullable<Text>,
+        lifecycle -> Text,
+        labels -> Array<Text>,
+        status -> Text,
+        depth -> Int4,
+        ttl_seconds -> Nullable<Int8>,
+        started_at -> Timestamptz,
+        last_heartbeat_at -> Nullable<Timestamptz>,
+        heartbeat_deadline_at -> Nullable<Timestamptz>,
+        lease_generation -> Int8,
+        child_count -> Int4,
+        metadata -> Jsonb,
+        status_reason -> Nullable<Text>,
+        ended_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    delegation_edges (id) {
+        id -> Text,
+        zone_id -> Text,
+        source_session_id -> Text,
+        target_session_id -> Text,
+        issuer_application_id -> Text,
+        receiver_application_id -> Text,
+        parent_edge_id -> Nullable<Text>,
+        resource_id -> Nullable<Text>,
+        scopes -> Array<Text>,
+        constraints_json -> Jsonb,
+        status -> Text,
+        expires_at -> Timestamptz,
+        edge_version -> Int8,
+        revoked_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    delegation_graph_epochs (zone_id) {
+        zone_id -> Text,
+        epoch -> Int8,
+    }
+}
+
+diesel::table! {
+    zone_signing_keys (id) {
+        id -> Text,
+        zone_id -> Text,
+        version -> Int4,
+        envelope -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     zones,
     applications,
@@ -242,4 +322,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     admin_audit_events,
     event_outbox,
     secret_store,
+    authority_records,
+    agent_sessions,
+    delegation_edges,
+    delegation_graph_epochs,
+    zone_signing_keys,
 );

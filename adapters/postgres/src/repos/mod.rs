@@ -5,7 +5,9 @@
 
 pub(crate) mod admin_audit;
 pub(crate) mod admin_tokens;
+pub(crate) mod agent_graph;
 pub(crate) mod applications;
+pub(crate) mod authority_records;
 pub(crate) mod grants;
 pub(crate) mod outbox;
 pub(crate) mod policies;
@@ -13,6 +15,7 @@ pub(crate) mod policy_sets;
 pub(crate) mod providers;
 pub(crate) mod resources;
 pub(crate) mod secrets;
+pub(crate) mod signing_keys;
 pub(crate) mod zones;
 
 diesel::define_sql_function! {
