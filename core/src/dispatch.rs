@@ -17,13 +17,9 @@ pub const LOCK_MS: i64 = 30_000;
 /// Attempts after which a row is dead.
 pub const MAX_ATTEMPTS: i32 = 100;
 
-/// `_sig` over a stream entry: hex HMAC-SHA256 of `"<stream>\n"` then `"<key>=<value>\n"` per
-/// field except `_sig`, keys sorted. Consumers recompute it to reject forged entries.
-pub fn stream_signature(
-    mac: &dyn MessageAuthenticator,
-    stream: &str,
-    fields: &[(String, String)],
-) -> String {
+/// The canonical text `_sig` covers: `"<stream>\n"` then `"<key>=<value>\n"` per field
+/// except `_sig`, keys sorted.
+fn signed_text(stream: &str, fields: &[(String, String)]) -> String {
     let mut sorted: Vec<&(String, String)> = fields.iter().filter(|(k, _)| k != "_sig").collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut canonical = format!("{stream}\n");
@@ -33,7 +29,29 @@ pub fn stream_signature(
         canonical.push_str(v);
         canonical.push('\n');
     }
-    mac.sign_hex(canonical.as_bytes())
+    canonical
+}
+
+/// `_sig` over a stream entry: hex HMAC-SHA256 of its canonical text. Consumers recompute it
+/// to reject forged entries.
+pub fn stream_signature(
+    mac: &dyn MessageAuthenticator,
+    stream: &str,
+    fields: &[(String, String)],
+) -> String {
+    mac.sign_hex(signed_text(stream, fields).as_bytes())
+}
+
+/// Whether an entry's `_sig` field is authentic (constant-time); `false` when it has none.
+pub fn verify_stream_signature(
+    mac: &dyn MessageAuthenticator,
+    stream: &str,
+    fields: &[(String, String)],
+) -> bool {
+    let Some((_, sig)) = fields.iter().find(|(k, _)| k == "_sig") else {
+        return false;
+    };
+    mac.verify_hex(signed_text(stream, fields).as_bytes(), sig)
 }
 
 /// Seconds until the next attempt: `floor(b + j·0.3b)` with `b = min(60, 2^min(attempts, 6))`

@@ -17,6 +17,10 @@ pub enum ErrorKind {
     NotFound,
     /// The request conflicts with current state (409).
     Conflict,
+    /// The body exceeds the route's limit (413).
+    PayloadTooLarge,
+    /// The body's media type is not the one the route takes (415).
+    UnsupportedMediaType,
     /// The input is well formed but semantically unacceptable (422).
     Unprocessable,
     /// Too many requests (429).
