@@ -15,3 +15,6 @@ pub use bus::MemoryBus;
 
 pub mod limits;
 pub use limits::MemoryRateLimiter;
+
+pub mod expiring;
+pub use expiring::MemoryExpiringKeys;

@@ -9,3 +9,6 @@ pub use bus::RedisBus;
 pub mod limits;
 
 pub use limits::RedisRateLimiter;
+pub mod expiring;
+
+pub use expiring::RedisExpiringKeys;

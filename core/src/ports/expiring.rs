@@ -13,7 +13,8 @@ pub struct ExpiringKeysError(pub String);
 /// Set-if-absent with a time to live.
 #[async_trait]
 pub trait ExpiringKeys: Send + Sync {
-    /// Stores `key = value` for `ttl_seconds` (at least 1) unless the key already exists.
+    /// Stores `key = value` for `ttl_seconds` (0 counts as 1: a zero TTL must not leave a
+    /// single-use key reusable at once) unless the key already exists.
     /// `true` when this call created it: the first claimant of a `jti` or nonce wins, every
     /// later one (on any replica) gets `false` until the key expires.
     async fn set_if_absent(
