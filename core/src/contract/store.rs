@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map};
 
 use crate::attribution::Attribution;
+use crate::authority::*;
 use crate::error::StoreError;
 use crate::ids::*;
 use crate::model::*;
@@ -50,6 +51,11 @@ pub async fn run_store_contract(store: &dyn Store) {
     secrets(store, &run).await;
     uniqueness_rules(store, &run).await;
     named_locks_serialise(store).await;
+    authority_records(store, &run).await;
+    agent_sessions_and_delegation_edges(store, &run).await;
+    delegation_graph_epochs(store, &run).await;
+    signing_keys(store, &run).await;
+    authority_graph_writes_roll_back_on_drop(store, &run).await;
 }
 
 /// Runs every case of the outbox-queue contract (`spec/api.md §4`). `store` and `queue` are the
@@ -2527,4 +2533,656 @@ async fn named_locks_serialise(store: &dyn Store) {
         granted >= released,
         "the second unit got the lock only after the first released it"
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Authority graph: authority records, agent Sessions, Delegation edges, epochs, signing keys
+// ------------------------------------------------------------------------------------------------
+
+fn authority_record(
+    run: &Run,
+    zone: &ZoneId,
+    parent: Option<&str>,
+    at: Timestamp,
+) -> AuthorityRecord {
+    AuthorityRecord {
+        id: run.text("ar"),
+        zone_id: zone.clone(),
+        session_type: SessionType::Application,
+        subject_id: run.text("subject"),
+        client_id: run.text("client"),
+        parent_id: parent.map(str::to_owned),
+        status: RecordStatus::Active,
+        expires_at: at.plus_millis(300_000),
+        authenticated_at: at,
+        claims_json: None,
+        revoked_at: None,
+        revoked_reason: None,
+        created_at: at,
+    }
+}
+
+fn agent_session(run: &Run, zone: &ZoneId, at: Timestamp) -> AgentSession {
+    AgentSession {
+        id: run.text("as"),
+        zone_id: zone.clone(),
+        application_id: run.text("app"),
+        subject_session_id: run.text("ar"),
+        parent_id: None,
+        lifecycle: Lifecycle::Task,
+        labels: vec![],
+        status: "active".into(),
+        depth: 0,
+        ttl_seconds: None,
+        started_at: at,
+        last_heartbeat_at: None,
+        heartbeat_deadline_at: None,
+        lease_generation: 0,
+        child_count: 0,
+        metadata: Map::new(),
+        status_reason: None,
+        ended_at: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn delegation_edge(run: &Run, zone: &ZoneId, at: Timestamp) -> DelegationEdge {
+    DelegationEdge {
+        id: run.text("de"),
+        zone_id: zone.clone(),
+        source_session_id: run.text("as"),
+        target_session_id: run.text("as"),
+        issuer_application_id: run.text("app"),
+        receiver_application_id: run.text("app"),
+        parent_edge_id: None,
+        resource_id: None,
+        scopes: vec![],
+        constraints_json: Map::new(),
+        status: "active".into(),
+        expires_at: at.plus_millis(60_000),
+        edge_version: 1,
+        revoked_at: None,
+        created_at: at,
+    }
+}
+
+fn signing_key(run: &Run, zone: &ZoneId, version: i32, at: Timestamp) -> ZoneSigningKey {
+    ZoneSigningKey {
+        id: run.text("kid"),
+        zone_id: zone.clone(),
+        version,
+        envelope: vec![0, 255, version as u8, 1, 254],
+        created_at: at,
+    }
+}
+
+fn by_id(mut records: Vec<AuthorityRecord>) -> Vec<AuthorityRecord> {
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    records
+}
+
+/// Authority records round-trip every field, saves are upserts, a record never reads across
+/// zones, and the children listing returns exactly one level of the zone's tree.
+async fn authority_records(store: &dyn Store, run: &Run) {
+    let z = committed_zone(store, run).await;
+    let other = committed_zone(store, run).await;
+    let root = authority_record(run, &z.id, None, run.at(1));
+    let mut first = authority_record(run, &z.id, Some(&root.id), run.at(2));
+    first.session_type = SessionType::User;
+    first.claims_json = Some(json!({"iss": "https://idp.example", "n": [1, 2.5, null]}));
+    first.revoked_at = Some(run.at(3));
+    first.revoked_reason = Some("subject_revoked".into());
+    first.status = RecordStatus::Revoked;
+    let second = authority_record(run, &z.id, Some(&root.id), run.at(4));
+    let grandchild = authority_record(run, &z.id, Some(&first.id), run.at(5));
+    // Same parent id, other zone: never a child of the zone's root.
+    let foreign = authority_record(run, &other.id, Some(&root.id), run.at(6));
+
+    let mut uow = begin_all(store).await;
+    for r in [&root, &first, &second, &grandchild, &foreign] {
+        ok(uow.save_authority_record(r).await, "save_authority_record");
+    }
+    commit(uow, "authority records").await;
+
+    let mut uow = begin_all(store).await;
+    for r in [&root, &first, &second, &grandchild] {
+        assert_eq!(
+            ok(
+                uow.get_authority_record(&z.id, &r.id).await,
+                "get_authority_record"
+            ),
+            Some(r.clone()),
+            "an authority record round-trips every field"
+        );
+        assert_eq!(
+            ok(
+                uow.get_authority_record(&other.id, &r.id).await,
+                "get_authority_record"
+            ),
+            None,
+            "an authority record of another zone reads as missing"
+        );
+    }
+    assert_eq!(
+        by_id(ok(
+            uow.list_authority_record_children(&z.id, &root.id).await,
+            "list_authority_record_children"
+        )),
+        by_id(vec![first.clone(), second.clone()]),
+        "children are one level of the zone's tree: no grandchildren, no other zone's rows"
+    );
+    assert_eq!(
+        ok(
+            uow.list_authority_record_children(&other.id, &root.id)
+                .await,
+            "list_authority_record_children"
+        ),
+        vec![foreign.clone()],
+        "the listing is confined to the zone it names"
+    );
+    assert!(
+        ok(
+            uow.list_authority_record_children(&z.id, &second.id).await,
+            "list_authority_record_children"
+        )
+        .is_empty(),
+        "a leaf has no children"
+    );
+
+    let mut revoked = second.clone();
+    revoked.status = RecordStatus::Revoked;
+    revoked.revoked_at = Some(run.at(7));
+    revoked.revoked_reason = Some("session_revoked".into());
+    ok(
+        uow.save_authority_record(&revoked).await,
+        "save_authority_record again",
+    );
+    let mut cleared = first.clone();
+    cleared.claims_json = None;
+    cleared.revoked_at = None;
+    cleared.revoked_reason = None;
+    ok(
+        uow.save_authority_record(&cleared).await,
+        "save_authority_record cleared",
+    );
+    commit(uow, "authority record upserts").await;
+
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(
+            uow.get_authority_record(&z.id, &second.id).await,
+            "get_authority_record"
+        ),
+        Some(revoked),
+        "saving again replaces the record"
+    );
+    assert_eq!(
+        ok(
+            uow.get_authority_record(&z.id, &first.id).await,
+            "get_authority_record"
+        ),
+        Some(cleared),
+        "saving None clears optional fields"
+    );
+    drop(uow);
+
+    let mut scoped = begin(store, &ZoneScope::Zone(other.id.clone())).await;
+    assert_eq!(
+        ok(
+            scoped.get_authority_record(&z.id, &root.id).await,
+            "get_authority_record"
+        ),
+        None,
+        "a unit scoped to another zone cannot read the record even naming its zone"
+    );
+    assert!(
+        ok(
+            scoped.list_authority_record_children(&z.id, &root.id).await,
+            "list_authority_record_children"
+        )
+        .is_empty(),
+        "a unit scoped to another zone lists no children of this zone"
+    );
+    assert!(
+        scoped
+            .save_authority_record(&authority_record(run, &z.id, None, run.at(8)))
+            .await
+            .is_err(),
+        "a unit scoped to another zone cannot write into this zone"
+    );
+}
+
+/// Agent Sessions and Delegation edges round-trip every field, saves are upserts, and neither
+/// reads across zones.
+async fn agent_sessions_and_delegation_edges(store: &dyn Store, run: &Run) {
+    let z = committed_zone(store, run).await;
+    let other = committed_zone(store, run).await;
+    let root = agent_session(run, &z.id, run.at(1));
+    let mut child = agent_session(run, &z.id, run.at(2));
+    child.parent_id = Some(root.id.clone());
+    child.lifecycle = Lifecycle::Service;
+    child.labels = vec!["planner".into(), "reader".into()];
+    child.depth = 1;
+    child.ttl_seconds = Some(3_600);
+    child.last_heartbeat_at = Some(run.at(3));
+    child.heartbeat_deadline_at = Some(run.at(4));
+    child.lease_generation = 7;
+    child.child_count = 2;
+    child.metadata = json!({"purpose": "contract", "nested": {"k": [true, 1]}})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    child.status_reason = Some("lease_expired".into());
+    child.ended_at = Some(run.at(5));
+    child.status = "expired".into();
+    child.updated_at = run.at(6);
+
+    let plain = delegation_edge(run, &z.id, run.at(7));
+    let mut narrowed = delegation_edge(run, &z.id, run.at(8));
+    narrowed.source_session_id = root.id.clone();
+    narrowed.target_session_id = child.id.clone();
+    narrowed.parent_edge_id = Some(plain.id.clone());
+    narrowed.resource_id = Some(run.text("res"));
+    narrowed.scopes = vec!["read".into(), "write".into()];
+    narrowed.constraints_json = json!({"max_hops": 2, "resources": ["resource://x"]})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    narrowed.status = "revoked".into();
+    narrowed.edge_version = 3;
+    narrowed.revoked_at = Some(run.at(9));
+
+    let mut uow = begin_all(store).await;
+    for s in [&root, &child] {
+        ok(uow.save_agent_session(s).await, "save_agent_session");
+    }
+    for e in [&plain, &narrowed] {
+        ok(uow.save_delegation_edge(e).await, "save_delegation_edge");
+    }
+    commit(uow, "agent graph").await;
+
+    let mut uow = begin_all(store).await;
+    for s in [&root, &child] {
+        assert_eq!(
+            ok(
+                uow.get_agent_session(&z.id, &s.id).await,
+                "get_agent_session"
+            ),
+            Some(s.clone()),
+            "an agent Session round-trips every field"
+        );
+        assert_eq!(
+            ok(
+                uow.get_agent_session(&other.id, &s.id).await,
+                "get_agent_session"
+            ),
+            None,
+            "an agent Session of another zone reads as missing"
+        );
+    }
+    for e in [&plain, &narrowed] {
+        assert_eq!(
+            ok(
+                uow.get_delegation_edge(&z.id, &e.id).await,
+                "get_delegation_edge"
+            ),
+            Some(e.clone()),
+            "a Delegation edge round-trips every field"
+        );
+        assert_eq!(
+            ok(
+                uow.get_delegation_edge(&other.id, &e.id).await,
+                "get_delegation_edge"
+            ),
+            None,
+            "a Delegation edge of another zone reads as missing"
+        );
+    }
+
+    let mut renewed = root.clone();
+    renewed.lease_generation = 1;
+    renewed.child_count = 1;
+    renewed.updated_at = run.at(10);
+    ok(
+        uow.save_agent_session(&renewed).await,
+        "save_agent_session again",
+    );
+    let mut bumped = plain.clone();
+    bumped.edge_version = 2;
+    bumped.scopes = vec!["read".into()];
+    ok(
+        uow.save_delegation_edge(&bumped).await,
+        "save_delegation_edge again",
+    );
+    commit(uow, "agent graph upserts").await;
+
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(
+            uow.get_agent_session(&z.id, &root.id).await,
+            "get_agent_session"
+        ),
+        Some(renewed),
+        "saving a Session again replaces it"
+    );
+    assert_eq!(
+        ok(
+            uow.get_delegation_edge(&z.id, &plain.id).await,
+            "get_delegation_edge"
+        ),
+        Some(bumped),
+        "saving an edge again replaces it"
+    );
+    drop(uow);
+
+    let mut scoped = begin(store, &ZoneScope::Zone(other.id.clone())).await;
+    assert_eq!(
+        ok(
+            scoped.get_agent_session(&z.id, &root.id).await,
+            "get_agent_session"
+        ),
+        None,
+        "a unit scoped to another zone cannot read the Session even naming its zone"
+    );
+    assert_eq!(
+        ok(
+            scoped.get_delegation_edge(&z.id, &plain.id).await,
+            "get_delegation_edge"
+        ),
+        None,
+        "a unit scoped to another zone cannot read the edge even naming its zone"
+    );
+    assert!(
+        scoped
+            .save_agent_session(&agent_session(run, &z.id, run.at(11)))
+            .await
+            .is_err(),
+        "a unit scoped to another zone cannot write a Session into this zone"
+    );
+    assert!(
+        scoped
+            .save_delegation_edge(&delegation_edge(run, &z.id, run.at(11)))
+            .await
+            .is_err(),
+        "a unit scoped to another zone cannot write an edge into this zone"
+    );
+}
+
+async fn epoch(store: &dyn Store, zone: &ZoneId) -> i64 {
+    let mut uow = begin_all(store).await;
+    ok(
+        uow.delegation_graph_epoch(zone).await,
+        "delegation_graph_epoch",
+    )
+}
+
+/// The delegation graph epoch starts at 0 and counts bumps per zone, each zone on its own;
+/// concurrent bumps are never lost.
+async fn delegation_graph_epochs(store: &dyn Store, run: &Run) {
+    let a = committed_zone(store, run).await;
+    let b = committed_zone(store, run).await;
+    assert_eq!(
+        epoch(store, &a.id).await,
+        0,
+        "a zone never bumped is at epoch 0"
+    );
+
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(uow.bump_delegation_graph_epoch(&a.id).await, "bump"),
+        1,
+        "first bump"
+    );
+    assert_eq!(
+        ok(
+            uow.delegation_graph_epoch(&a.id).await,
+            "delegation_graph_epoch"
+        ),
+        1,
+        "a unit reads its own bump"
+    );
+    assert_eq!(
+        ok(uow.bump_delegation_graph_epoch(&a.id).await, "bump"),
+        2,
+        "second bump"
+    );
+    commit(uow, "two bumps").await;
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(uow.bump_delegation_graph_epoch(&a.id).await, "bump"),
+        3,
+        "third bump"
+    );
+    commit(uow, "third bump").await;
+
+    assert_eq!(epoch(store, &a.id).await, 3, "bumps are committed");
+    assert_eq!(
+        epoch(store, &b.id).await,
+        0,
+        "another zone's epoch is untouched"
+    );
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(uow.bump_delegation_graph_epoch(&b.id).await, "bump"),
+        1,
+        "each zone counts from 1"
+    );
+    commit(uow, "bump b").await;
+    assert_eq!(epoch(store, &a.id).await, 3, "bumping b leaves a alone");
+
+    let bump = |zone: ZoneId| async move {
+        let mut uow = begin_all(store).await;
+        let value = ok(
+            uow.bump_delegation_graph_epoch(&zone).await,
+            "concurrent bump",
+        );
+        commit(uow, "concurrent bump").await;
+        value
+    };
+    let (x, y) = tokio::join!(bump(a.id.clone()), bump(a.id.clone()));
+    let mut seen = [x, y];
+    seen.sort_unstable();
+    assert_eq!(seen, [4, 5], "concurrent bumps each get their own value");
+    assert_eq!(epoch(store, &a.id).await, 5, "no concurrent bump is lost");
+
+    let mut scoped = begin(store, &ZoneScope::Zone(b.id.clone())).await;
+    assert_eq!(
+        ok(
+            scoped.delegation_graph_epoch(&a.id).await,
+            "delegation_graph_epoch"
+        ),
+        0,
+        "a unit scoped to another zone does not see the epoch"
+    );
+    assert!(
+        scoped.bump_delegation_graph_epoch(&a.id).await.is_err(),
+        "a unit scoped to another zone cannot bump it"
+    );
+    drop(scoped);
+    assert_eq!(
+        epoch(store, &a.id).await,
+        5,
+        "the refused bump changed nothing"
+    );
+}
+
+/// Signing keys list newest version first up to the limit, per zone; a second key with a
+/// zone's existing version is `Conflict("zone_signing_keys_version")` and changes nothing.
+async fn signing_keys(store: &dyn Store, run: &Run) {
+    let z = committed_zone(store, run).await;
+    let other = committed_zone(store, run).await;
+    let v1 = signing_key(run, &z.id, 1, run.at(1));
+    let v2 = signing_key(run, &z.id, 2, run.at(2));
+    let v3 = signing_key(run, &z.id, 3, run.at(3));
+
+    let mut uow = begin_all(store).await;
+    assert!(
+        ok(
+            uow.latest_signing_keys(&z.id, 5).await,
+            "latest_signing_keys"
+        )
+        .is_empty(),
+        "a zone without keys lists none"
+    );
+    // Inserted out of order: the listing orders by version, not by insertion.
+    for k in [&v2, &v3, &v1] {
+        ok(uow.insert_signing_key(k).await, "insert_signing_key");
+    }
+    commit(uow, "signing keys").await;
+
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(
+            uow.latest_signing_keys(&z.id, 2).await,
+            "latest_signing_keys"
+        ),
+        vec![v3.clone(), v2.clone()],
+        "the newest `limit` keys, highest version first"
+    );
+    assert_eq!(
+        ok(
+            uow.latest_signing_keys(&z.id, 10).await,
+            "latest_signing_keys"
+        ),
+        vec![v3.clone(), v2.clone(), v1.clone()],
+        "every key when the limit is larger, every field round-tripped"
+    );
+    assert!(
+        ok(
+            uow.latest_signing_keys(&other.id, 10).await,
+            "latest_signing_keys"
+        )
+        .is_empty(),
+        "another zone's keys are not listed"
+    );
+
+    assert_conflict(
+        uow.insert_signing_key(&signing_key(run, &z.id, 2, run.at(4)))
+            .await,
+        "zone_signing_keys_version",
+        "a second key with an existing version",
+    );
+    let theirs = signing_key(run, &other.id, 1, run.at(5));
+    ok(
+        uow.insert_signing_key(&theirs).await,
+        "versions are per zone: another zone may use version 1",
+    );
+    commit(uow, "after the refused key").await;
+
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(
+            uow.latest_signing_keys(&z.id, 10).await,
+            "latest_signing_keys"
+        ),
+        vec![v3.clone(), v2.clone(), v1.clone()],
+        "the refused key changed nothing"
+    );
+    assert_eq!(
+        ok(
+            uow.latest_signing_keys(&other.id, 10).await,
+            "latest_signing_keys"
+        ),
+        vec![theirs],
+        "the rest of the unit of work committed"
+    );
+    drop(uow);
+
+    let mut scoped = begin(store, &ZoneScope::Zone(other.id.clone())).await;
+    assert!(
+        ok(
+            scoped.latest_signing_keys(&z.id, 10).await,
+            "latest_signing_keys"
+        )
+        .is_empty(),
+        "a unit scoped to another zone lists none of this zone's keys"
+    );
+    assert!(
+        scoped
+            .insert_signing_key(&signing_key(run, &z.id, 9, run.at(6)))
+            .await
+            .is_err(),
+        "a unit scoped to another zone cannot add a key to this zone"
+    );
+}
+
+/// Dropping a unit of work discards its authority-graph writes like any other.
+async fn authority_graph_writes_roll_back_on_drop(store: &dyn Store, run: &Run) {
+    let z = committed_zone(store, run).await;
+    let record = authority_record(run, &z.id, None, run.at(1));
+    let session = agent_session(run, &z.id, run.at(2));
+    let edge = delegation_edge(run, &z.id, run.at(3));
+    let key = signing_key(run, &z.id, 1, run.at(4));
+
+    let mut uow = begin_all(store).await;
+    ok(
+        uow.save_authority_record(&record).await,
+        "save_authority_record",
+    );
+    ok(uow.save_agent_session(&session).await, "save_agent_session");
+    ok(
+        uow.save_delegation_edge(&edge).await,
+        "save_delegation_edge",
+    );
+    ok(uow.insert_signing_key(&key).await, "insert_signing_key");
+    assert_eq!(
+        ok(uow.bump_delegation_graph_epoch(&z.id).await, "bump"),
+        1,
+        "bump"
+    );
+    drop(uow);
+
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(
+            uow.get_authority_record(&z.id, &record.id).await,
+            "get_authority_record"
+        ),
+        None,
+        "dropped authority record"
+    );
+    assert_eq!(
+        ok(
+            uow.get_agent_session(&z.id, &session.id).await,
+            "get_agent_session"
+        ),
+        None,
+        "dropped Session"
+    );
+    assert_eq!(
+        ok(
+            uow.get_delegation_edge(&z.id, &edge.id).await,
+            "get_delegation_edge"
+        ),
+        None,
+        "dropped edge"
+    );
+    assert!(
+        ok(
+            uow.latest_signing_keys(&z.id, 10).await,
+            "latest_signing_keys"
+        )
+        .is_empty(),
+        "dropped signing key"
+    );
+    assert_eq!(
+        ok(
+            uow.delegation_graph_epoch(&z.id).await,
+            "delegation_graph_epoch"
+        ),
+        0,
+        "dropped bump"
+    );
+    // The version and the epoch are free again.
+    ok(
+        uow.insert_signing_key(&key).await,
+        "insert the dropped key again",
+    );
+    assert_eq!(
+        ok(uow.bump_delegation_graph_epoch(&z.id).await, "bump"),
+        1,
+        "bump again"
+    );
+    commit(uow, "after the rollback").await;
 }
