@@ -2,4 +2,8 @@
 //! authentication, the exchange classes and their per-resource pipeline, mandate claims, zone
 //! signing keys, and the evidence every decision leaves.
 
+pub mod client_auth;
+pub mod directive;
 pub mod form;
+pub mod gateway_sig;
+pub mod references;
