@@ -147,6 +147,9 @@ pub enum CryptoError {
     /// The secret backend failed.
     #[error("secret backend unavailable: {0}")]
     Backend(String),
+    /// A key document (PEM or DER) is not a well-formed key of the expected kind.
+    #[error("malformed key: {0}")]
+    MalformedKey(&'static str),
 }
 
 impl From<CryptoError> for Error {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod expiry_cache;
 pub mod ids;
 pub mod manage;
+pub mod mandate;
 pub mod model;
 pub mod naming;
 pub mod pagination;

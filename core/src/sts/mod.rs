@@ -6,4 +6,5 @@ pub mod client_auth;
 pub mod directive;
 pub mod form;
 pub mod gateway_sig;
+pub mod keys;
 pub mod references;
