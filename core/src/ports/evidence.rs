@@ -50,11 +50,18 @@ pub struct SinkHealth {
     pub replay_pending: u64,
     /// Replay files on disk.
     pub replay_files: u64,
+    /// Their total size in bytes.
+    pub replay_bytes: u64,
+    /// Age of the oldest replay file in seconds, 0 without files (the Helm alert fires past
+    /// 300 s: evidence that old has not reached the Audit service).
+    pub replay_oldest_age_seconds: u64,
     /// Events replayed from files so far.
     pub replayed: u64,
     /// Failed publish attempts.
     pub sink_errors: u64,
-    /// Whether the replay directory is usable (`audit_replay_unavailable` otherwise).
+    /// Whether the replay directory is usable (`audit_replay_unavailable` otherwise). A sink
+    /// configured without a replay directory (memory mode) reports `true`: there is nothing to
+    /// be unavailable, and its failed publications show up in `dropped` instead.
     pub replay_available: bool,
 }
 
