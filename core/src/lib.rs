@@ -16,6 +16,7 @@ pub mod model;
 pub mod naming;
 pub mod pagination;
 pub mod patch;
+pub mod policy;
 pub mod policy_document;
 pub mod ports;
 pub mod provider_config;
