@@ -56,6 +56,14 @@ impl HmacSha256 {
     }
 }
 
+impl HmacSha256 {
+    /// A fresh random 32-byte key, for throwaway dev-mode keys shared inside one process.
+    pub fn generate() -> Result<Self, ring::error::Unspecified> {
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())?;
+        Ok(Self { key })
+    }
+}
+
 impl fmt::Debug for HmacSha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HmacSha256").finish_non_exhaustive()

@@ -389,7 +389,9 @@ mod tests {
         assert!(is_form_media_type(Some(
             "application/x-www-form-urlencoded; charset=utf-8"
         )));
-        assert!(is_form_media_type(Some("Application/X-WWW-Form-Urlencoded")));
+        assert!(is_form_media_type(Some(
+            "Application/X-WWW-Form-Urlencoded"
+        )));
         assert!(!is_form_media_type(Some("application/json")));
         assert!(!is_form_media_type(None));
     }

@@ -4,7 +4,136 @@
 
 pub mod client_auth;
 pub mod directive;
+pub mod evidence;
+pub mod exchange;
 pub mod form;
 pub mod gateway_sig;
 pub mod keys;
 pub mod references;
+
+use std::sync::Arc;
+
+use crate::expiry_cache::ExpiryCache;
+use crate::ids::{ApplicationId, ZoneId};
+use crate::model::{Application, Resource};
+use crate::policy::PolicyCache;
+use crate::ports::{
+    AuditSink, Clock, Es256, ExpiringKeys, IdGenerator, MessageAuthenticator, PasswordHasher,
+    RateLimiter, SecretSealer, Store,
+};
+
+use self::client_auth::{FailureGate, SecretVerifier};
+use self::gateway_sig::GatewayVerifier;
+use self::keys::ZoneKeys;
+
+/// How long a looked-up application or resource row is trusted without asking the store
+/// again: long enough that steady-state mints skip the read, short enough that an archive,
+/// a secret rotation or a scope change lands within seconds on every replica.
+pub const ROW_CACHE_MS: i64 = 5_000;
+/// Bound on cached rows of each kind.
+const ROW_CACHE_MAX: usize = 16_384;
+
+/// The STS's settings (`spec/sts.md §16`).
+#[derive(Debug, Clone)]
+pub struct StsConfig {
+    /// `ISSUER_URL`, verbatim: every mandate's `iss` and the `aud` of session and gateway
+    /// mandates.
+    pub issuer: String,
+    /// `CONTROL_AUDIENCE` (default `caracal-control`).
+    pub control_audience: String,
+    /// `STS_MINT_RATE_LIMIT_PER_MIN` (default 1000).
+    pub mint_limit_per_min: u64,
+}
+
+/// The ports the STS reaches the world through.
+#[derive(Clone)]
+pub struct StsPorts {
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// UUIDv7 ids (`sid`, `jti`, event ids).
+    pub ids: Arc<dyn IdGenerator>,
+    /// Argon2id (bounded concurrency).
+    pub hasher: Arc<dyn PasswordHasher>,
+    /// Envelope sealer (signing keys, provider secrets).
+    pub sealer: Arc<dyn SecretSealer>,
+    /// ES256.
+    pub es256: Arc<dyn Es256>,
+    /// Fixed-window counters (mint limit, authentication failures).
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Single-use keys (`jti`, Gateway nonces, authentication blocks).
+    pub expiring: Arc<dyn ExpiringKeys>,
+    /// Audit evidence.
+    pub audit: Arc<dyn AuditSink>,
+    /// `GATEWAY_STS_HMAC_KEY`, when configured.
+    pub gateway_mac: Option<Arc<dyn MessageAuthenticator>>,
+}
+
+/// The STS use cases over their ports and caches.
+pub struct Sts {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdGenerator>,
+    sealer: Arc<dyn SecretSealer>,
+    es256: Arc<dyn Es256>,
+    limiter: Arc<dyn RateLimiter>,
+    expiring: Arc<dyn ExpiringKeys>,
+    audit: Arc<dyn AuditSink>,
+    secrets: SecretVerifier,
+    /// Application rows by (zone, id), trusted for [`ROW_CACHE_MS`].
+    apps: ExpiryCache<(ZoneId, ApplicationId), Application>,
+    /// Resource rows by (zone, identifier or id), trusted for [`ROW_CACHE_MS`].
+    resources: ExpiryCache<(ZoneId, String), Resource>,
+    failures: FailureGate,
+    gateway: GatewayVerifier,
+    /// Zone signing keys and their caches.
+    pub keys: Arc<ZoneKeys>,
+    /// Active policy per zone.
+    pub policies: Arc<PolicyCache>,
+    config: StsConfig,
+}
+
+impl Sts {
+    /// Wires the STS.
+    pub fn new(
+        ports: StsPorts,
+        keys: Arc<ZoneKeys>,
+        policies: Arc<PolicyCache>,
+        config: StsConfig,
+    ) -> Self {
+        Self {
+            secrets: SecretVerifier::new(ports.hasher.clone()),
+            apps: ExpiryCache::new(ROW_CACHE_MAX),
+            resources: ExpiryCache::new(ROW_CACHE_MAX),
+            failures: FailureGate::new(ports.limiter.clone(), ports.expiring.clone()),
+            gateway: GatewayVerifier::new(ports.gateway_mac.clone(), ports.expiring.clone()),
+            store: ports.store,
+            clock: ports.clock,
+            ids: ports.ids,
+            sealer: ports.sealer,
+            es256: ports.es256,
+            limiter: ports.limiter,
+            expiring: ports.expiring,
+            audit: ports.audit,
+            keys,
+            policies,
+            config,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &StsConfig {
+        &self.config
+    }
+
+    /// The Gateway envelope verifier (the internal policy routes use it too).
+    pub fn gateway_verifier(&self) -> &GatewayVerifier {
+        &self.gateway
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+}

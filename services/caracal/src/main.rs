@@ -14,6 +14,7 @@ caracal: the authority layer for AI agents
 USAGE:
     caracal dev              all services in one process, in-memory store (state lost on exit)
     caracal serve api        the API service on Postgres + Redis (DATABASE_URL, REDIS_URL)
+    caracal serve sts        the STS on Postgres + Redis
     caracal serve all        every service in one process on Postgres + Redis
     caracal migrate          apply database migrations to DATABASE_URL and exit
     caracal help             this text
@@ -51,12 +52,17 @@ fn main() -> ExitCode {
             init_tracing(true);
             runtime.block_on(wiring::dev())
         }
-        ["serve", "api"] | ["serve", "all"] => {
+        ["serve", which @ ("api" | "sts" | "all")] => {
             init_tracing(false);
-            runtime.block_on(wiring::serve())
+            let services = match *which {
+                "api" => wiring::Services::Api,
+                "sts" => wiring::Services::Sts,
+                _ => wiring::Services::All,
+            };
+            runtime.block_on(wiring::serve(services))
         }
         ["serve", other] => Err(format!(
-            "unknown service {other:?}: this build serves `api` (or `all`); the STS, Coordinator, Gateway and Audit are not built yet"
+            "unknown service {other:?}: this build serves `api`, `sts` or `all`; the Coordinator, Gateway and Audit are not built yet"
         )),
         ["migrate"] => {
             init_tracing(false);

@@ -32,6 +32,7 @@ REDIS_URL = "redis://127.0.0.1:6379"
 RATE_LIMIT_ENV = {
     "API_V1_RATE_LIMIT_PER_MIN": "1000000",
     "ADMIN_AUTH_FAIL_LIMIT_PER_MIN": "1000000",
+    "STS_MINT_RATE_LIMIT_PER_MIN": "1000000",
 }
 
 
@@ -115,16 +116,32 @@ class ServerConfig:
     database: Database | None = None
     secret_store_kek: str = field(default_factory=lambda: secrets.token_hex(32))
     streams_hmac_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    audit_hmac_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    gateway_hmac_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    sts_admin_token: str = field(default_factory=lambda: "sat_" + secrets.token_hex(16))
+    # Kept across restarts, so a restarted server replays what an earlier one spooled.
+    replay_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="caracal-replay-"))
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
         if self.mode == "memory":
             return ["dev"]
-        return ["serve", "api"]
+        return ["serve", "all"]
 
-    def env(self, port: int) -> dict[str, str]:
+    def env(self, port: int, sts_port: int) -> dict[str, str]:
         env = dict(os.environ)
         # A developer's shell may carry real settings; the server under test gets only ours.
-        for name in ("DATABASE_URL", "REDIS_URL", "SECRET_STORE_KEK", "STREAMS_HMAC_KEY"):
+        for name in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "SECRET_STORE_KEK",
+            "STREAMS_HMAC_KEY",
+            "AUDIT_HMAC_KEY",
+            "GATEWAY_STS_HMAC_KEY",
+            "ISSUER_URL",
+            "STS_ADMIN_TOKEN",
+            "METRICS_BEARER",
+        ):
             env.pop(name, None)
         env.update(RATE_LIMIT_ENV)
         env.update(
@@ -132,6 +149,11 @@ class ServerConfig:
                 "CARACAL_ADMIN_TOKEN": self.admin_token,
                 "API_HOST": "127.0.0.1",
                 "API_PORT": str(port),
+                "STS_HOST": "127.0.0.1",
+                "STS_PORT": str(sts_port),
+                "ISSUER_URL": f"http://127.0.0.1:{sts_port}",
+                "GATEWAY_STS_HMAC_KEY": self.gateway_hmac_key,
+                "STS_ADMIN_TOKEN": self.sts_admin_token,
                 "RUST_BACKTRACE": "1",
             }
         )
@@ -143,8 +165,11 @@ class ServerConfig:
                     "REDIS_URL": REDIS_URL,
                     "SECRET_STORE_KEK": self.secret_store_kek,
                     "STREAMS_HMAC_KEY": self.streams_hmac_key,
+                    "AUDIT_HMAC_KEY": self.audit_hmac_key,
+                    "AUDIT_REPLAY_DIR": self.replay_dir,
                 }
             )
+        env.update(self.extra_env)
         return env
 
 
@@ -155,6 +180,8 @@ class CaracalServer:
         self.config = config
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.sts_port = free_port()
+        self.sts_url = f"http://127.0.0.1:{self.sts_port}"
         self._log = tempfile.NamedTemporaryFile(
             prefix=f"caracal-{config.mode}-", suffix=".log", delete=False
         )
@@ -179,7 +206,7 @@ class CaracalServer:
             )
         self.process = subprocess.Popen(
             [str(binary), *self.config.argv()],
-            env=self.config.env(self.port),
+            env=self.config.env(self.port, self.sts_port),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -199,9 +226,10 @@ class CaracalServer:
                 )
             try:
                 res = httpx.get(self.url + "/health", timeout=2.0)
-                if res.status_code == 200 and res.json() == {"ok": True}:
+                sts = httpx.get(self.sts_url + "/health", timeout=2.0)
+                if res.status_code == 200 and res.json() == {"ok": True} and sts.status_code == 200:
                     return
-                last_error = f"HTTP {res.status_code}: {res.text[:200]}"
+                last_error = f"API HTTP {res.status_code}: {res.text[:200]}; STS HTTP {sts.status_code}"
             except (httpx.HTTPError, ValueError) as error:
                 last_error = repr(error)
             time.sleep(0.1)

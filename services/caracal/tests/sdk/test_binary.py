@@ -115,8 +115,8 @@ def test_dev_needs_no_setup_and_prints_where_it_listens() -> None:
 class _TokenlessConfig(ServerConfig):
     """`caracal dev` started the way a newcomer does: no CARACAL_ADMIN_TOKEN at all."""
 
-    def env(self, port: int) -> dict[str, str]:
-        env = super().env(port)
+    def env(self, port: int, sts_port: int) -> dict[str, str]:
+        env = super().env(port, sts_port)
         env.pop("CARACAL_ADMIN_TOKEN", None)
         return env
 

@@ -1,0 +1,75 @@
+//! `POST /oauth/2/token` (`spec/sts.md §3`). The transport checks run here in the contract's
+//! order (query string, media type, size); the rest is `Sts::token`.
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse};
+use caracal_core::error::{Error, ErrorKind};
+use caracal_core::sts::exchange::TokenCall;
+use caracal_core::sts::form::{is_form_media_type, malformed};
+use caracal_core::sts::gateway_sig::SignedHeaders;
+
+use crate::reply::{error, read_body, BodyFailure};
+use crate::StsState;
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The inbound `X-Request-Id`, or a fresh UUIDv7.
+fn request_id(req: &HttpRequest) -> String {
+    header(req, "x-request-id")
+        .map(str::trim)
+        .filter(|v| caracal_http::request_id::acceptable(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+pub async fn token(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<StsState>,
+) -> HttpResponse {
+    let id = request_id(&req);
+    let fail = |e: Error| error(&e, Some(&id));
+    if !req.query_string().is_empty() {
+        return fail(malformed("query parameters are not allowed"));
+    }
+    if !is_form_media_type(header(&req, "content-type")) {
+        return fail(
+            Error::new(ErrorKind::UnsupportedMediaType, "invalid_token")
+                .describe("application/x-www-form-urlencoded content type is required"),
+        );
+    }
+    let body = match read_body(payload).await {
+        Ok(body) => body,
+        Err(BodyFailure::TooLarge) => {
+            return fail(
+                Error::new(ErrorKind::PayloadTooLarge, "payload_too_large")
+                    .describe("request body too large"),
+            )
+        }
+        Err(BodyFailure::Unreadable) => return fail(malformed("malformed request body")),
+    };
+    let call = TokenCall {
+        body: &body,
+        gateway: SignedHeaders {
+            timestamp: header(&req, "x-caracal-gateway-timestamp"),
+            nonce: header(&req, "x-caracal-gateway-request"),
+            signature: header(&req, "x-caracal-gateway-signature"),
+        },
+        path: req.path(),
+        request_id: &id,
+    };
+    match state.sts.token(call).await {
+        Ok(minted) => {
+            let mut res = HttpResponse::Ok();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                res.insert_header((HeaderName::from_static("x-request-id"), v));
+            }
+            res.insert_header(("cache-control", "no-store"))
+                .insert_header(("pragma", "no-cache"))
+                .json(minted.to_json())
+        }
+        Err(e) => fail(e),
+    }
+}
