@@ -12,6 +12,7 @@ use crate::error::{Error, ErrorKind, Result, StoreError};
 use crate::ids::{OutboxId, PolicySetId, PolicySetVersionId, PolicyVersionId, ZoneId};
 use crate::model::{OutboxMessage, PolicySet, PolicySetVersion};
 use crate::naming::is_reserved_name;
+use crate::policy::{compile_modules, simulate, PolicyModule};
 use crate::policy_document::SCHEMA_VERSION;
 use crate::ports::store::{Page, UnitOfWork};
 
@@ -65,6 +66,59 @@ pub struct ActivationStatus {
 
 fn invalid_contract(description: impl Into<String>) -> Error {
     Error::new(ErrorKind::Unprocessable, "invalid_policy_contract").describe(description)
+}
+
+/// A manifest whose documents do not compile together (a name defined twice with different
+/// values): the STS would install its deny-all, so the version is refused up front.
+fn invalid_bundle(description: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Unprocessable, "invalid_policy_bundle").describe(description)
+}
+
+/// A value as JavaScript's `String(v)` renders it, for the `input_schema_mismatch:<v>`
+/// warning upstream builds that way.
+fn js_string(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::Null => String::new(),
+                other => js_string(other),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Object(_) => "[object Object]".into(),
+    }
+}
+
+/// The simulation's input warnings (`spec/api.md §3.7`); none without an input. Any of them
+/// means the input would not describe a real exchange of this zone (`would_activate` false).
+pub fn simulation_warnings(input: Option<&Value>, zone: &ZoneId) -> Vec<String> {
+    let Some(input) = input else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    match input.get("schema_version") {
+        Some(Value::String(v)) if v == SCHEMA_VERSION => {}
+        None => {}
+        Some(other) => warnings.push(format!("input_schema_mismatch:{}", js_string(other))),
+    }
+    if input.pointer("/principal/zone_id").and_then(Value::as_str) != Some(zone.as_str()) {
+        warnings.push("principal_zone_mismatch".to_owned());
+    }
+    for (key, warning) in [
+        ("resource", "missing_resource"),
+        ("action", "missing_action"),
+        ("context", "missing_context"),
+    ] {
+        if !matches!(input.get(key), Some(Value::Object(_) | Value::Array(_))) {
+            warnings.push(warning.to_owned());
+        }
+    }
+    warnings
 }
 
 /// The lock every change of a zone's active policy set takes.
@@ -217,6 +271,26 @@ impl Management {
         Ok(out)
     }
 
+    /// The documents a manifest names, in manifest order.
+    async fn manifest_modules(
+        &self,
+        uow: &mut Box<dyn UnitOfWork>,
+        zone: &ZoneId,
+        manifest: &[PolicyVersionId],
+    ) -> Result<Vec<PolicyModule>> {
+        let mut modules = Vec::with_capacity(manifest.len());
+        for id in manifest {
+            let version = uow.get_policy_version(zone, id).await?.ok_or_else(|| {
+                invalid_contract(format!("policy version {id} does not exist in this zone"))
+            })?;
+            modules.push(PolicyModule {
+                id: id.to_string(),
+                content: version.content,
+            });
+        }
+        Ok(modules)
+    }
+
     /// Adds a set version from a manifest.
     pub async fn add_policy_set_version(
         &self,
@@ -244,6 +318,10 @@ impl Management {
         self.live_zone(&mut uow, zone).await?;
         let set = self.live_set(&mut uow, zone, id).await?;
         let manifest = self.check_manifest(&mut uow, zone, &ids).await?;
+        // Each document is valid alone; together they must compile into one bundle, as the
+        // STS compiles them on activation.
+        let modules = self.manifest_modules(&mut uow, zone, &manifest).await?;
+        compile_modules(&modules).map_err(|e| invalid_bundle(e.to_string()))?;
         let version = PolicySetVersion {
             id: PolicySetVersionId::parse(&self.ids.new_id())?,
             policy_set_id: set.id.clone(),
@@ -437,9 +515,10 @@ impl Management {
         })
     }
 
-    /// Dry-runs a version against an input. Manifest checks and input warnings are computed
-    /// here; evaluation needs the STS decision engine, which this server does not run yet, so
-    /// the explanation says `not_executed`.
+    /// Dry-runs a version against an input: the manifest is checked, the input is checked for
+    /// the shape of a real exchange of this zone, and with an input the version is evaluated
+    /// by the decision contract in process, the same evaluator the STS decides with. Nothing
+    /// about the zone's active policy changes.
     pub async fn simulate_policy_set(
         &self,
         caller: &Caller,
@@ -460,43 +539,54 @@ impl Management {
         }
         .ok_or_else(|| Error::not_found("version_not_found"))?;
         let ids: Vec<String> = version.manifest.iter().map(|v| v.to_string()).collect();
-        self.check_manifest(&mut uow, zone, &ids).await?;
-        let input = input.unwrap_or_else(|| json!({}));
-        let mut warnings = Vec::new();
-        if let Some(v) = input.get("schema_version").and_then(Value::as_str) {
-            if v != SCHEMA_VERSION {
-                warnings.push(format!("input_schema_mismatch:{v}"));
-            }
-        }
-        if let Some(z) = input.pointer("/principal/zone_id").and_then(Value::as_str) {
-            if z != zone.as_str() {
-                warnings.push("principal_zone_mismatch".to_owned());
-            }
-        }
-        for (key, warning) in [
-            ("resource", "missing_resource"),
-            ("action", "missing_action"),
-            ("context", "missing_context"),
-        ] {
-            if input.get(key).is_none() {
-                warnings.push(warning.to_owned());
-            }
-        }
+        let manifest = self.check_manifest(&mut uow, zone, &ids).await?;
+        let modules = self.manifest_modules(&mut uow, zone, &manifest).await?;
+        let mut warnings = simulation_warnings(input.as_ref(), zone);
         let would_activate = warnings.is_empty();
-        warnings.push("sts_simulation_unreachable:not_configured".to_owned());
+        let (explanation, result) = match &input {
+            None => (
+                json!({
+                    "evaluation": "not_executed",
+                    "reason": "simulation validates rollout contract and input shape without mutating active policy bindings",
+                }),
+                Value::Null,
+            ),
+            Some(input) => match simulate(&modules, input) {
+                Ok(decision) => {
+                    let result = decision.to_json();
+                    (
+                        json!({
+                            "evaluation": "executed",
+                            "decision": result["decision"],
+                            "policy_set_version_id": version.id,
+                            "manifest_sha256": version.manifest_sha256,
+                            "reason": "the decision contract evaluated the supplied input without mutating active policy bindings",
+                        }),
+                        result,
+                    )
+                }
+                Err(err) => {
+                    warnings.push(format!("sts_simulation_failed:{}", err.code()));
+                    (
+                        json!({ "evaluation": "failed", "reason": err.to_string() }),
+                        Value::Null,
+                    )
+                }
+            },
+        };
         let policies: Vec<Value> = version.manifest.iter().map(|v| json!(v)).collect();
         Ok(json!({
             "dry_run": true,
             "would_activate": would_activate,
             "policy_set_id": id,
             "version_id": version.id,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": version.schema_version,
             "input_schema_version": SCHEMA_VERSION,
             "manifest_sha256": version.manifest_sha256,
             "policies": policies,
             "warnings": warnings,
-            "explanation": { "evaluation": "not_executed", "reason": "sts_not_configured" },
-            "result": Value::Null,
+            "explanation": explanation,
+            "result": result,
         }))
     }
 
@@ -532,6 +622,46 @@ impl Management {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simulation_warnings_follow_upstream() {
+        let zone = ZoneId::parse("z1").expect("zone");
+        assert!(simulation_warnings(None, &zone).is_empty());
+        assert!(simulation_warnings(
+            Some(
+                &json!({"schema_version": "2026-05-20", "principal": {"zone_id": "z1"},
+                         "resource": {}, "action": {}, "context": {}})
+            ),
+            &zone
+        )
+        .is_empty());
+        assert_eq!(
+            simulation_warnings(Some(&json!({})), &zone),
+            vec![
+                "principal_zone_mismatch",
+                "missing_resource",
+                "missing_action",
+                "missing_context"
+            ]
+        );
+        assert_eq!(
+            simulation_warnings(
+                Some(&json!({"schema_version": 7, "principal": {"zone_id": "z2"},
+                             "resource": null, "action": "x", "context": []})),
+                &zone
+            ),
+            vec![
+                "input_schema_mismatch:7",
+                "principal_zone_mismatch",
+                "missing_resource",
+                "missing_action"
+            ]
+        );
+        assert_eq!(
+            js_string(&json!([1, null, "a", {}])),
+            "1,,a,[object Object]"
+        );
+    }
 
     #[test]
     fn manifest_digest_is_over_compact_json() {

@@ -142,16 +142,15 @@ impl PolicyCache {
     }
 
     /// Loads the zone's active version now (startup, `caracal.policy.invalidate`, the poll).
-    /// An unchanged version is kept as it is.
+    /// An unchanged version is kept as it is. On failure the error says why; a store outage
+    /// leaves the cached bundle serving, an invalid bundle leaves the deny-all.
     pub async fn reload(&self, zone: &ZoneId) -> Result<Arc<LoadedBundle>, Error> {
         let current = self.cached(zone);
         match self.load(zone, current.as_deref()).await {
             Ok(Some(loaded)) => Ok(self.install(zone, loaded)),
             Ok(None) => current.ok_or_else(|| unavailable("policy cache lost its entry".into())),
-            Err(LoadFailure::Transient(detail)) => match current {
-                Some(loaded) => Ok(loaded),
-                None => Err(unavailable(detail)),
-            },
+            // The cached bundle (if any) stays in place; the caller learns the load failed.
+            Err(LoadFailure::Transient(detail)) => Err(unavailable(detail)),
             Err(LoadFailure::Invalid(detail)) => {
                 self.install(zone, self.deny_all());
                 Err(unavailable(detail))

@@ -20,13 +20,13 @@ pub struct DecisionInput {
     #[serde(default = "default_schema", deserialize_with = "schema_version")]
     pub schema_version: String,
     /// Who is asking.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub principal: Principal,
     /// What is asked for.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub resource: Resource,
     /// The action (`TokenExchange`, `CredentialInjection`, …).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub action: Action,
     /// The authority record the exchange runs under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,7 +35,7 @@ pub struct DecisionInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegation_edge: Option<DelegationEdge>,
     /// Claims and request details.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub context: Context,
 }
 

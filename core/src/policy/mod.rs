@@ -27,6 +27,7 @@ mod facts;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod input;
+pub mod simulate;
 mod value_order;
 
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub use input::{
     Action, Context, DecisionInput, DelegationEdge, Principal, Resource, SessionRef,
     INPUT_SCHEMA_VERSION,
 };
+pub use simulate::{compile_modules, simulate, PolicyModule, SimulationError};
 
 use contract::{AllowRule, Verdict};
 use data::{Approvals, Risk, ZoneData};
