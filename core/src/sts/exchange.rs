@@ -201,6 +201,9 @@ impl Sts {
                 return Err(denied("authority record client mismatch"));
             }
             req.session_id = sid;
+            if gateway {
+                self.consume_gateway_mandate(claims, now).await?;
+            }
             fill(
                 &mut req.agent_session_id,
                 claims.agent_session_id.as_deref(),
@@ -550,10 +553,11 @@ impl Sts {
             {
                 return Err(self.auth_failure(req, gateway, now).await);
             }
+            let control = control_key_eligible(&app, req, now);
             return Ok(Caller {
                 zone: app.zone_id.clone(),
                 app,
-                control: true,
+                control,
             });
         }
         let Ok(zone) = ZoneId::parse(&req.zone_id) else {
@@ -674,6 +678,30 @@ impl Sts {
                 .put(key, app.clone(), now.plus_millis(super::ROW_CACHE_MS), now);
         }
         Ok(app)
+    }
+
+    /// A `use=gateway` mandate is single-use (`spec/sts.md §3.5c`): the Gateway enforces it
+    /// with its own JTI registry, and the STS claims the `jti` too, so a replayed mandate is
+    /// refused even if it reaches the exchange by another path.
+    async fn consume_gateway_mandate(
+        &self,
+        claims: &MandateClaims,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let ttl = (claims.exp - now.unix_seconds()).max(1) as u64;
+        match self
+            .expiring
+            .set_if_absent(
+                &format!("caracal:sts:subject-jti:{}", claims.jti),
+                &claims.client_id,
+                ttl,
+            )
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(invalid_subject().with_detail("gateway mandate already exchanged")),
+            Err(e) => Err(issuance_failed("token issuance failed").with_detail(e.to_string())),
+        }
     }
 
     /// A resource of the zone by identifier or row id, unarchived; from the row cache when

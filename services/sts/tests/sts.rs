@@ -1,0 +1,1112 @@
+//! Service tests: the STS and the API actix apps in process on one memory store. The API seeds
+//! what an adopter would (zone, provider, resource, application, grant policy, activation); the
+//! test writes the Coordinator's Sessions and Delegations directly (the Coordinator is another
+//! service). Each test asserts what a caller would notice: status, error code and description,
+//! claims, and that refused requests mint nothing.
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::test::{self, TestRequest};
+use base64::Engine;
+use caracal_api::{api_app, ApiConfig, ApiState};
+use caracal_core::authority::{AgentSession, DelegationEdge, Lifecycle};
+use caracal_core::ids::ZoneId;
+use caracal_core::manage::{Management, ManagementConfig};
+use caracal_core::mandate::{MandateClaims, MandateUse, SubType};
+use caracal_core::policy::PolicyCache;
+use caracal_core::ports::{
+    AuditEvent, AuditSink, Clock, Es256, MessageAuthenticator, SinkHealth, Store, ZoneScope,
+};
+use caracal_core::sts::keys::ZoneKeys;
+use caracal_core::sts::{Sts, StsConfig, StsPorts};
+use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
+use caracal_http::metrics::HttpCounters;
+use caracal_memory::{
+    MemoryBus, MemoryExpiringKeys, MemoryRateLimiter, MemoryStore, SystemClock, UuidV7Ids,
+};
+use caracal_sts::{sts_app, StsServiceConfig, StsState};
+use serde_json::{json, Map, Value};
+
+const ADMIN: &str = "cat_sts_service_test_token";
+const ISSUER: &str = "http://sts.test";
+const GATEWAY_KEY: [u8; 32] = [9u8; 32];
+const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Every event the STS emitted, for assertions.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<AuditEvent>>);
+
+impl AuditSink for Recorded {
+    fn emit(&self, event: AuditEvent) {
+        self.0.lock().expect("lock").push(event);
+    }
+    fn health(&self) -> SinkHealth {
+        SinkHealth {
+            replay_available: true,
+            ..SinkHealth::default()
+        }
+    }
+}
+
+struct Harness {
+    store: MemoryStore,
+    api: ApiState,
+    sts: StsState,
+    audit: Arc<Recorded>,
+}
+
+async fn harness(mint_limit: u64) -> Harness {
+    let store = MemoryStore::new();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sealer = Arc::new(EnvelopeSealer::new(
+        Kek::generate().expect("kek"),
+        Vec::new(),
+    ));
+    // Cheap Argon2 parameters keep tests fast; production parameters are covered in caracal-crypto.
+    let hasher = Arc::new(Argon2idHasher::with_params(256, 1, 1).expect("params"));
+    let management = Management::new(
+        Arc::new(store.clone()),
+        Arc::clone(&clock),
+        Arc::new(UuidV7Ids),
+        sealer.clone(),
+        hasher.clone(),
+        Arc::new(RandomSecrets::new()),
+        None,
+        ManagementConfig::default(),
+    );
+    management.seed_bootstrap_token(ADMIN).await.expect("seed");
+    let api = ApiState {
+        management,
+        outbox: Arc::new(store.clone()),
+        bus: Arc::new(MemoryBus::new()),
+        store: Arc::new(store.clone()),
+        counters: Arc::new(HttpCounters::default()),
+        limiter: Arc::new(MemoryRateLimiter::new()),
+        config: Arc::new(ApiConfig::default()),
+    };
+    let es256: Arc<dyn Es256> = Arc::new(RingEs256::new());
+    let audit = Arc::new(Recorded::default());
+    let keys = Arc::new(ZoneKeys::new(
+        Arc::new(store.clone()),
+        sealer.clone(),
+        Arc::clone(&es256),
+        Arc::new(UuidV7Ids),
+        Arc::clone(&clock),
+    ));
+    let policies = Arc::new(PolicyCache::new(
+        Arc::new(store.clone()),
+        Arc::clone(&clock),
+    ));
+    let sts = Arc::new(Sts::new(
+        StsPorts {
+            store: Arc::new(store.clone()),
+            clock: Arc::clone(&clock),
+            ids: Arc::new(UuidV7Ids),
+            hasher,
+            sealer,
+            es256,
+            limiter: Arc::new(MemoryRateLimiter::new()),
+            expiring: Arc::new(MemoryExpiringKeys::new(Arc::clone(&clock))),
+            audit: audit.clone(),
+            gateway_mac: Some(Arc::new(HmacSha256::from_bytes(&GATEWAY_KEY))),
+        },
+        keys,
+        policies,
+        StsConfig {
+            issuer: ISSUER.into(),
+            control_audience: "caracal-control".into(),
+            mint_limit_per_min: mint_limit,
+        },
+    ));
+    let config = StsServiceConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        issuer: ISSUER.into(),
+        control_audience: "caracal-control".into(),
+        mint_limit_per_min: mint_limit,
+        secret_verify_concurrency: 2,
+        policy_poll_seconds: 60,
+        admin_token: Some("sat_rotate".into()),
+        metrics_bearer: None,
+        dev: true,
+    };
+    let state = StsState {
+        sts,
+        store: Arc::new(store.clone()),
+        bus: Arc::new(MemoryBus::new()),
+        audit: audit.clone(),
+        counters: Arc::new(HttpCounters::default()),
+        config: Arc::new(config),
+    };
+    Harness {
+        store,
+        api,
+        sts: state,
+        audit,
+    }
+}
+
+async fn body_of<B: MessageBody>(res: ServiceResponse<B>) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let bytes = test::read_body(res).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn admin<S, B>(app: &S, method: &str, path: &str, body: Value) -> Value
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let req = TestRequest::default()
+        .method(method.parse().expect("method"))
+        .uri(path)
+        .insert_header(("authorization", format!("Bearer {ADMIN}")))
+        .set_json(body);
+    let (status, value) = body_of(test::call_service(app, req.to_request()).await).await;
+    assert!(status < 300, "{method} {path}: {status} {value}");
+    value
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn claims_of(jwt: &str) -> Value {
+    let part = jwt.split('.').nth(1).expect("payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("b64");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+/// A zone where application `app` holds role `reader` (`svc:read`) on `resource://svc`.
+struct World {
+    zone: String,
+    app: String,
+    secret: String,
+    resource_id: String,
+}
+
+const RESOURCE: &str = "resource://svc";
+
+async fn world<S, B>(app: &S) -> World
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let zone = admin(app, "POST", "/v1/zones", json!({"name": "sts tests"})).await;
+    let z = zone["id"].as_str().expect("zone").to_owned();
+    let provider = admin(
+        app,
+        "POST",
+        &format!("/v1/zones/{z}/providers"),
+        json!({"name": "svc token", "kind": "bearer_token", "config_json": {"bearer_token": "upstream-secret"}}),
+    )
+    .await;
+    let resource = admin(
+        app,
+        "POST",
+        &format!("/v1/zones/{z}/resources"),
+        json!({"name": "svc", "identifier": RESOURCE, "scopes": ["svc:read", "svc:write"],
+               "upstream_url": "https://svc.example.test/api", "credential_provider_id": provider["id"],
+               "operation_enforcement": "transport_uniform"}),
+    )
+    .await;
+    let application = admin(
+        app,
+        "POST",
+        &format!("/v1/zones/{z}/applications"),
+        json!({"name": "agent", "registration_method": "managed"}),
+    )
+    .await;
+    let a = application["id"].as_str().expect("app").to_owned();
+    let doc = format!(
+        "# caracal:data-document\npackage caracal.authz\nimport rego.v1\n\
+         app_ids := {{\"agent\": \"{a}\"}}\n\
+         grants := {{\"{RESOURCE}\": {{\"application\": \"agent\", \"roles\": {{\"reader\": [\"svc:read\"], \"writer\": [\"svc:read\", \"svc:write\"]}}}}}}\n\
+         confinement := [{{\"label_prefix\": \"sandbox\", \"scopes\": [\"svc:read\"]}}]\n"
+    );
+    let policy = admin(
+        app,
+        "POST",
+        &format!("/v1/zones/{z}/policies"),
+        json!({"name": "grants", "content": doc}),
+    )
+    .await;
+    let set = admin(
+        app,
+        "POST",
+        &format!("/v1/zones/{z}/policy-sets"),
+        json!({"name": "main"}),
+    )
+    .await;
+    let version = admin(
+        app,
+        "POST",
+        &format!(
+            "/v1/zones/{z}/policy-sets/{}/versions",
+            set["id"].as_str().expect("set")
+        ),
+        json!({"manifest": [{"policy_version_id": policy["version_id"]}]}),
+    )
+    .await;
+    admin(
+        app,
+        "POST",
+        &format!(
+            "/v1/zones/{z}/policy-sets/{}/activate",
+            set["id"].as_str().expect("set")
+        ),
+        json!({"version_id": version["version_id"]}),
+    )
+    .await;
+    World {
+        zone: z,
+        app: a,
+        secret: application["client_secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned(),
+        resource_id: resource["id"].as_str().expect("resource").to_owned(),
+    }
+}
+
+/// Seeds a parent and a child Session of `w.app` and an edge parent → child.
+async fn graph(
+    h: &Harness,
+    w: &World,
+    anchor: &str,
+    labels: &[&str],
+    edge: Value,
+) -> (String, String) {
+    let now = SystemClock.now();
+    let zone = ZoneId::parse(&w.zone).expect("zone");
+    let session = |id: &str, parent: Option<&str>, labels: &[&str]| AgentSession {
+        id: id.into(),
+        zone_id: zone.clone(),
+        application_id: w.app.clone(),
+        subject_session_id: anchor.into(),
+        parent_id: parent.map(str::to_owned),
+        lifecycle: Lifecycle::Task,
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        status: "active".into(),
+        depth: i32::from(parent.is_some()),
+        ttl_seconds: Some(3600),
+        started_at: now,
+        last_heartbeat_at: None,
+        heartbeat_deadline_at: None,
+        lease_generation: 0,
+        child_count: 0,
+        metadata: Map::new(),
+        status_reason: None,
+        ended_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let parent_id = format!("s-parent-{}", uuid_like());
+    let child_id = format!("s-child-{}", uuid_like());
+    let edge_id = edge["id"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("d-{}", uuid_like()));
+    let mut uow = h.store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_agent_session(&session(&parent_id, None, &[]))
+        .await
+        .expect("parent");
+    uow.save_agent_session(&session(&child_id, Some(&parent_id), labels))
+        .await
+        .expect("child");
+    let constraints = edge["constraints"].as_object().cloned().unwrap_or_default();
+    uow.save_delegation_edge(&DelegationEdge {
+        id: edge_id.clone(),
+        zone_id: zone.clone(),
+        source_session_id: parent_id.clone(),
+        target_session_id: child_id.clone(),
+        issuer_application_id: w.app.clone(),
+        receiver_application_id: w.app.clone(),
+        parent_edge_id: None,
+        resource_id: edge["resource_id"].as_str().map(str::to_owned),
+        scopes: edge["scopes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        constraints_json: constraints,
+        status: edge["status"].as_str().unwrap_or("active").into(),
+        expires_at: now.plus_millis(3_600_000),
+        edge_version: 0,
+        revoked_at: None,
+        created_at: now,
+    })
+    .await
+    .expect("edge");
+    uow.bump_delegation_graph_epoch(&zone).await.expect("epoch");
+    uow.commit().await.expect("commit");
+    (child_id, edge_id)
+}
+
+fn uuid_like() -> String {
+    caracal_core::ports::IdGenerator::new_id(&UuidV7Ids)
+}
+
+async fn mint<S, B>(sts: &S, body: String, headers: &[(&str, String)]) -> (u16, Value)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let mut req = TestRequest::post()
+        .uri("/oauth/2/token")
+        .insert_header(("content-type", "application/x-www-form-urlencoded"))
+        .set_payload(body);
+    for (name, value) in headers {
+        req = req.insert_header((*name, value.clone()));
+    }
+    body_of(test::call_service(sts, req.to_request()).await).await
+}
+
+fn bootstrap(w: &World) -> String {
+    form(&[
+        ("grant_type", GRANT),
+        ("zone_id", &w.zone),
+        ("application_id", &w.app),
+        ("client_secret", &w.secret),
+        ("scope", "agent:lifecycle"),
+        ("resource", RESOURCE),
+    ])
+}
+
+fn delegated(w: &World, session: &str, edge: &str, scope: &str) -> String {
+    form(&[
+        ("grant_type", GRANT),
+        ("zone_id", &w.zone),
+        ("application_id", &w.app),
+        ("client_secret", &w.secret),
+        ("scope", scope),
+        ("resource", RESOURCE),
+        ("agent_session_id", session),
+        ("delegation_edge_id", edge),
+    ])
+}
+
+/// The Gateway's signed exchange of a gateway mandate.
+fn signed_exchange(
+    w: &World,
+    mandate: &str,
+    request_id: &str,
+) -> (String, Vec<(&'static str, String)>) {
+    let body = form(&[
+        ("grant_type", GRANT),
+        ("zone_id", &w.zone),
+        ("application_id", &w.app),
+        ("subject_token", mandate),
+        ("subject_token_type", ACCESS),
+        ("resource", RESOURCE),
+        ("request_method", "GET"),
+        ("request_path", "/v1/items"),
+        ("gateway_request_id", request_id),
+    ]);
+    let headers = sign(&body, request_id);
+    (body, headers)
+}
+
+fn sign(body: &str, request_id: &str) -> Vec<(&'static str, String)> {
+    let unix = SystemClock.now().unix_seconds();
+    let nonce = uuid_like();
+    let canonical = format!(
+        "{unix}\n{nonce}\nPOST\n/oauth/2/token\n{}",
+        caracal_core::digest::sha256_hex(body.as_bytes())
+    );
+    let sig = HmacSha256::from_bytes(&GATEWAY_KEY).sign_hex(canonical.as_bytes());
+    vec![
+        ("x-caracal-gateway-timestamp", unix.to_string()),
+        ("x-caracal-gateway-request", nonce),
+        ("x-caracal-gateway-signature", sig),
+        ("x-request-id", request_id.to_owned()),
+    ]
+}
+
+#[actix_web::test]
+async fn bootstrap_delegated_mint_and_gateway_exchange() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+
+    let (status, session) = mint(&sts, bootstrap(&w), &[]).await;
+    assert_eq!(status, 200, "{session}");
+    let anchor = claims_of(session["access_token"].as_str().expect("token"))["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["reader"],
+        json!({"scopes": ["svc:read", "svc:write"], "resource_id": w.resource_id,
+               "constraints": {"resources": [RESOURCE], "ttl_seconds": 600}}),
+    )
+    .await;
+
+    // Delegated mint: a single-use gateway mandate narrowed to the delegation.
+    let (status, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(status, 200, "{minted}");
+    assert_eq!(minted["expires_in"], 600, "clamped to the constraint ttl");
+    let gateway = minted["access_token"].as_str().expect("token").to_owned();
+    let c = claims_of(&gateway);
+    assert_eq!(c["use"], "gateway");
+    assert_eq!(c["aud"], json!([ISSUER]));
+    assert_eq!(c["scope"], "svc:read");
+    assert_eq!(c["target"], json!([RESOURCE]));
+    assert_eq!(c["agent_session_id"], child.as_str());
+    assert_eq!(c["delegation_edge_id"], edge.as_str());
+    assert_eq!(c["target_session_id"], child.as_str());
+    assert_eq!(c["delegation_path"], json!([edge]));
+    assert_eq!(c["hop_count"], 1);
+    assert_eq!(c["delegation_graph_epoch"], 1);
+    assert_eq!(
+        c["sid"], c["root_sid"],
+        "gateway mandates are their own root"
+    );
+    let chain = c["delegation_chain"].as_array().expect("chain");
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0]["delegation_edge_id"], edge.as_str());
+    assert_eq!(chain[1]["agent_session_id"], child.as_str());
+    assert!(chain[1].get("delegation_edge_id").is_none());
+
+    // The allow is evidence with the determining policy.
+    let events = h.audit.0.lock().expect("lock").clone();
+    let allow = events
+        .iter()
+        .rev()
+        .find(|e| e.decision == "allow")
+        .expect("allow event");
+    let name = allow.determining_policies_json.as_ref().expect("policies")[0]["policy"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    assert_eq!(name, "caracal-agent-mint");
+    assert_eq!(
+        allow.metadata_json.as_ref().expect("metadata")["delegation_edge_id"],
+        edge.as_str()
+    );
+
+    // A gateway mandate presented directly is not a session mandate.
+    let direct = form(&[
+        ("grant_type", GRANT),
+        ("zone_id", &w.zone),
+        ("application_id", &w.app),
+        ("client_secret", &w.secret),
+        ("subject_token", &gateway),
+        ("subject_token_type", ACCESS),
+        ("resource", RESOURCE),
+    ]);
+    let (status, body) = mint(&sts, direct, &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token")),
+        "{body}"
+    );
+
+    // A forged envelope is refused before anything else.
+    let (body, mut headers) = signed_exchange(&w, &gateway, "gw-req-0");
+    headers[2].1 = "00".repeat(32);
+    let (status, refused) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 401, "{refused}");
+    assert_eq!(
+        refused["error_description"],
+        "invalid gateway exchange signature"
+    );
+
+    // The Gateway exchange: a resource mandate plus the private upstream directive.
+    let (body, headers) = signed_exchange(&w, &gateway, "gw-req-1");
+    let (status, exchanged) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 200, "{exchanged}");
+    let resource = exchanged["access_token"].as_str().expect("token");
+    let r = claims_of(resource);
+    assert_eq!(r["use"], "resource");
+    assert_eq!(r["aud"], json!([RESOURCE]));
+    assert_eq!(
+        r["scope"], "svc:read",
+        "inherited from the presented mandate"
+    );
+    assert_eq!(
+        r["root_sid"], c["sid"],
+        "resource mandates carry the gateway mandate's root"
+    );
+    assert_ne!(r["sid"], c["sid"]);
+    let upstream = &exchanged["upstreams"][RESOURCE];
+    assert_eq!(upstream["url"], "https://svc.example.test/api");
+    assert_eq!(upstream["auth_mode"], "provider_oauth");
+    assert_eq!(upstream["provider_token"], "upstream-secret");
+    assert_eq!(upstream["auth_header"], "Authorization");
+    assert_eq!(upstream["auth_scheme"], "Bearer");
+
+    // Single use: the same gateway mandate cannot be exchanged twice.
+    let (body, headers) = signed_exchange(&w, &gateway, "gw-req-2");
+    let (status, replay) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 401, "{replay}");
+    assert_eq!(replay["error_description"], "invalid subject_token");
+
+    // A resource mandate is never a subject token.
+    let (body, headers) = signed_exchange(&w, resource, "gw-req-3");
+    let (status, wrong_class) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 401, "{wrong_class}");
+
+    // The request id must match the signed gateway_request_id.
+    let (status, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(status, 200, "{minted}");
+    let fresh = minted["access_token"].as_str().expect("token");
+    let (body, mut headers) = signed_exchange(&w, fresh, "gw-req-4");
+    headers[3].1 = "other-request".into();
+    let (status, mismatch) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 401, "{mismatch}");
+}
+
+#[actix_web::test]
+async fn delegation_narrowing_and_policy_denials_name_their_reason() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let (_, session) = mint(&sts, bootstrap(&w), &[]).await;
+    let anchor = claims_of(session["access_token"].as_str().expect("token"))["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["reader"],
+        json!({"scopes": ["svc:read", "svc:write"],
+        "constraints": {"ttl_seconds": 300}}),
+    )
+    .await;
+    let cases: [(String, u16, &str); 4] = [
+        (
+            delegated(&w, &child, &edge, "svc:admin"),
+            403,
+            "requested scopes exceed delegation scopes",
+        ),
+        (
+            delegated(&w, &child, &edge, "svc:write"),
+            403,
+            "policy denied (role_scope_mismatch)",
+        ),
+        (
+            delegated(&w, "s-nope", &edge, "svc:read"),
+            403,
+            "delegation edge target mismatch",
+        ),
+        (
+            format!(
+                "{}&ttl_seconds=301",
+                delegated(&w, &child, &edge, "svc:read")
+            ),
+            403,
+            "requested ttl exceeds delegation ttl",
+        ),
+    ];
+    for (body, status, description) in cases {
+        let (got, err) = mint(&sts, body, &[]).await;
+        assert_eq!(
+            (got, err["error_description"].as_str()),
+            (status, Some(description)),
+            "{err}"
+        );
+    }
+    // A delegation without a Session is refused.
+    let body = form(&[
+        ("grant_type", GRANT),
+        ("zone_id", &w.zone),
+        ("application_id", &w.app),
+        ("client_secret", &w.secret),
+        ("scope", "svc:read"),
+        ("resource", RESOURCE),
+        ("delegation_edge_id", &edge),
+    ]);
+    let (status, err) = mint(&sts, body, &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("delegation requires a target Session"))
+    );
+
+    // Confinement subtracts: a sandbox-labelled Session may only read.
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["writer", "sandbox-1"],
+        json!({"scopes": ["svc:read", "svc:write"]}),
+    )
+    .await;
+    let (status, err) = mint(&sts, delegated(&w, &child, &edge, "svc:write"), &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("policy denied (confinement_violation)"))
+    );
+    let (status, ok) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(status, 200, "{ok}");
+
+    // A revoked edge carries no authority.
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["reader"],
+        json!({"scopes": ["svc:read"], "status": "revoked"}),
+    )
+    .await;
+    let (status, err) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("delegation edge inactive or expired"))
+    );
+
+    // An edge confined to other resources skips this one.
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["reader"],
+        json!({"scopes": ["svc:read"],
+        "constraints": {"resources": ["resource://other"]}}),
+    )
+    .await;
+    let (status, err) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("policy denied"))
+    );
+    let events = h.audit.0.lock().expect("lock").clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.evaluation_status == "resource_outside_delegation"
+                && e.determining_policies_json.is_none()),
+        "a pre-policy skip is evidence with null arrays"
+    );
+}
+
+/// Signs arbitrary claims with the zone's real key, so only the claim checks can refuse them.
+async fn forge(h: &Harness, zone: &str, edit: impl FnOnce(&mut MandateClaims)) -> String {
+    let zone = ZoneId::parse(zone).expect("zone");
+    let (kid, signer) = h.sts.sts.keys.signer(&zone).await.expect("signer");
+    let now = SystemClock.now().unix_seconds();
+    let mut claims = MandateClaims {
+        iss: ISSUER.into(),
+        sub: "x".into(),
+        aud: vec![ISSUER.into()],
+        exp: now + 300,
+        iat: now,
+        jti: uuid_like(),
+        zone_id: zone.to_string(),
+        client_id: "x".into(),
+        scope: String::new(),
+        sid: "sid".into(),
+        root_sid: "sid".into(),
+        use_: MandateUse::Session,
+        sub_type: SubType::Application,
+        target: Vec::new(),
+        agent_session_id: None,
+        delegation_edge_id: None,
+        source_session_id: None,
+        target_session_id: None,
+        delegation_path: Vec::new(),
+        delegation_chain: Vec::new(),
+        hop_count: 0,
+        delegation_graph_epoch: 0,
+    };
+    edit(&mut claims);
+    caracal_core::mandate::jws::encode(&kid, &claims, signer.as_ref()).expect("sign")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[actix_web::test]
+async fn subject_token_attacks_are_refused() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let (_, session) = mint(&sts, bootstrap(&w), &[]).await;
+    let good = session["access_token"].as_str().expect("token").to_owned();
+    let parts: Vec<&str> = good.split('.').collect();
+    let kid = serde_json::from_slice::<Value>(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[0])
+            .expect("b64"),
+    )
+    .expect("header")["kid"]
+        .as_str()
+        .expect("kid")
+        .to_owned();
+
+    // alg: none, and HS256 keyed with the zone's public key (algorithm confusion).
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg":"none","kid":kid,"typ":"JWT"})
+            .to_string()
+            .as_bytes()),
+        parts[1]
+    );
+    let jwks = h
+        .sts
+        .sts
+        .keys
+        .jwks(&ZoneId::parse(&w.zone).expect("zone"))
+        .await
+        .expect("jwks");
+    let public = jwks.to_string();
+    let hs_input = format!(
+        "{}.{}",
+        b64(json!({"alg":"HS256","kid":kid,"typ":"JWT"})
+            .to_string()
+            .as_bytes()),
+        parts[1]
+    );
+    let hs_sig = HmacSha256::from_bytes(public.as_bytes()).sign_hex(hs_input.as_bytes());
+    let hs = format!("{hs_input}.{}", b64(&hex_bytes(&hs_sig)));
+    // Signed by a key the zone never had.
+    let stranger = {
+        let es = RingEs256::new();
+        let signer = es
+            .load_signer(&es.generate_pem().expect("pem"))
+            .expect("signer");
+        let input = format!(
+            "{}.{}",
+            b64(json!({"alg":"ES256","kid":uuid_like(),"typ":"JWT"})
+                .to_string()
+                .as_bytes()),
+            parts[1]
+        );
+        format!(
+            "{input}.{}",
+            b64(&signer.sign(input.as_bytes()).expect("sign"))
+        )
+    };
+    let now = SystemClock.now().unix_seconds();
+    let zone = w.zone.clone();
+    let cases = vec![
+        ("alg none", none),
+        ("HS256 with the public key", hs),
+        ("unknown kid", stranger),
+        (
+            "wrong issuer",
+            forge(&h, &zone, |c| c.iss = "http://evil.test".into()).await,
+        ),
+        (
+            "wrong audience",
+            forge(&h, &zone, |c| c.aud = vec!["resource://svc".into()]).await,
+        ),
+        (
+            "expired",
+            forge(&h, &zone, |c| {
+                c.iat = now - 1000;
+                c.exp = now - 120;
+            })
+            .await,
+        ),
+        (
+            "issued in the future",
+            forge(&h, &zone, |c| {
+                c.iat = now + 600;
+                c.exp = now + 900;
+            })
+            .await,
+        ),
+        (
+            "resource mandate",
+            forge(&h, &zone, |c| c.use_ = MandateUse::Resource).await,
+        ),
+        (
+            "tampered",
+            format!("{}.{}x.{}", parts[0], parts[1], parts[2]),
+        ),
+    ];
+    for (what, token) in cases {
+        let body = form(&[
+            ("grant_type", GRANT),
+            ("zone_id", &w.zone),
+            ("application_id", &w.app),
+            ("client_secret", &w.secret),
+            ("subject_token", &token),
+            ("subject_token_type", ACCESS),
+            ("resource", RESOURCE),
+        ]);
+        let (status, err) = mint(&sts, body, &[]).await;
+        assert_eq!(status, 401, "{what}: {err}");
+        assert_eq!(err["error"], "invalid_token", "{what}");
+        assert_eq!(err["error_description"], "invalid subject_token", "{what}");
+    }
+
+    // The right key but another zone's claim.
+    let other = admin(&api, "POST", "/v1/zones", json!({"name": "other zone"})).await;
+    let foreign = forge(&h, &zone, |c| {
+        c.zone_id = other["id"].as_str().expect("id").into()
+    })
+    .await;
+    let body = form(&[
+        ("grant_type", GRANT),
+        ("zone_id", &w.zone),
+        ("application_id", &w.app),
+        ("client_secret", &w.secret),
+        ("subject_token", &foreign),
+        ("subject_token_type", ACCESS),
+        ("resource", RESOURCE),
+    ]);
+    assert_eq!(mint(&sts, body, &[]).await.0, 401, "wrong zone");
+
+    // A well-signed session mandate without a live authority record.
+    let orphan = forge(&h, &zone, |c| {
+        c.sub = w.app.clone();
+        c.client_id = w.app.clone();
+    })
+    .await;
+    let body = form(&[
+        ("grant_type", GRANT),
+        ("zone_id", &w.zone),
+        ("application_id", &w.app),
+        ("client_secret", &w.secret),
+        ("subject_token", &orphan),
+        ("subject_token_type", ACCESS),
+        ("resource", RESOURCE),
+    ]);
+    let (status, err) = mint(&sts, body, &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("authority record inactive or expired"))
+    );
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[actix_web::test]
+async fn limits_fail_closed() {
+    let h = harness(2).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    assert_eq!(mint(&sts, bootstrap(&w), &[]).await.0, 200);
+    assert_eq!(mint(&sts, bootstrap(&w), &[]).await.0, 200);
+    let (status, err) = mint(&sts, bootstrap(&w), &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("policy denied")),
+        "the mint limit skips the resource"
+    );
+    assert!(h
+        .audit
+        .0
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|e| e.evaluation_status == "rate_limited"));
+
+    let wrong = bootstrap(&World {
+        secret: "cs_wrong".into(),
+        ..clone_world(&w)
+    });
+    for _ in 0..60 {
+        let (status, err) = mint(&sts, wrong.clone(), &[]).await;
+        assert_eq!(
+            (status, err["error_description"].as_str()),
+            (401, Some("invalid client credentials"))
+        );
+    }
+    let (status, err) = mint(&sts, wrong.clone(), &[]).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (429, Some("provider_rate_limited")),
+        "{err}"
+    );
+    let (status, _) = mint(&sts, bootstrap(&w), &[]).await;
+    assert_eq!(
+        status, 429,
+        "while blocked, even the right secret is refused"
+    );
+}
+
+fn clone_world(w: &World) -> World {
+    World {
+        zone: w.zone.clone(),
+        app: w.app.clone(),
+        secret: w.secret.clone(),
+        resource_id: w.resource_id.clone(),
+    }
+}
+
+#[actix_web::test]
+async fn control_keys_mint_without_a_zone_and_without_policy() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let zone = admin(&api, "POST", "/v1/zones", json!({"name": "control"})).await;
+    let z = zone["id"].as_str().expect("zone");
+    admin(&api, "POST", &format!("/v1/zones/{z}/resources"),
+        json!({"name": "control", "identifier": "caracal-control", "scopes": ["control:read", "control:write"]})).await;
+    let key = admin(
+        &api,
+        "POST",
+        &format!("/v1/zones/{z}/applications"),
+        json!({"name": "operator", "registration_method": "managed",
+               "traits": ["control:invoke", "control:scope:control:read", "control:max-ttl:120"]}),
+    )
+    .await;
+    let plain = admin(
+        &api,
+        "POST",
+        &format!("/v1/zones/{z}/applications"),
+        json!({"name": "plain", "registration_method": "managed"}),
+    )
+    .await;
+    let body = |app: &Value, scope: &str| {
+        form(&[
+            ("grant_type", GRANT),
+            ("application_id", app["id"].as_str().expect("id")),
+            (
+                "client_secret",
+                app["client_secret"].as_str().expect("secret"),
+            ),
+            ("scope", scope),
+            ("resource", "caracal-control"),
+        ])
+    };
+    let (status, minted) = mint(&sts, body(&key, "control:read"), &[]).await;
+    assert_eq!(status, 200, "{minted}");
+    assert_eq!(minted["expires_in"], 120, "control:max-ttl clamps silently");
+    let c = claims_of(minted["access_token"].as_str().expect("token"));
+    assert_eq!(
+        (c["use"].as_str(), c["zone_id"].as_str()),
+        (Some("resource"), Some(z))
+    );
+    assert_eq!(c["aud"], json!(["caracal-control"]));
+    let (status, err) = mint(&sts, body(&key, "control:write"), &[]).await;
+    assert_eq!(
+        status, 403,
+        "a control scope without its control:scope trait: {err}"
+    );
+    assert!(err["error_description"]
+        .as_str()
+        .is_some_and(|d| d.starts_with("the control resource is mintable only by a control key")));
+    let (status, err) = mint(&sts, body(&key, "control:admin"), &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("policy denied")),
+        "not a scope of the resource"
+    );
+    assert_eq!(
+        mint(&sts, body(&plain, "control:read"), &[]).await.0,
+        401,
+        "no control:invoke trait"
+    );
+}
+
+#[actix_web::test]
+async fn internal_policy_routes_are_signed_and_use_the_same_evaluator() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let doc = format!(
+        "{{\"app_ids\": {{\"agent\": \"{}\"}}, \"grants\": {{\"{RESOURCE}\": {{\"application\": \"agent\", \"roles\": {{}}}}}}}}",
+        w.app
+    );
+    let payload = json!({
+        "policy_set_id": "ps", "version_id": "v", "manifest_sha256": "m",
+        "policies": [{"id": "p1", "content": doc}],
+        "input": {"principal": {"type": "Application", "id": w.app, "zone_id": w.zone},
+                  "resource": {"type": "Resource", "id": w.resource_id, "identifier": RESOURCE, "scopes": ["svc:read"]},
+                  "action": {"id": "TokenExchange"},
+                  "context": {"actor_claims": {}, "challenge_resolved": false, "requested_scopes": ["agent:lifecycle"]}}
+    })
+    .to_string();
+    let signed = |method: &str, path: &str, body: &str| {
+        let unix = SystemClock.now().unix_seconds();
+        let nonce = uuid_like();
+        let canonical = format!(
+            "{unix}\n{nonce}\n{method}\n{path}\n{}",
+            caracal_core::digest::sha256_hex(body.as_bytes())
+        );
+        vec![
+            ("x-caracal-gateway-timestamp", unix.to_string()),
+            ("x-caracal-gateway-request", nonce),
+            (
+                "x-caracal-gateway-signature",
+                HmacSha256::from_bytes(&GATEWAY_KEY).sign_hex(canonical.as_bytes()),
+            ),
+        ]
+    };
+    let mut req = TestRequest::post()
+        .uri("/internal/policy/simulate")
+        .set_payload(payload.clone());
+    for (n, v) in signed("POST", "/internal/policy/simulate", &payload) {
+        req = req.insert_header((n, v));
+    }
+    let (status, result) = body_of(test::call_service(&sts, req.to_request()).await).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["policy_set_id"], "ps");
+    assert_eq!(result["result"]["decision"], "allow");
+    assert_eq!(
+        result["result"]["determining_policies"],
+        json!([{"policy": "caracal-bootstrap"}])
+    );
+
+    let unsigned = TestRequest::post()
+        .uri("/internal/policy/simulate")
+        .set_payload(payload);
+    let (status, err) = body_of(test::call_service(&sts, unsigned.to_request()).await).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (401, Some("invalid simulation request signature"))
+    );
+
+    // Status reports the loaded bundle once a mint has loaded it.
+    assert_eq!(mint(&sts, bootstrap(&w), &[]).await.0, 200);
+    let path = format!("/internal/policy/status/{}", w.zone);
+    let mut req = TestRequest::get().uri(&path);
+    for (n, v) in signed("GET", &path, "") {
+        req = req.insert_header((n, v));
+    }
+    let (status, body) = body_of(test::call_service(&sts, req.to_request()).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["zone_id"], w.zone.as_str());
+    assert_eq!(body["loaded"], true);
+    assert!(body["manifest_sha256"]
+        .as_str()
+        .is_some_and(|m| m.len() == 64));
+}
