@@ -101,7 +101,7 @@ fn invalid_subject() -> Error {
     Error::new(ErrorKind::Unauthenticated, "invalid_token").describe("invalid subject_token")
 }
 
-fn issuance_failed(description: &str) -> Error {
+pub(crate) fn issuance_failed(description: &str) -> Error {
     Error::new(ErrorKind::Internal, "internal_error").describe(description)
 }
 
@@ -469,21 +469,41 @@ impl Sts {
             hop_count: delegation.as_ref().map_or(0, |d| d.path.len() as u32),
             delegation_graph_epoch: delegation.as_ref().map_or(0, |d| d.epoch.max(0) as u64),
         };
+        let access_token = self.issue(&zone, &claims, request_id).await?;
+        Ok(Minted {
+            access_token,
+            expires_in: ttl,
+            scope,
+            target_resources: target,
+            upstreams,
+        })
+    }
+
+    /// Registers the mandate's `jti` once (§3.9) and signs it with the zone's newest key. A
+    /// `jti` collision is an anomaly worth evidence; it and a registry failure both refuse to
+    /// issue.
+    pub(crate) async fn issue(
+        &self,
+        zone: &ZoneId,
+        claims: &MandateClaims,
+        request_id: &str,
+    ) -> Result<String, Error> {
+        let ttl = (claims.exp - claims.iat).max(1) as u64;
         match self
             .expiring
             .set_if_absent(
-                &format!("audit:jti:{jti}"),
-                &format!("{}|{iat}", caller.app.id),
-                ttl.max(1) as u64,
+                &format!("audit:jti:{}", claims.jti),
+                &format!("{}|{}", claims.client_id, claims.iat),
+                ttl,
             )
             .await
         {
             Ok(true) => {}
             Ok(false) => {
                 self.emit(anomaly(
-                    &zone,
+                    zone,
                     request_id,
-                    &jti,
+                    &claims.jti,
                     self.clock.now(),
                     &self.ids.new_id(),
                 ));
@@ -493,16 +513,9 @@ impl Sts {
                 return Err(issuance_failed("token issuance failed").with_detail(e.to_string()))
             }
         }
-        let (kid, signer) = self.keys.signer(&zone).await?;
-        let access_token = crate::mandate::jws::encode(&kid, &claims, signer.as_ref())
-            .map_err(|e| issuance_failed("token issuance failed").with_detail(e.to_string()))?;
-        Ok(Minted {
-            access_token,
-            expires_in: ttl,
-            scope,
-            target_resources: target,
-            upstreams,
-        })
+        let (kid, signer) = self.keys.signer(zone).await?;
+        crate::mandate::jws::encode(&kid, claims, signer.as_ref())
+            .map_err(|e| issuance_failed("token issuance failed").with_detail(e.to_string()))
     }
 
     /// §3.3: the calling application.
