@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod attribution;
 pub mod authority;
 pub mod digest;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use caracal_core::approval::ApprovalHold;
 use caracal_core::authority::*;
 use caracal_core::error::StoreError;
 use caracal_core::ids::*;
@@ -34,6 +35,7 @@ struct State {
     delegation_edges: BTreeMap<String, DelegationEdge>,
     graph_epochs: BTreeMap<String, i64>,
     signing_keys: BTreeMap<String, ZoneSigningKey>,
+    approvals: BTreeMap<String, ApprovalHold>,
 }
 
 /// The in-memory store. Cheap to clone; clones share state.
@@ -1166,5 +1168,76 @@ impl OutboxQueue for MemoryStore {
             .filter(|m| m.dispatched_at.is_none() && m.available_at.is_none())
             .count() as u64;
         Ok((pending, dead))
+    }
+}
+
+#[async_trait]
+impl ApprovalRepo for MemoryUnitOfWork {
+    async fn save_approval(&mut self, hold: &ApprovalHold) -> Result<(), StoreError> {
+        self.check_write(Some(&hold.zone_id))?;
+        self.write()
+            .approvals
+            .insert(hold.id.clone(), hold.clone());
+        Ok(())
+    }
+
+    async fn get_approval(&mut self, id: &str) -> Result<Option<ApprovalHold>, StoreError> {
+        let found = self.read().approvals.get(id).cloned();
+        Ok(found.filter(|h| self.visible(Some(&h.zone_id))))
+    }
+
+    async fn find_approvals(
+        &mut self,
+        zone: &ZoneId,
+        principal: &str,
+        session_id: &str,
+        binding: &str,
+    ) -> Result<Vec<ApprovalHold>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let mut rows: Vec<ApprovalHold> = self
+            .read()
+            .approvals
+            .values()
+            .filter(|h| {
+                &h.zone_id == zone
+                    && h.principal_id == principal
+                    && h.session_id == session_id
+                    && h.binding == binding
+            })
+            .cloned()
+            .collect();
+        rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(rows)
+    }
+
+    async fn delete_approval(&mut self, id: &str) -> Result<bool, StoreError> {
+        let Some(zone) = self.read().approvals.get(id).map(|h| h.zone_id.clone()) else {
+            return Ok(false);
+        };
+        if !self.visible(Some(&zone)) {
+            return Ok(false);
+        }
+        self.check_write(Some(&zone))?;
+        Ok(self.write().approvals.remove(id).is_some())
+    }
+
+    async fn list_approvals(
+        &mut self,
+        zone: &ZoneId,
+        page: &Page,
+    ) -> Result<Vec<ApprovalHold>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<ApprovalHold> = self
+            .read()
+            .approvals
+            .values()
+            .filter(|h| &h.zone_id == zone)
+            .cloned()
+            .collect();
+        Ok(page_of(rows.into_iter(), |h| (h.created_at, h.id.clone()), page))
     }
 }

@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 
+use crate::approval::ApprovalHold;
 use crate::authority::*;
 use crate::error::StoreError;
 use crate::ids::*;
@@ -386,6 +387,33 @@ pub trait SigningKeyRepo {
     ) -> Result<Vec<ZoneSigningKey>, StoreError>;
 }
 
+/// Approval holds (`spec/sts.md §8`). The hold id is a capability, so some reads are by id
+/// alone (the long-poll carries no zone).
+#[async_trait]
+pub trait ApprovalRepo {
+    /// Inserts or replaces the hold with this id.
+    async fn save_approval(&mut self, hold: &ApprovalHold) -> Result<(), StoreError>;
+    /// The hold, in whichever zone holds it (within the unit's scope).
+    async fn get_approval(&mut self, id: &str) -> Result<Option<ApprovalHold>, StoreError>;
+    /// Holds of one request key `(zone, principal, authority record, binding)`, any state,
+    /// oldest first.
+    async fn find_approvals(
+        &mut self,
+        zone: &ZoneId,
+        principal: &str,
+        session_id: &str,
+        binding: &str,
+    ) -> Result<Vec<ApprovalHold>, StoreError>;
+    /// Deletes a hold; `false` when there was none.
+    async fn delete_approval(&mut self, id: &str) -> Result<bool, StoreError>;
+    /// Holds of the zone, newest first (keyset by `created_at`, `id`).
+    async fn list_approvals(
+        &mut self,
+        zone: &ZoneId,
+        page: &Page,
+    ) -> Result<Vec<ApprovalHold>, StoreError>;
+}
+
 /// Named locks held until the unit of work ends, for rules that span rows (one active policy
 /// set per zone): two units taking the same name run one after the other.
 #[async_trait]
@@ -411,6 +439,7 @@ pub trait UnitOfWork:
     + AuthorityRecordRepo
     + AgentGraphRepo
     + SigningKeyRepo
+    + ApprovalRepo
     + UnitLocks
     + Send
 {
