@@ -1,17 +1,18 @@
 //! The policy decision contract (`spec/sts.md §10`), written in Datalog and run by biscuit's
-//! authorizer.
+//! Datalog engine.
 //!
 //! Adopters ship data documents (`app_ids`, `grants`, `confinement`, `restrict`, `risk`,
 //! `approval_tiers`); the platform owns the rules. A [`PolicyBundle`] is a policy set's documents
-//! compiled once into per-resource indexes. Each decision adds only the facts its request can
+//! compiled once into per-resource indexes. Each decision builds only the facts its request can
 //! reach (the requested resource's grant, the principal's labels' roles, the confinement rules
-//! whose prefix matches a label, the requested scopes' risk rows) to a clone of the parsed
-//! contract, and the contract's ordered policies decide. Rust indexes, builds facts and shapes
-//! JSON; every allow and deny is derived in `decision_contract.datalog`.
+//! whose prefix matches a label, the requested scopes' risk rows) and matches the contract's
+//! ordered policies against them; the first that holds decides. Rust indexes, builds facts and
+//! shapes JSON; every allow and deny is derived in `decision_contract.datalog`.
 //!
-//! Evaluation runs under fact, iteration and time limits; reaching one denies with
-//! `evaluation_limit_exceeded` (fail closed). What Rego would report as a conflict (two risk
-//! rows giving one requested scope different tiers) is an error, which the STS answers with 503.
+//! Evaluation runs under fact, query and time limits (biscuit's `AuthorizerLimits`); reaching
+//! one denies with `evaluation_limit_exceeded` (fail closed). What Rego would report as a
+//! conflict (two risk rows giving one requested scope different tiers, bootstrap and workload
+//! both allowing) is an error, which the STS answers with 503.
 
 use std::sync::{Arc, OnceLock};
 
