@@ -39,12 +39,17 @@ impl Clock for FixedClock {
     }
 }
 
-/// UUIDv7 ids: time-ordered, as upstream generates them (`spec/api.md §1`).
+/// UUIDv7 ids: time-ordered, as upstream generates them (`spec/api.md §1`); random UUIDv4 for
+/// capability ids.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UuidV7Ids;
 
 impl IdGenerator for UuidV7Ids {
     fn new_id(&self) -> String {
         uuid::Uuid::now_v7().to_string()
+    }
+
+    fn new_random_id(&self) -> String {
+        uuid::Uuid::new_v4().to_string()
     }
 }

@@ -12,4 +12,7 @@ pub trait Clock: Send + Sync {
 pub trait IdGenerator: Send + Sync {
     /// A fresh UUIDv7 string (time-ordered, as upstream generates).
     fn new_id(&self) -> String;
+    /// A fresh random UUIDv4 string, for ids that are capabilities (an approval hold's id
+    /// grants its long-poll): no timestamp bits, all 122 bits random.
+    fn new_random_id(&self) -> String;
 }
