@@ -308,6 +308,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    step_up_challenges (id) {
+        id -> Text,
+        zone_id -> Text,
+        session_id -> Text,
+        principal_id -> Text,
+        application_id -> Nullable<Text>,
+        approval_type -> Text,
+        tier -> Text,
+        approver_class -> Text,
+        privacy_mode -> Text,
+        subject_anchor -> Nullable<Text>,
+        binding -> Text,
+        metadata_json -> Jsonb,
+        decision_reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        satisfied_at -> Nullable<Timestamptz>,
+        rejected_at -> Nullable<Timestamptz>,
+        consumed_at -> Nullable<Timestamptz>,
+        approver_subject_id -> Nullable<Text>,
+        approver_session_id -> Nullable<Text>,
+        consumed_authority_record_id -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     zones,
     applications,
@@ -327,4 +353,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     delegation_edges,
     delegation_graph_epochs,
     zone_signing_keys,
+    step_up_challenges,
 );

@@ -7,6 +7,7 @@ pub(crate) mod admin_audit;
 pub(crate) mod admin_tokens;
 pub(crate) mod agent_graph;
 pub(crate) mod applications;
+pub(crate) mod approvals;
 pub(crate) mod authority_records;
 pub(crate) mod grants;
 pub(crate) mod outbox;
