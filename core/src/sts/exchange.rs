@@ -15,6 +15,7 @@ use crate::policy::DecisionInput;
 use crate::ports::{AuditEvent, ZoneScope};
 use crate::time::Timestamp;
 
+use super::approvals::{HoldKey, Retry};
 use super::client_auth::invalid_client;
 use super::form::{self, FormPairs, SubjectKind, TokenRequest};
 use super::gateway_sig::SignedHeaders;
@@ -295,11 +296,31 @@ impl Sts {
             return Err(invalid("at least one resource is required"));
         }
 
+        // §8: the request's binding, taken from the bundle read before evaluation.
+        let hold_key = self.hold_key(
+            &req,
+            &caller,
+            &zone,
+            subject.as_ref(),
+            governed.as_ref(),
+            &requested_scopes,
+            &bundle,
+        );
+        let retry = if req.approval_id.is_empty() {
+            None
+        } else {
+            Some(
+                self.resolve_retry(&mut uow, &hold_key, &req.approval_id, request_id, now)
+                    .await?,
+            )
+        };
+
         // §3.7: resources in sorted order.
         let mut granted: Vec<Resource> = Vec::new();
         let mut last_reason: Option<String> = None;
-        let mut gated = false;
+        let mut gates: Vec<Value> = Vec::new();
         let ctx = Evidence {
+            challenge_resolved: retry.is_some(),
             sts: self,
             zone: &zone,
             request_id,
@@ -326,17 +347,23 @@ impl Sts {
                     &bundle.bundle,
                     now,
                     &mut last_reason,
-                    &mut gated,
+                    &mut gates,
                 )
                 .await?
             {
                 granted.push(r);
             }
         }
-        if gated {
-            // Approval holds (§8) are not available in this build: a gated allow must not
-            // mint, so the request fails closed with the gate named.
-            return Err(policy_denied(Some("human_approval_required")));
+        // The loop only read; what follows may write in its own units (the hold), so this
+        // unit ends here and the mint opens a fresh one (the memory store serialises units).
+        drop(uow);
+        let (mut approved, reissue) = match retry {
+            Some(Retry::Approved(hold)) => (Some(hold), None),
+            Some(Retry::Reissue(hold)) => (None, Some(hold)),
+            None => (None, None),
+        };
+        if !gates.is_empty() && approved.is_none() && reissue.is_none() {
+            approved = Some(self.hold_for(&hold_key, &gates, request_id, now).await?);
         }
         if granted.is_empty() {
             return Err(policy_denied(last_reason.as_deref()));
@@ -346,6 +373,7 @@ impl Sts {
         }
 
         // Upstream directives (Gateway only), before anything is written.
+        let mut uow = self.store.begin(&ZoneScope::Zone(zone.clone())).await?;
         let upstreams = if gateway {
             let mut map = Map::new();
             for r in &granted {
@@ -359,8 +387,25 @@ impl Sts {
             None
         };
 
-        // §3.9: authority record, claims, jti, signature.
-        let sid = self.ids.new_id();
+        // §3.9: authority record, claims, jti, signature. A re-issue mints for the record the
+        // hold was consumed into and inserts nothing.
+        let sid = match reissue
+            .as_ref()
+            .and_then(|h| h.consumed_authority_record_id.clone())
+        {
+            Some(existing) => {
+                let record = uow.get_authority_record(&zone, &existing).await?;
+                let left = record.filter(|r| r.is_live(now)).map_or(0, |r| {
+                    (r.expires_at.unix_micros() - now.unix_micros()) / 1_000_000
+                });
+                if left <= 0 {
+                    return Err(super::approvals::no_longer_valid());
+                }
+                ttl = ttl.min(left);
+                existing
+            }
+            None => self.ids.new_id(),
+        };
         let target: Vec<String> = granted.iter().map(|r| r.identifier.clone()).collect();
         let sub = subject
             .as_ref()
@@ -402,9 +447,18 @@ impl Sts {
             revoked_reason: None,
             created_at: now,
         };
-        uow.save_authority_record(&record).await.map_err(|e| {
-            issuance_failed("authority record creation failed").with_detail(e.to_string())
-        })?;
+        match &reissue {
+            Some(hold) => self.reissued(hold, request_id),
+            None => {
+                uow.save_authority_record(&record).await.map_err(|e| {
+                    issuance_failed("authority record creation failed").with_detail(e.to_string())
+                })?;
+                if let Some(hold) = &approved {
+                    self.consume(&mut uow, &hold.id, &sid, request_id, now)
+                        .await?;
+                }
+            }
+        }
         uow.commit().await.map_err(|e| {
             issuance_failed("authority record creation failed").with_detail(e.to_string())
         })?;
@@ -693,6 +747,70 @@ impl Sts {
         Ok(app)
     }
 
+    /// The §8 key and binding of this request.
+    #[allow(clippy::too_many_arguments)]
+    fn hold_key(
+        &self,
+        req: &TokenRequest,
+        caller: &Caller,
+        zone: &ZoneId,
+        subject: Option<&Subject>,
+        governed: Option<&crate::authority::AgentSession>,
+        scopes: &[String],
+        bundle: &crate::policy::LoadedBundle,
+    ) -> HoldKey {
+        let principal = subject
+            .map(|s| s.claims.sub.clone())
+            .unwrap_or_else(|| caller.app.id.to_string());
+        let psv = bundle.policy_set_version_id.clone().unwrap_or_default();
+        let contract_sha = crate::policy::decision_contract_sha256();
+        let binding = crate::approval::binding(&crate::approval::BindingInput {
+            resources: &req.resources,
+            scopes,
+            principal: &principal,
+            authority_record: &req.session_id,
+            session: &req.agent_session_id,
+            delegation: &req.delegation_edge_id,
+            application: caller.app.id.as_str(),
+            policy_set_version: &psv,
+            policy_manifest: &bundle.manifest_sha256,
+            contract_version: crate::policy::DECISION_CONTRACT_VERSION,
+            contract_sha,
+        });
+        let labels = governed.map(|s| s.labels.clone()).unwrap_or_default();
+        let mut metadata = Map::new();
+        metadata.insert("requested_scopes".into(), json!(scopes));
+        metadata.insert("resources".into(), json!(req.resources));
+        if !req.agent_session_id.is_empty() {
+            metadata.insert("agent_session_id".into(), json!(req.agent_session_id));
+        }
+        if !labels.is_empty() {
+            metadata.insert("agent_labels".into(), json!(labels));
+        }
+        if !req.delegation_edge_id.is_empty() {
+            metadata.insert("delegation_edge_id".into(), json!(req.delegation_edge_id));
+        }
+        metadata.insert("policy_set_version_id".into(), json!(psv));
+        metadata.insert("policy_manifest_sha".into(), json!(bundle.manifest_sha256));
+        metadata.insert(
+            "decision_contract_version".into(),
+            json!(crate::policy::DECISION_CONTRACT_VERSION),
+        );
+        metadata.insert("decision_contract_sha".into(), json!(contract_sha));
+        HoldKey {
+            zone: zone.clone(),
+            principal,
+            session_id: req.session_id.clone(),
+            binding,
+            application_id: caller.app.id.to_string(),
+            agent_session_id: req.agent_session_id.clone(),
+            subject_anchor: subject
+                .filter(|s| s.claims.sub_type == SubType::User)
+                .map(|s| s.claims.sub.clone()),
+            metadata,
+        }
+    }
+
     /// A `use=gateway` mandate is single-use (`spec/sts.md §3.5c`): the Gateway enforces it
     /// with its own JTI registry, and the STS claims the `jti` too, so a replayed mandate is
     /// refused even if it reaches the exchange by another path.
@@ -761,7 +879,7 @@ impl Sts {
         bundle: &crate::policy::PolicyBundle,
         now: Timestamp,
         last_reason: &mut Option<String>,
-        gated: &mut bool,
+        gates: &mut Vec<Value>,
     ) -> Result<Option<Resource>, Error> {
         let id = resource.identifier.as_str();
         let req = ctx.req;
@@ -861,8 +979,10 @@ impl Sts {
             &decision.diagnostics,
         );
         if decision.allow {
-            if decision.step_up_tiers().is_some() {
-                *gated = true;
+            if !ctx.challenge_resolved {
+                if let Some(tiers) = decision.step_up_tiers() {
+                    gates.extend(tiers.iter().cloned());
+                }
             }
             Ok(Some(resource.clone()))
         } else {
@@ -930,7 +1050,7 @@ impl Sts {
                 session_id: present(&req.session_id),
                 agent_session_id: present(&req.agent_session_id),
                 delegation_edge_id: present(&req.delegation_edge_id),
-                challenge_resolved: false,
+                challenge_resolved: ctx.challenge_resolved,
                 requested_scopes: ctx.scopes.to_vec(),
             },
         }
@@ -1058,6 +1178,8 @@ fn anomaly(zone: &ZoneId, request_id: &str, jti: &str, now: Timestamp, id: &str)
 
 /// The context every audit event of one request shares.
 pub(crate) struct Evidence<'a> {
+    /// An approved hold resolved this request: gates are skipped.
+    challenge_resolved: bool,
     sts: &'a Sts,
     zone: &'a ZoneId,
     request_id: &'a str,

@@ -2,6 +2,7 @@
 //! authentication, the exchange classes and their per-resource pipeline, mandate claims, zone
 //! signing keys, and the evidence every decision leaves.
 
+pub mod approvals;
 pub mod client_auth;
 pub mod directive;
 pub mod evidence;

@@ -23,6 +23,12 @@ pub fn error(err: &Error, request_id: Option<&str>) -> HttpResponse {
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         res.insert_header((HeaderName::from_static("x-request-id"), id));
     }
+    if err.code == "interaction_required" {
+        res.insert_header((
+            actix_web::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"interaction_required\""),
+        ));
+    }
     res.json(body)
 }
 

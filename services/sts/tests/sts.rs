@@ -245,7 +245,9 @@ where
         "# caracal:data-document\npackage caracal.authz\nimport rego.v1\n\
          app_ids := {{\"agent\": \"{a}\"}}\n\
          grants := {{\"{RESOURCE}\": {{\"application\": \"agent\", \"roles\": {{\"reader\": [\"svc:read\"], \"writer\": [\"svc:read\", \"svc:write\"]}}}}}}\n\
-         confinement := [{{\"label_prefix\": \"sandbox\", \"scopes\": [\"svc:read\"]}}]\n"
+         confinement := [{{\"label_prefix\": \"sandbox\", \"scopes\": [\"svc:read\"]}}]\n\
+         risk := [{{\"scope\": \"svc:write\", \"tier\": \"high\"}}]\n\
+         approval_tiers := [{{\"tier\": \"high\"}}]\n"
     );
     let policy = admin(
         app,
@@ -1109,4 +1111,164 @@ async fn internal_policy_routes_are_signed_and_use_the_same_evaluator() {
     assert!(body["manifest_sha256"]
         .as_str()
         .is_some_and(|m| m.len() == 64));
+}
+
+/// Decides a hold the way an operator's approve/reject does (the API route is tested with the
+/// API); the STS only reads the decision.
+async fn decide(h: &Harness, id: &str, approve: bool) {
+    let now = SystemClock.now();
+    let mut uow = h.store.begin(&ZoneScope::All).await.expect("begin");
+    let mut hold = uow.get_approval(id).await.expect("read").expect("hold");
+    if approve {
+        hold.satisfied_at = Some(now);
+    } else {
+        hold.rejected_at = Some(now);
+    }
+    hold.approver_subject_id = Some("admin:test".into());
+    uow.save_approval(&hold).await.expect("save");
+    uow.commit().await.expect("commit");
+}
+
+async fn poll<S, B>(sts: &S, id: &str) -> (u16, Value)
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let req = TestRequest::get().uri(&format!("/approvals/{id}?wait=0"));
+    body_of(test::call_service(sts, req.to_request()).await).await
+}
+
+#[actix_web::test]
+async fn gated_mints_park_a_hold_that_is_consumed_once() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let (_, session) = mint(&sts, bootstrap(&w), &[]).await;
+    let anchor = claims_of(session["access_token"].as_str().expect("token"))["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["writer"],
+        json!({"scopes": ["svc:read", "svc:write"]}),
+    )
+    .await;
+
+    // The gated scope parks a hold.
+    let req = TestRequest::post()
+        .uri("/oauth/2/token")
+        .insert_header(("content-type", "application/x-www-form-urlencoded"))
+        .set_payload(delegated(&w, &child, &edge, "svc:write"));
+    let res = test::call_service(&sts, req.to_request()).await;
+    assert_eq!(
+        res.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer error=\"interaction_required\"")
+    );
+    let (status, held) = body_of(res).await;
+    assert_eq!(status, 401, "{held}");
+    assert_eq!(held["error"], "interaction_required");
+    assert_eq!(held["approval_type"], "human_approval");
+    assert_eq!(held["state"], "pending");
+    assert_eq!(held["tier"], "high");
+    assert_eq!(held["binding"].as_str().map(str::len), Some(64));
+    assert!(held["requestId"].is_string());
+    let id = held["approval_id"].as_str().expect("id").to_owned();
+    assert_eq!(id.as_bytes()[14], b'4', "hold ids are random UUIDv4");
+
+    // The same request converges on the same hold.
+    let (status, again) = mint(&sts, delegated(&w, &child, &edge, "svc:write"), &[]).await;
+    assert_eq!(
+        (status, again["approval_id"].as_str()),
+        (401, Some(id.as_str()))
+    );
+    let (status, state) = poll(&sts, &id).await;
+    assert_eq!((status, state["state"].as_str()), (200, Some("pending")));
+
+    // A retry naming the hold while pending is the same 401; another request's binding is not.
+    let retry = format!(
+        "{}&approval_id={id}",
+        delegated(&w, &child, &edge, "svc:write")
+    );
+    assert_eq!(mint(&sts, retry.clone(), &[]).await.0, 401);
+    let other = format!(
+        "{}&approval_id={id}",
+        delegated(&w, &child, &edge, "svc:read svc:write")
+    );
+    let (status, err) = mint(&sts, other, &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (401, Some("approval not found or bindings do not match"))
+    );
+
+    // Approved: the retry mints and consumes the hold.
+    decide(&h, &id, true).await;
+    let (status, minted) = mint(&sts, retry.clone(), &[]).await;
+    assert_eq!(status, 200, "{minted}");
+    let first = claims_of(minted["access_token"].as_str().expect("token"));
+    assert_eq!(first["scope"], "svc:write");
+    assert_eq!(poll(&sts, &id).await.1["state"], "consumed");
+
+    // A lost response may be re-issued for the same record within two minutes …
+    let (status, reissued) = mint(&sts, retry.clone(), &[]).await;
+    assert_eq!(status, 200, "{reissued}");
+    let second = claims_of(reissued["access_token"].as_str().expect("token"));
+    assert_eq!(
+        second["sid"], first["sid"],
+        "a re-issue mints for the consumed record"
+    );
+    assert_ne!(second["jti"], first["jti"]);
+    let events = h.audit.0.lock().expect("lock").clone();
+    assert!(events
+        .iter()
+        .any(|e| e.event_type == "step_up_issued" && e.decision == "pending"));
+    assert!(events.iter().any(|e| e.event_type == "step_up_consumed"
+        && e.metadata_json
+            .as_ref()
+            .is_some_and(|m| m.get("reissued") == Some(&json!(true)))));
+
+    // … but a fresh gated request needs a fresh approval, and a rejection is final.
+    let (status, fresh) = mint(&sts, delegated(&w, &child, &edge, "svc:write"), &[]).await;
+    assert_eq!(status, 401, "{fresh}");
+    let second_id = fresh["approval_id"].as_str().expect("id").to_owned();
+    assert_ne!(second_id, id);
+    decide(&h, &second_id, false).await;
+    let (status, err) = mint(
+        &sts,
+        format!(
+            "{}&approval_id={second_id}",
+            delegated(&w, &child, &edge, "svc:write")
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("approval was rejected"))
+    );
+    let (status, err) = mint(&sts, delegated(&w, &child, &edge, "svc:write"), &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("approval was rejected")),
+        "the converged hold is rejected"
+    );
+
+    // Unknown and malformed ids.
+    assert_eq!(poll(&sts, "not-a-uuid").await.0, 404);
+    assert_eq!(
+        poll(&sts, "00000000-0000-4000-8000-000000000000").await.0,
+        404
+    );
+    let req = TestRequest::get().uri(&format!("/approvals/{id}?wait=soon"));
+    assert_eq!(
+        body_of(test::call_service(&sts, req.to_request()).await)
+            .await
+            .0,
+        400
+    );
 }

@@ -1,5 +1,6 @@
 //! Route table. Every resource answers a wrong method with a plain-text 405.
 
+mod approvals;
 mod health;
 mod internal;
 mod jwks;
@@ -18,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
     cfg.service(resource("/oauth/2/token").route(web::post().to(token::token)))
         .service(resource("/.well-known/jwks.json").route(web::get().to(jwks::jwks)))
+        .service(resource("/approvals/{id}").route(web::get().to(approvals::status)))
         .service(resource("/health").route(web::get().to(health::health)))
         .service(resource("/ready").route(web::get().to(health::ready)))
         .service(resource("/metrics").route(web::get().to(health::metrics)))
