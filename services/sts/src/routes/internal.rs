@@ -5,8 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use caracal_core::error::{Error, ErrorKind};
 use caracal_core::ids::ZoneId;
-use caracal_core::policy::{DecisionInput, PolicyBundle};
-use caracal_core::policy_document;
+use caracal_core::policy::{self, PolicyModule, SimulationError};
 use caracal_core::sts::form::malformed;
 use caracal_core::sts::gateway_sig::SignedHeaders;
 use serde::Deserialize;
@@ -41,7 +40,7 @@ fn denied(description: &str) -> Error {
 }
 
 #[derive(Deserialize)]
-struct PolicyModule {
+struct Module {
     #[serde(default)]
     id: String,
     content: String,
@@ -56,12 +55,9 @@ struct SimulateBody {
     #[serde(default)]
     manifest_sha256: Value,
     #[serde(default)]
-    policies: Vec<PolicyModule>,
-    input: DecisionInput,
-}
-
-fn eval_failed(text: String) -> Error {
-    Error::new(ErrorKind::Unprocessable, "policy_eval_failed").describe(text)
+    policies: Vec<Module>,
+    #[serde(default)]
+    input: Value,
 }
 
 pub async fn simulate(
@@ -82,26 +78,26 @@ pub async fn simulate(
     if parsed.policies.is_empty() {
         return error(&malformed("policy bundle is empty"), None);
     }
-    let mut documents = Vec::with_capacity(parsed.policies.len());
-    for module in &parsed.policies {
-        match policy_document::parse(&module.content) {
-            Ok(doc) => documents.push(doc),
-            Err(e) => {
-                return error(&eval_failed(format!("{}: {}", module.id, e.code)), None);
-            }
-        }
-    }
-    let result = PolicyBundle::compile(&documents)
-        .and_then(|bundle| bundle.decide(&parsed.input))
-        .map_err(|e| eval_failed(e.to_string()));
-    match result {
+    let modules: Vec<PolicyModule> = parsed
+        .policies
+        .into_iter()
+        .map(|m| PolicyModule {
+            id: m.id,
+            content: m.content,
+        })
+        .collect();
+    match policy::simulate(&modules, &parsed.input) {
         Ok(decision) => HttpResponse::Ok().json(json!({
             "policy_set_id": parsed.policy_set_id,
             "version_id": parsed.version_id,
             "manifest_sha256": parsed.manifest_sha256,
             "result": decision.to_json(),
         })),
-        Err(e) => error(&e, None),
+        Err(SimulationError::MalformedInput(_)) => error(&malformed("malformed json body"), None),
+        Err(SimulationError::Failed(text)) => error(
+            &Error::new(ErrorKind::Unprocessable, "policy_eval_failed").describe(text),
+            None,
+        ),
     }
 }
 
