@@ -56,6 +56,7 @@ pub async fn run_store_contract(store: &dyn Store) {
     delegation_graph_epochs(store, &run).await;
     signing_keys(store, &run).await;
     authority_graph_writes_roll_back_on_drop(store, &run).await;
+    approvals::approvals(store, &run).await;
 }
 
 /// Runs every case of the outbox-queue contract (`spec/api.md §4`). `store` and `queue` are the
@@ -3186,3 +3187,6 @@ async fn authority_graph_writes_roll_back_on_drop(store: &dyn Store, run: &Run) 
     );
     commit(uow, "after the rollback").await;
 }
+
+// Cases kept in their own file; declared last so the fixtures and macros above are in scope.
+mod approvals;
