@@ -179,7 +179,8 @@ impl Sts {
         // this request's unit begins: the memory store serialises units, and a nested one
         // would wait on its parent forever.
         let bundle = self.policies.bundle(&zone).await?;
-        let mut uow = self.store.begin(&ZoneScope::Zone(zone.clone())).await?;
+        // Reads open a unit only when one is needed: a warm bootstrap mint reads nothing.
+        let mut reads = LazyUnit::new(&self.store, ZoneScope::Zone(zone.clone()));
         if let Some(subject) = &subject {
             let claims = &subject.claims;
             let Some(sid) = Some(claims.sid.clone()).filter(|s| !s.is_empty()) else {
@@ -191,7 +192,7 @@ impl Sts {
             if !req.session_id.is_empty() && req.session_id != sid {
                 return Err(denied("authority record mismatch"));
             }
-            let record = uow.get_authority_record(&zone, &sid).await?;
+            let record = reads.get().await?.get_authority_record(&zone, &sid).await?;
             let Some(record) = record.filter(|r| r.is_live(now)) else {
                 return Err(denied("authority record inactive or expired"));
             };
@@ -219,7 +220,11 @@ impl Sts {
 
         // §3.6: authority record, Session and Delegation references.
         if !req.session_id.is_empty() && subject.is_none() {
-            let record = uow.get_authority_record(&zone, &req.session_id).await?;
+            let record = reads
+                .get()
+                .await?
+                .get_authority_record(&zone, &req.session_id)
+                .await?;
             match record {
                 Some(r) if r.is_live(now) => {
                     if r.session_type != SessionType::Application
@@ -246,7 +251,7 @@ impl Sts {
         }
         let delegation = if !req.delegation_edge_id.is_empty() {
             let d = references::check_delegation(
-                &mut uow,
+                reads.get().await?,
                 &zone,
                 &references::DelegationRequest {
                     edge_id: &req.delegation_edge_id,
@@ -266,7 +271,7 @@ impl Sts {
         let own_session = if delegation.is_none() && !req.agent_session_id.is_empty() {
             Some(
                 references::check_own_session(
-                    &mut uow,
+                    reads.get().await?,
                     &zone,
                     &req.agent_session_id,
                     caller.app.id.as_str(),
@@ -310,8 +315,14 @@ impl Sts {
             None
         } else {
             Some(
-                self.resolve_retry(&mut uow, &hold_key, &req.approval_id, request_id, now)
-                    .await?,
+                self.resolve_retry(
+                    reads.get().await?,
+                    &hold_key,
+                    &req.approval_id,
+                    request_id,
+                    now,
+                )
+                .await?,
             )
         };
 
@@ -332,7 +343,7 @@ impl Sts {
             manifest: Some(bundle.manifest_sha256.as_str()),
         };
         for key in &req.resources {
-            let resource = self.find_resource(&mut uow, &zone, key, now).await?;
+            let resource = self.find_resource(&mut reads, &zone, key, now).await?;
             let Some(resource) = resource else {
                 ctx.skip(key, "resource_not_found");
                 continue;
@@ -356,7 +367,7 @@ impl Sts {
         }
         // The loop only read; what follows may write in its own units (the hold), so this
         // unit ends here and the mint opens a fresh one (the memory store serialises units).
-        drop(uow);
+        drop(reads);
         let (mut approved, reissue) = match retry {
             Some(Retry::Approved(hold)) => (Some(hold), None),
             Some(Retry::Reissue(hold)) => (None, Some(hold)),
@@ -839,7 +850,7 @@ impl Sts {
     /// fresh.
     async fn find_resource(
         &self,
-        uow: &mut Box<dyn crate::ports::UnitOfWork>,
+        reads: &mut LazyUnit<'_>,
         zone: &ZoneId,
         key: &str,
         now: Timestamp,
@@ -848,6 +859,7 @@ impl Sts {
         if let Some(r) = self.resources.get(&cache_key, now) {
             return Ok(Some(r));
         }
+        let uow = reads.get().await?;
         let mut found = uow.find_resource_by_identifier(zone, key).await?;
         if found.is_none() {
             if let Ok(id) = ResourceId::parse(key) {
@@ -1173,6 +1185,34 @@ fn anomaly(zone: &ZoneId, request_id: &str, jti: &str, now: Timestamp, id: &str)
         diagnostics_json: None,
         metadata_json: Some(metadata),
         occurred_at: super::evidence::rfc3339_nanos(now),
+    }
+}
+
+/// A unit of work opened on first use, so a request whose reads all hit caches never begins
+/// one (a Postgres round trip, and the memory store's single writer slot).
+pub(crate) struct LazyUnit<'a> {
+    store: &'a std::sync::Arc<dyn crate::ports::Store>,
+    scope: ZoneScope,
+    unit: Option<Box<dyn crate::ports::UnitOfWork>>,
+}
+
+impl<'a> LazyUnit<'a> {
+    fn new(store: &'a std::sync::Arc<dyn crate::ports::Store>, scope: ZoneScope) -> Self {
+        Self {
+            store,
+            scope,
+            unit: None,
+        }
+    }
+
+    async fn get(&mut self) -> Result<&mut Box<dyn crate::ports::UnitOfWork>, Error> {
+        if self.unit.is_none() {
+            self.unit = Some(self.store.begin(&self.scope).await?);
+        }
+        // Just filled above when it was empty.
+        self.unit
+            .as_mut()
+            .ok_or_else(|| Error::internal("unit of work unavailable"))
     }
 }
 
