@@ -369,11 +369,221 @@ impl Sts {
 }
 
 /// Canonical 8-4-4-4-12 hex form.
-fn is_uuid(text: &str) -> bool {
+pub fn is_uuid(text: &str) -> bool {
     let groups: Vec<&str> = text.split('-').collect();
     groups.len() == 5
         && groups
             .iter()
             .zip([8, 4, 4, 4, 12])
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `POST /approvals/{id}/decision` body.
+#[derive(serde::Deserialize)]
+struct DecisionBody {
+    decision: String,
+    #[serde(default)]
+    binding: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Longest decision reason.
+const MAX_REASON_BYTES: usize = 500;
+
+impl Sts {
+    /// A subject approver's decision (§8, checks 1–14 in order). The approver proves itself with
+    /// a user session mandate of the hold's zone, must be the user the agent acts for when the
+    /// hold names one, and can never decide a hold raised by its own authority lineage.
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        bearer: Option<&str>,
+        body: &[u8],
+        request_id: &str,
+    ) -> Result<Value, Error> {
+        let not_found = || Error::not_found("resource_not_found").describe("approval not found");
+        if !is_uuid(id) {
+            return Err(not_found());
+        }
+        let Some(token) = bearer.filter(|t| !t.is_empty()) else {
+            return Err(Error::new(ErrorKind::Unauthenticated, "invalid_token")
+                .describe("session mandate required"));
+        };
+        let parsed: DecisionBody = serde_json::from_slice(body)
+            .map_err(|_| super::form::malformed("malformed request body"))?;
+        let approve = match parsed.decision.as_str() {
+            "approved" => true,
+            "rejected" => false,
+            _ => {
+                return Err(super::form::malformed(
+                    "decision must be approved or rejected",
+                ))
+            }
+        };
+        if parsed
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REASON_BYTES)
+        {
+            return Err(super::form::malformed("reason too long"));
+        }
+        let mut uow = self.store.begin(&ZoneScope::All).await?;
+        let hold = uow
+            .get_approval(id)
+            .await?
+            .filter(|h| h.approval_type == HUMAN_APPROVAL)
+            .ok_or_else(not_found)?;
+        drop(uow);
+        let zone = hold.zone_id.clone();
+        let invalid_mandate = || {
+            Error::new(ErrorKind::Unauthenticated, "invalid_token")
+                .describe("invalid session mandate")
+        };
+        let kid = crate::mandate::verify::peek_kid(token).map_err(|_| invalid_mandate())?;
+        let keys = self
+            .keys
+            .verification_keys(&zone, &kid)
+            .await
+            .map_err(|e| invalid_mandate().with_detail(e.to_string()))?;
+        let uses = [crate::mandate::MandateUse::Session];
+        let expect =
+            crate::mandate::verify::Expectations::new(&self.config.issuer, zone.as_str(), &uses);
+        let claims = crate::mandate::verify::verify_mandate(
+            token,
+            &keys,
+            &expect,
+            self.es256.as_ref(),
+            self.clock.now().unix_seconds(),
+        )
+        .map_err(|e| invalid_mandate().with_detail(format!("{e:?}")))?;
+        if claims.sub_type != crate::mandate::SubType::User {
+            return Err(denied("approver must be a user session"));
+        }
+        let Some(app) = hold.application_id.clone() else {
+            return Err(denied("approval does not admit subject decisions"));
+        };
+        let now = self.clock.now();
+        let mut uow = self.store.begin(&ZoneScope::Zone(zone.clone())).await?;
+        if claims.sid.is_empty() {
+            return Err(Error::forbidden(
+                "invalid_token",
+                "missing token authority record",
+            ));
+        }
+        let record = uow.get_authority_record(&zone, &claims.sid).await?;
+        let Some(record) = record.filter(|r| r.is_live(now)) else {
+            return Err(denied("authority record inactive or expired"));
+        };
+        if record.subject_id != claims.sub {
+            return Err(denied("authority record subject mismatch"));
+        }
+        if claims.client_id != app {
+            return Err(denied("authority record client mismatch"));
+        }
+        if !matches!(
+            hold.approver_class,
+            approval::ApproverClass::Subject | approval::ApproverClass::Any
+        ) {
+            return Err(denied("this approval requires an operator decision"));
+        }
+        if hold
+            .subject_anchor
+            .as_ref()
+            .is_some_and(|a| *a != claims.sub)
+        {
+            return Err(denied(
+                "this approval is reserved for the subject the requesting agent acts for",
+            ));
+        }
+        if !hold.session_id.is_empty()
+            && self
+                .same_lineage(&mut uow, &zone, &claims.sid, &hold.session_id)
+                .await?
+        {
+            return Err(denied(
+                "an approver cannot decide a hold raised by its own authority record lineage",
+            ));
+        }
+        if parsed.binding != hold.binding {
+            return Err(Error::conflict(
+                "access_denied",
+                "binding does not match this challenge",
+            ));
+        }
+        uow.lock(&format!("approval-consume:{}", hold.id)).await?;
+        let Some(mut current) = uow.get_approval(&hold.id).await? else {
+            return Err(not_found());
+        };
+        if current.state(now) != HoldState::Pending {
+            return Err(Error::conflict("access_denied", "approval is not pending"));
+        }
+        if approve {
+            current.satisfied_at = Some(now);
+        } else {
+            current.rejected_at = Some(now);
+        }
+        current.approver_subject_id = Some(approver_subject(&current, &claims.sub));
+        current.approver_session_id = Some(claims.sid.clone());
+        current.decision_reason = parsed.reason.clone();
+        uow.save_approval(&current).await?;
+        uow.commit().await?;
+        let mut event = self.step_up_event(
+            &current,
+            if approve { "approved" } else { "rejected" },
+            &current.id,
+        );
+        event.event_type = "step_up_decided".into();
+        if let Some(m) = event.metadata_json.as_mut() {
+            m.insert("approver_plane".into(), json!("subject"));
+            m.insert("approver_session_id".into(), json!(claims.sid));
+            m.insert("decision_request_id".into(), json!(request_id));
+        }
+        self.emit(event);
+        Ok(json!({
+            "id": current.id,
+            "state": current.state(now).as_str(),
+            "expires_at": current.expires_at.as_datetime().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }))
+    }
+
+    /// Whether `a` and `b` are the same authority record or one descends from the other
+    /// (through `parent_id`, at most 32 links).
+    async fn same_lineage(
+        &self,
+        uow: &mut Box<dyn UnitOfWork>,
+        zone: &ZoneId,
+        a: &str,
+        b: &str,
+    ) -> Result<bool, Error> {
+        if a == b {
+            return Ok(true);
+        }
+        for (from, to) in [(a, b), (b, a)] {
+            let mut cursor = from.to_owned();
+            for _ in 0..32 {
+                let Some(record) = uow.get_authority_record(zone, &cursor).await? else {
+                    break;
+                };
+                match record.parent_id {
+                    Some(parent) if parent == to => return Ok(true),
+                    Some(parent) => cursor = parent,
+                    None => break,
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// `subject:<sub>`, `subject:pseudonym:<hex(sha256(zone‖0‖sub)[:8])>` or `subject:redacted`.
+fn approver_subject(hold: &ApprovalHold, sub: &str) -> String {
+    match hold.privacy_mode {
+        approval::PrivacyMode::Identified => format!("subject:{sub}"),
+        approval::PrivacyMode::Pseudonymous => {
+            let digest = crate::digest::sha256_hex(format!("{}\0{sub}", hold.zone_id).as_bytes());
+            format!("subject:pseudonym:{}", &digest[..16])
+        }
+        approval::PrivacyMode::Anonymous => "subject:redacted".into(),
+    }
 }

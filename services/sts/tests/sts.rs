@@ -1272,3 +1272,220 @@ async fn gated_mints_park_a_hold_that_is_consumed_once() {
         400
     );
 }
+
+#[actix_web::test]
+async fn subject_approvers_decide_with_a_user_session() {
+    use caracal_core::approval::{ApprovalHold, ApproverClass, PrivacyMode};
+    use caracal_core::authority::{AuthorityRecord, RecordStatus, SessionType};
+
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let zone = ZoneId::parse(&w.zone).expect("zone");
+    let now = SystemClock.now();
+    let record =
+        |id: &str, kind: SessionType, subject: &str, parent: Option<&str>| AuthorityRecord {
+            id: id.into(),
+            zone_id: zone.clone(),
+            session_type: kind,
+            subject_id: subject.into(),
+            client_id: w.app.clone(),
+            parent_id: parent.map(str::to_owned),
+            status: RecordStatus::Active,
+            expires_at: now.plus_millis(3_600_000),
+            authenticated_at: now,
+            claims_json: None,
+            revoked_at: None,
+            revoked_reason: None,
+            created_at: now,
+        };
+    let hold = |id: &str, class: ApproverClass, anchor: Option<&str>, session: &str| ApprovalHold {
+        id: id.into(),
+        zone_id: zone.clone(),
+        session_id: session.into(),
+        principal_id: w.app.clone(),
+        application_id: Some(w.app.clone()),
+        approval_type: "human_approval".into(),
+        tier: "high".into(),
+        approver_class: class,
+        privacy_mode: PrivacyMode::Pseudonymous,
+        subject_anchor: anchor.map(str::to_owned),
+        binding: "ab".repeat(32),
+        metadata_json: Map::new(),
+        decision_reason: None,
+        created_at: now,
+        expires_at: now.plus_millis(600_000),
+        satisfied_at: None,
+        rejected_at: None,
+        consumed_at: None,
+        approver_subject_id: None,
+        approver_session_id: None,
+        consumed_authority_record_id: None,
+    };
+    let ids: Vec<String> = (0..4).map(|_| h_uuid4()).collect();
+    {
+        let mut uow = h.store.begin(&ZoneScope::All).await.expect("begin");
+        uow.save_authority_record(&record("ar-alice", SessionType::User, "alice", None))
+            .await
+            .expect("r");
+        uow.save_authority_record(&record(
+            "ar-agent",
+            SessionType::Application,
+            &w.app,
+            Some("ar-alice"),
+        ))
+        .await
+        .expect("r");
+        uow.save_authority_record(&record("ar-app", SessionType::Application, &w.app, None))
+            .await
+            .expect("r");
+        uow.save_approval(&hold(
+            &ids[0],
+            ApproverClass::Subject,
+            Some("alice"),
+            "ar-app",
+        ))
+        .await
+        .expect("h");
+        uow.save_approval(&hold(&ids[1], ApproverClass::Operator, None, "ar-app"))
+            .await
+            .expect("h");
+        uow.save_approval(&hold(&ids[2], ApproverClass::Any, Some("bob"), "ar-app"))
+            .await
+            .expect("h");
+        uow.save_approval(&hold(&ids[3], ApproverClass::Subject, None, "ar-agent"))
+            .await
+            .expect("h");
+        uow.commit().await.expect("commit");
+    }
+    let user = forge(&h, &w.zone, |c| {
+        c.sub = "alice".into();
+        c.sub_type = SubType::User;
+        c.sid = "ar-alice".into();
+        c.root_sid = "ar-alice".into();
+        c.client_id = w.app.clone();
+    })
+    .await;
+    let app_session = forge(&h, &w.zone, |c| {
+        c.sub = w.app.clone();
+        c.sid = "ar-app".into();
+        c.client_id = w.app.clone();
+    })
+    .await;
+    let decide = |id: &str, bearer: Option<&str>, body: Value| {
+        let mut req = TestRequest::post()
+            .uri(&format!("/approvals/{id}/decision"))
+            .set_payload(body.to_string());
+        if let Some(b) = bearer {
+            req = req.insert_header(("authorization", format!("Bearer {b}")));
+        }
+        req.to_request()
+    };
+    let good = json!({"decision": "approved", "binding": "ab".repeat(32), "reason": "ok"});
+
+    let res = test::call_service(&sts, decide(&ids[0], None, good.clone())).await;
+    assert_eq!(
+        res.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer realm=\"caracal-sts\"")
+    );
+    assert_eq!(body_of(res).await.0, 401);
+    let cases = [
+        (
+            ids[0].clone(),
+            user.clone(),
+            json!({"decision": "maybe"}),
+            400,
+            "decision must be approved or rejected",
+        ),
+        (
+            ids[0].clone(),
+            app_session.clone(),
+            good.clone(),
+            403,
+            "approver must be a user session",
+        ),
+        (
+            ids[1].clone(),
+            user.clone(),
+            good.clone(),
+            403,
+            "this approval requires an operator decision",
+        ),
+        (
+            ids[2].clone(),
+            user.clone(),
+            good.clone(),
+            403,
+            "this approval is reserved for the subject the requesting agent acts for",
+        ),
+        (
+            ids[3].clone(),
+            user.clone(),
+            good.clone(),
+            403,
+            "an approver cannot decide a hold raised by its own authority record lineage",
+        ),
+        (
+            ids[0].clone(),
+            user.clone(),
+            json!({"decision": "approved", "binding": "00"}),
+            409,
+            "binding does not match this challenge",
+        ),
+        (
+            ids[0].clone(),
+            "not.a.jwt".into(),
+            good.clone(),
+            401,
+            "invalid session mandate",
+        ),
+    ];
+    for (id, bearer, body, status, description) in cases {
+        let (got, err) =
+            body_of(test::call_service(&sts, decide(&id, Some(&bearer), body)).await).await;
+        assert_eq!(
+            (got, err["error_description"].as_str()),
+            (status, Some(description)),
+            "{err}"
+        );
+    }
+    let (status, decided) =
+        body_of(test::call_service(&sts, decide(&ids[0], Some(&user), good.clone())).await).await;
+    assert_eq!(
+        (status, decided["state"].as_str()),
+        (200, Some("approved")),
+        "{decided}"
+    );
+    let (status, again) =
+        body_of(test::call_service(&sts, decide(&ids[0], Some(&user), good)).await).await;
+    assert_eq!(
+        (status, again["error_description"].as_str()),
+        (409, Some("approval is not pending"))
+    );
+    let mut uow = h.store.begin(&ZoneScope::All).await.expect("begin");
+    let stored = uow
+        .get_approval(&ids[0])
+        .await
+        .expect("read")
+        .expect("hold");
+    let approver = stored.approver_subject_id.expect("approver");
+    assert!(
+        approver.starts_with("subject:pseudonym:")
+            && approver.len() == "subject:pseudonym:".len() + 16
+    );
+    assert_eq!(stored.approver_session_id.as_deref(), Some("ar-alice"));
+    assert!(h
+        .audit
+        .0
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|e| e.event_type == "step_up_decided"));
+}
+
+fn h_uuid4() -> String {
+    caracal_core::ports::IdGenerator::new_random_id(&UuidV7Ids)
+}

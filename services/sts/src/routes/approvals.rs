@@ -46,3 +46,45 @@ pub async fn status(
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// `POST /approvals/{id}/decision`: a subject approver's decision, authenticated by a user
+/// session mandate. A missing bearer is answered with the challenge header.
+pub async fn decide(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<StsState>,
+) -> HttpResponse {
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if caracal_core::sts::approvals::is_uuid(&id) && bearer.is_none() {
+        let mut res = error(
+            &caracal_core::Error::new(caracal_core::ErrorKind::Unauthenticated, "invalid_token")
+                .describe("session mandate required"),
+            None,
+        );
+        res.headers_mut().insert(
+            actix_web::http::header::WWW_AUTHENTICATE,
+            actix_web::http::header::HeaderValue::from_static("Bearer realm=\"caracal-sts\""),
+        );
+        return res;
+    }
+    let body = match crate::reply::read_body(payload).await {
+        Ok(body) => body,
+        Err(_) => return error(&malformed("malformed request body"), None),
+    };
+    let request_id = uuid::Uuid::now_v7().to_string();
+    match state
+        .sts
+        .decide_approval(&id, bearer, &body, &request_id)
+        .await
+    {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(e) => error(&e, None),
+    }
+}

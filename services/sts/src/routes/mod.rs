@@ -20,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/oauth/2/token").route(web::post().to(token::token)))
         .service(resource("/.well-known/jwks.json").route(web::get().to(jwks::jwks)))
         .service(resource("/approvals/{id}").route(web::get().to(approvals::status)))
+        .service(resource("/approvals/{id}/decision").route(web::post().to(approvals::decide)))
         .service(resource("/health").route(web::get().to(health::health)))
         .service(resource("/ready").route(web::get().to(health::ready)))
         .service(resource("/metrics").route(web::get().to(health::metrics)))
