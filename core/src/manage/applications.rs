@@ -379,6 +379,7 @@ impl Management {
             caller,
             zone,
             "credential_revealed",
+            (caller.request_id.as_str(), "allow"),
             json!({
                 "credential": "application_client_secret",
                 "application_id": app.id,
@@ -555,20 +556,23 @@ impl Management {
     }
 
     /// An audit event for `caracal.audit.events`, in the outbox form of `spec/api.md §4`:
-    /// fields `id` (request id), `data` (the event JSON) and `sig` when `AUDIT_HMAC_KEY` is set.
+    /// fields `id` (the event's request id), `data` (the event JSON) and `sig` when
+    /// `AUDIT_HMAC_KEY` is set. `(request_id, decision)` are the event's own: a reveal is the
+    /// caller's request allowed, an approval decision names the hold it decided.
     pub(crate) fn audit_event(
         &self,
         caller: &Caller,
         zone: &ZoneId,
         event_type: &str,
+        (request_id, decision): (&str, &str),
         metadata: serde_json::Value,
     ) -> Result<crate::model::OutboxMessage> {
         let data = json!({
             "id": self.ids.new_id(),
             "zone_id": zone,
             "event_type": event_type,
-            "request_id": caller.request_id,
-            "decision": "allow",
+            "request_id": request_id,
+            "decision": decision,
             "evaluation_status": "complete",
             "determining_policies_json": [],
             "diagnostics_json": [],
@@ -577,7 +581,7 @@ impl Management {
         })
         .to_string();
         let mut fields = BTreeMap::new();
-        fields.insert("id".to_owned(), caller.request_id.clone());
+        fields.insert("id".to_owned(), request_id.to_owned());
         if let Some(mac) = &self.audit_mac {
             fields.insert("sig".to_owned(), mac.sign_hex(data.as_bytes()));
         }

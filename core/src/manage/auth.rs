@@ -187,15 +187,20 @@ impl RequestShape<'_> {
                     || self.path.starts_with("/v1/policy-templates/")))
     }
 
+    /// `POST /v1/zones/{z}/approvals/{id}/(approve|reject)` with both segments non-empty: an
+    /// empty one is no decision route, so it must not open row 3's exemption.
     fn approval_decision(&self) -> bool {
         if self.method != "POST" {
             return false;
         }
         let parts: Vec<&str> = self.path.split('/').collect();
         parts.len() == 7
+            && parts[0].is_empty()
             && parts[1] == "v1"
             && parts[2] == "zones"
+            && !parts[3].is_empty()
             && parts[4] == "approvals"
+            && !parts[5].is_empty()
             && matches!(parts[6], "approve" | "reject")
     }
 
@@ -326,5 +331,67 @@ mod tests {
             true,
         );
         assert_eq!(err.err().map(|e| e.code), Some("system_zone_read_only"));
+    }
+
+    /// Rows 2–4 on the approval routes (`spec/api.md §3.14`).
+    #[test]
+    fn approval_rows() {
+        let approve = "/v1/zones/z1/approvals/h1/approve";
+        let reject = "/v1/zones/z1/approvals/h1/reject";
+        let reader = actor(TokenScope::Global, None, Capability::Read);
+        assert_eq!(
+            code(&reader, "POST", approve),
+            Some("admin_token_read_only"),
+            "row 2 comes first: a read-only token never decides"
+        );
+        assert_eq!(code(&reader, "GET", "/v1/zones/z1/approvals"), None);
+        assert_eq!(code(&reader, "GET", "/v1/zones/z1/approvals/counts"), None);
+
+        let approver = actor(TokenScope::Global, None, Capability::Approve);
+        for path in [approve, reject] {
+            assert_eq!(code(&approver, "POST", path), None, "{path}");
+        }
+        assert_eq!(code(&approver, "GET", "/v1/zones/z1/approvals/h1"), None);
+        for (method, path) in [
+            ("POST", "/v1/zones/z1/approvals/h1/cancel"),
+            ("POST", "/v1/zones/z1/approvals//approve"),
+            ("POST", "/v1/zones//approvals/h1/approve"),
+            ("POST", "/v1/zones/z1/approvals/h1/approve/extra"),
+            ("POST", "/v2/zones/z1/approvals/h1/approve"),
+            ("DELETE", "/v1/zones/z1/approvals/h1"),
+            ("POST", "/v1/zones/z1/applications"),
+        ] {
+            assert_eq!(
+                code(&approver, method, path),
+                Some("admin_token_approve_only"),
+                "{method} {path}"
+            );
+        }
+
+        let writer = actor(TokenScope::Global, None, Capability::Write);
+        assert_eq!(
+            code(&writer, "POST", reject),
+            Some("approve_capability_required")
+        );
+        assert_eq!(
+            code(&writer, "GET", "/v1/zones/z1/approvals"),
+            None,
+            "writers still read approvals"
+        );
+        let mut bootstrap = writer.clone();
+        bootstrap.created_by = "env-bootstrap".into();
+        assert_eq!(
+            code(&bootstrap, "POST", approve),
+            None,
+            "the bootstrap write token may decide"
+        );
+
+        let zoned = actor(TokenScope::Zone, Some("z1"), Capability::Approve);
+        assert_eq!(code(&zoned, "POST", approve), None);
+        assert_eq!(
+            code(&zoned, "POST", "/v1/zones/z2/approvals/h1/approve"),
+            Some("admin_token_zone_mismatch"),
+            "an approve token is still bound to its zone"
+        );
     }
 }

@@ -15,6 +15,7 @@ use crate::ports::{
 pub mod admin_audit;
 pub mod admin_tokens;
 pub mod applications;
+pub mod approvals;
 pub mod auth;
 pub mod grants;
 pub mod policies;

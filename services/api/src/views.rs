@@ -214,3 +214,47 @@ pub fn grant(g: &Grant) -> Value {
     attr(&mut out, &g.attr);
     Value::Object(out)
 }
+
+/// An approval hold as the operator reads it (`spec/api.md §3.14`).
+pub fn approval(r: &caracal_core::manage::approvals::ApprovalRow) -> Value {
+    let h = &r.hold;
+    json!({
+        "id": h.id,
+        "zone_id": h.zone_id,
+        "session_id": h.session_id,
+        "principal_id": h.principal_id,
+        "application_id": h.application_id,
+        "approval_type": h.approval_type,
+        "tier": h.tier,
+        "approver_class": h.approver_class.as_str(),
+        "privacy_mode": h.privacy_mode.as_str(),
+        "subject_anchor": h.subject_anchor,
+        "binding": h.binding,
+        "metadata_json": h.metadata_json,
+        "decision_reason": h.decision_reason,
+        "created_at": h.created_at,
+        "expires_at": h.expires_at,
+        "satisfied_at": h.satisfied_at,
+        "rejected_at": h.rejected_at,
+        "consumed_at": h.consumed_at,
+        "approver_subject_id": h.approver_subject_id,
+        "principal_federated": r.principal_federated,
+        "prior_approved": r.prior_approved,
+        "prior_rejected": r.prior_rejected,
+        "state": r.state.as_str(),
+    })
+}
+
+/// What an operator decision answers.
+pub fn approval_decision(
+    h: &caracal_core::approval::ApprovalHold,
+    verdict: caracal_core::manage::approvals::Verdict,
+) -> Value {
+    json!({
+        "id": h.id,
+        "state": verdict.as_str(),
+        "satisfied_at": h.satisfied_at,
+        "rejected_at": h.rejected_at,
+        "approver_subject_id": h.approver_subject_id,
+    })
+}

@@ -9,6 +9,7 @@ use caracal_core::ports::store::{Liveness, Page};
 
 pub mod admin_tokens;
 pub mod applications;
+pub mod approvals;
 pub mod grants;
 pub mod health;
 pub mod policies;
@@ -50,4 +51,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     policy_sets::configure(cfg);
     grants::configure(cfg);
     admin_tokens::configure(cfg);
+    approvals::configure(cfg);
 }
