@@ -385,3 +385,91 @@ async fn an_unreachable_server_is_unavailable_not_a_panic() {
         Ok(_) => panic!("begin cannot succeed without a server"),
     }
 }
+
+/// An approval decision notifies `caracal_approval_decided` with the hold id at commit, the
+/// channel upstream's long-poll waiters listen on; issuing or consuming a hold does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_decisions_notify_waiters_at_commit() {
+    use caracal_core::approval::{ApprovalHold, ApproverClass, PrivacyMode, HUMAN_APPROVAL};
+    use futures_util::StreamExt;
+
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 2).expect("pool");
+    let (za, _, _, _) = two_zones_with_apps(&store).await;
+    let hold = |id: &str| ApprovalHold {
+        id: id.into(),
+        zone_id: za.id.clone(),
+        session_id: String::new(),
+        principal_id: "app-a".into(),
+        application_id: Some("app-a".into()),
+        approval_type: HUMAN_APPROVAL.into(),
+        tier: "high".into(),
+        approver_class: ApproverClass::Operator,
+        privacy_mode: PrivacyMode::Identified,
+        subject_anchor: None,
+        binding: "b".repeat(64),
+        metadata_json: serde_json::Map::new(),
+        decision_reason: None,
+        created_at: at(10),
+        expires_at: at(3_600_000_000),
+        satisfied_at: None,
+        rejected_at: None,
+        consumed_at: None,
+        approver_subject_id: None,
+        approver_session_id: None,
+        consumed_authority_record_id: None,
+    };
+    let mut listener = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("listener connection");
+    listener
+        .batch_execute("LISTEN caracal_approval_decided")
+        .await
+        .expect("LISTEN");
+
+    let (first, mut second) = (hold("hold-1"), hold("hold-2"));
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_approval(&first).await.expect("issue first");
+    uow.save_approval(&second).await.expect("issue second");
+    uow.commit().await.expect("commit issuance");
+
+    second.satisfied_at = Some(at(20));
+    second.approver_subject_id = Some("admin:tok".into());
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_approval(&second).await.expect("decide second");
+    uow.commit().await.expect("commit decision");
+    second.consumed_at = Some(at(30));
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_approval(&second).await.expect("consume second");
+    uow.commit().await.expect("commit consumption");
+    let mut rejected = first.clone();
+    rejected.rejected_at = Some(at(40));
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_approval(&rejected).await.expect("reject first");
+    drop(uow);
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_approval(&rejected).await.expect("reject first");
+    uow.commit().await.expect("commit rejection");
+
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+    let mut received = Vec::new();
+    while received.len() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(10), notifications.next())
+            .await
+            .expect("a notification within 10 s")
+            .expect("stream open")
+            .expect("notification");
+        received.push((n.channel, n.payload));
+    }
+    assert_eq!(
+        received[0],
+        ("caracal_approval_decided".to_owned(), "hold-2".to_owned()),
+        "issuance does not notify; the approval does"
+    );
+    assert_eq!(
+        received[1].1, "hold-1",
+        "the consumption and the rolled-back rejection did not notify; the committed one did"
+    );
+}
