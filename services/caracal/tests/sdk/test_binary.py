@@ -78,6 +78,30 @@ def test_serve_api_refuses_a_bad_kek(kek: str) -> None:
     assert "SECRET_STORE_KEK" in output, f"the error must name SECRET_STORE_KEK: {output[-2000:]}"
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        pytest.param("ISSUER_URL", None, id="issuer-missing"),
+        pytest.param("ISSUER_URL", "sts.example.com", id="issuer-not-absolute"),
+        pytest.param("ISSUER_URL", "https://u:p@sts.example.com", id="issuer-userinfo"),
+        pytest.param("OPA_POLL_SECONDS", "301", id="poll-out-of-range"),
+        pytest.param("STS_MINT_RATE_LIMIT_PER_MIN", "0", id="limit-not-positive"),
+    ],
+)
+def test_serve_sts_names_a_bad_variable(variable: str, value: str | None) -> None:
+    env = _complete_serve_env()
+    env["ISSUER_URL"] = "https://sts.example.com"
+    env["STS_PORT"] = str(free_port())
+    if value is None:
+        env.pop(variable, None)
+    else:
+        env[variable] = value
+    result = _run(["serve", "sts"], env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"serve sts started with {variable}={value!r}: {output[-2000:]}"
+    assert variable in output, f"the error must name {variable}: {output[-2000:]}"
+
+
 def test_migrate_names_a_missing_database_url() -> None:
     env = _complete_serve_env()
     del env["DATABASE_URL"]
