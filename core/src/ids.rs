@@ -97,6 +97,10 @@ path_id!(
     GrantId
 );
 path_id!(
+    /// A subject issuer: an external identity system a zone trusts for federated users.
+    SubjectIssuerId
+);
+path_id!(
     /// An admin bearer token row.
     AdminTokenId
 );

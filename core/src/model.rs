@@ -255,6 +255,27 @@ pub struct Grant {
     pub attr: Attribution,
 }
 
+/// A subject issuer (`spec/api.md §3.10`): an external identity system whose `id_token`s the
+/// zone accepts for federated users (`spec/sts.md §9`). Trust is by exact `issuer` match, keys
+/// come from `jwks_url`, and tokens must name `audience`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectIssuer {
+    /// Identifier.
+    pub id: SubjectIssuerId,
+    /// Owning zone.
+    pub zone_id: ZoneId,
+    /// The `iss` value, verbatim; unique among the zone's active issuers and never changed.
+    pub issuer: String,
+    /// HTTPS URL of the issuer's key set.
+    pub jwks_url: String,
+    /// The audience its tokens must carry.
+    pub audience: String,
+    /// Creation and change attribution.
+    pub attr: Attribution,
+    /// Soft-delete instant: an archived issuer is trusted no longer.
+    pub archived_at: Option<Timestamp>,
+}
+
 /// Reach of an admin token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenScope {

@@ -26,6 +26,7 @@ struct State {
     policy_sets: BTreeMap<String, PolicySet>,
     policy_set_versions: BTreeMap<String, PolicySetVersion>,
     grants: BTreeMap<String, Grant>,
+    subject_issuers: BTreeMap<String, SubjectIssuer>,
     admin_tokens: BTreeMap<String, AdminToken>,
     admin_audit: Vec<AdminAuditRecord>,
     outbox: BTreeMap<String, OutboxMessage>,
@@ -708,6 +709,88 @@ impl GrantRepo for MemoryUnitOfWork {
             |g| (g.attr.created_at, g.id.to_string()),
             page,
         ))
+    }
+}
+
+#[async_trait]
+impl SubjectIssuerRepo for MemoryUnitOfWork {
+    async fn save_subject_issuer(&mut self, issuer: &SubjectIssuer) -> Result<(), StoreError> {
+        self.check_write(Some(&issuer.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().subject_issuers.get(issuer.id.as_str()) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
+        let clash = issuer.archived_at.is_none()
+            && self.read().subject_issuers.values().any(|i| {
+                i.id != issuer.id
+                    && i.zone_id == issuer.zone_id
+                    && i.archived_at.is_none()
+                    && i.issuer == issuer.issuer
+            });
+        if clash {
+            return Err(StoreError::Conflict("subject_issuers_active_issuer".into()));
+        }
+        self.write()
+            .subject_issuers
+            .insert(issuer.id.to_string(), issuer.clone());
+        Ok(())
+    }
+
+    async fn get_subject_issuer(
+        &mut self,
+        zone: &ZoneId,
+        id: &SubjectIssuerId,
+    ) -> Result<Option<SubjectIssuer>, StoreError> {
+        let found = self.read().subject_issuers.get(id.as_str()).cloned();
+        Ok(found.filter(|i| &i.zone_id == zone && self.visible(Some(&i.zone_id))))
+    }
+
+    async fn list_subject_issuers(
+        &mut self,
+        zone: &ZoneId,
+        page: &Page,
+    ) -> Result<Vec<SubjectIssuer>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .subject_issuers
+            .values()
+            .filter(|i| &i.zone_id == zone && i.archived_at.is_none());
+        Ok(page_of(
+            rows.cloned(),
+            |i| (i.attr.created_at, i.id.to_string()),
+            page,
+        ))
+    }
+
+    async fn find_subject_issuer(
+        &mut self,
+        zone: &ZoneId,
+        issuer: &str,
+    ) -> Result<Option<SubjectIssuer>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(None);
+        }
+        Ok(self
+            .read()
+            .subject_issuers
+            .values()
+            .find(|i| &i.zone_id == zone && i.archived_at.is_none() && i.issuer == issuer)
+            .cloned())
+    }
+
+    async fn count_active_subject_issuers(&mut self, zone: &ZoneId) -> Result<u64, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(0);
+        }
+        Ok(self
+            .read()
+            .subject_issuers
+            .values()
+            .filter(|i| &i.zone_id == zone && i.archived_at.is_none())
+            .count() as u64)
     }
 }
 

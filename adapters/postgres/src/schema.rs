@@ -163,6 +163,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    subject_issuers (id) {
+        id -> Text,
+        zone_id -> Text,
+        issuer -> Text,
+        jwks_url -> Text,
+        audience -> Text,
+        created_by -> Text,
+        created_via_operator -> Bool,
+        updated_by -> Text,
+        updated_via_operator -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        archived_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     admin_tokens (id) {
         id -> Text,
         name -> Text,
@@ -344,6 +361,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     policy_sets,
     policy_set_versions,
     grants,
+    subject_issuers,
     admin_tokens,
     admin_audit_events,
     event_outbox,

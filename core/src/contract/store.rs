@@ -44,6 +44,7 @@ pub async fn run_store_contract(store: &dyn Store) {
     policies_and_versions(store, &run).await;
     policy_sets_and_versions(store, &run).await;
     grant_lists(store, &run).await;
+    subject_issuers::subject_issuers(store, &run).await;
     admin_tokens(store, &run).await;
     admin_audit_chains(store, &run).await;
     admin_audit_appends_serialise(store, &run).await;
@@ -3190,3 +3191,4 @@ async fn authority_graph_writes_roll_back_on_drop(store: &dyn Store, run: &Run) 
 
 // Cases kept in their own file; declared last so the fixtures and macros above are in scope.
 mod approvals;
+mod subject_issuers;

@@ -22,6 +22,7 @@ pub mod policies;
 pub mod policy_sets;
 pub mod providers;
 pub mod resources;
+pub mod subject_issuers;
 pub mod zones;
 
 /// Tunables of the management plane.

@@ -260,6 +260,34 @@ pub trait GrantRepo {
     async fn list_grants(&mut self, zone: &ZoneId, page: &Page) -> Result<Vec<Grant>, StoreError>;
 }
 
+/// Subject issuers (`spec/api.md §3.10`, read by the STS for federation, `spec/sts.md §9`).
+#[async_trait]
+pub trait SubjectIssuerRepo {
+    /// Inserts or replaces the issuer with this id. A second active issuer with the same
+    /// `(zone, issuer)` is `StoreError::Conflict("subject_issuers_active_issuer")`.
+    async fn save_subject_issuer(&mut self, issuer: &SubjectIssuer) -> Result<(), StoreError>;
+    /// The issuer of this zone, archived or not.
+    async fn get_subject_issuer(
+        &mut self,
+        zone: &ZoneId,
+        id: &SubjectIssuerId,
+    ) -> Result<Option<SubjectIssuer>, StoreError>;
+    /// Active issuers of the zone.
+    async fn list_subject_issuers(
+        &mut self,
+        zone: &ZoneId,
+        page: &Page,
+    ) -> Result<Vec<SubjectIssuer>, StoreError>;
+    /// The active issuer of the zone whose `issuer` is exactly this string.
+    async fn find_subject_issuer(
+        &mut self,
+        zone: &ZoneId,
+        issuer: &str,
+    ) -> Result<Option<SubjectIssuer>, StoreError>;
+    /// Number of active issuers in the zone (for the per-zone limit).
+    async fn count_active_subject_issuers(&mut self, zone: &ZoneId) -> Result<u64, StoreError>;
+}
+
 /// Admin tokens.
 #[async_trait]
 pub trait AdminTokenRepo {
@@ -432,6 +460,7 @@ pub trait UnitOfWork:
     + PolicyRepo
     + PolicySetRepo
     + GrantRepo
+    + SubjectIssuerRepo
     + AdminTokenRepo
     + AdminAuditRepo
     + OutboxRepo

@@ -215,6 +215,19 @@ pub fn grant(g: &Grant) -> Value {
     Value::Object(out)
 }
 
+/// A subject issuer row (`archived_at` is never shown: archived issuers are not readable).
+pub fn subject_issuer(i: &SubjectIssuer) -> Value {
+    let mut out = object(json!({
+        "id": i.id,
+        "zone_id": i.zone_id,
+        "issuer": i.issuer,
+        "jwks_url": i.jwks_url,
+        "audience": i.audience,
+    }));
+    attr(&mut out, &i.attr);
+    Value::Object(out)
+}
+
 /// An approval hold as the operator reads it (`spec/api.md §3.14`).
 pub fn approval(r: &caracal_core::manage::approvals::ApprovalRow) -> Value {
     let h = &r.hold;

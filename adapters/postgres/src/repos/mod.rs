@@ -17,6 +17,7 @@ pub(crate) mod providers;
 pub(crate) mod resources;
 pub(crate) mod secrets;
 pub(crate) mod signing_keys;
+pub(crate) mod subject_issuers;
 pub(crate) mod zones;
 
 diesel::define_sql_function! {

@@ -16,6 +16,7 @@ pub mod policies;
 pub mod policy_sets;
 pub mod providers;
 pub mod resources;
+pub mod subject_issuers;
 pub mod zones;
 
 /// Query parameters as strings.
@@ -50,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     policies::configure(cfg);
     policy_sets::configure(cfg);
     grants::configure(cfg);
+    subject_issuers::configure(cfg);
     admin_tokens::configure(cfg);
     approvals::configure(cfg);
 }

@@ -1,0 +1,2 @@
+-- Reverts the subject issuers (development only; production migrations are forward-only).
+DROP TABLE IF EXISTS subject_issuers;
