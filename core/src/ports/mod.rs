@@ -5,6 +5,7 @@ pub mod crypto;
 pub mod events;
 pub mod evidence;
 pub mod expiring;
+pub mod jwks;
 pub mod limits;
 pub mod store;
 
@@ -15,5 +16,6 @@ pub use crypto::{
 pub use events::{BusError, Delivery, EventBus};
 pub use evidence::{AuditEvent, AuditSink, SinkHealth};
 pub use expiring::{ExpiringKeys, ExpiringKeysError};
+pub use jwks::{FetchError, IssuerKeys};
 pub use limits::{LimiterError, RateLimiter};
 pub use store::*;

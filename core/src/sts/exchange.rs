@@ -156,17 +156,18 @@ impl Sts {
         request_id: &str,
     ) -> Result<Minted, Error> {
         let now = self.clock.now();
+        let caller = self.authenticate(&req, gateway, now).await?;
         if req
             .subject
             .as_ref()
             .is_some_and(|s| s.kind == SubjectKind::IdToken)
         {
-            // Federation (§9) needs registered subject issuers and egress to their JWKS; until
-            // this deployment has them, an identity token cannot be verified, so it is refused.
-            return Err(Error::new(ErrorKind::Unauthenticated, "invalid_token")
-                .describe("invalid subject_token: no subject issuer is registered for this zone"));
+            // Federation (§9): the application has proven itself with its secret; the identity
+            // token, not the policy, decides the rest.
+            return self
+                .federate(&req, &caller.app, &caller.zone, gateway, request_id, now)
+                .await;
         }
-        let caller = self.authenticate(&req, gateway, now).await?;
         let zone = caller.zone.clone();
         let requested_scopes = req.scopes();
 

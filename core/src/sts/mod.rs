@@ -7,6 +7,7 @@ pub mod client_auth;
 pub mod directive;
 pub mod evidence;
 pub mod exchange;
+mod federation;
 pub mod form;
 pub mod gateway_sig;
 pub mod keys;
@@ -93,6 +94,8 @@ pub struct Sts {
     /// Active policy per zone.
     pub policies: Arc<PolicyCache>,
     config: StsConfig,
+    /// Federated users (§9): the issuer key-set fetcher and its cache.
+    federation: federation::Federation,
 }
 
 impl Sts {
@@ -120,6 +123,7 @@ impl Sts {
             keys,
             policies,
             config,
+            federation: federation::Federation::default(),
         }
     }
 

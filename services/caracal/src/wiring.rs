@@ -213,7 +213,7 @@ async fn run_sts(adapters: Adapters, keys: Keys, config: StsServiceConfig) -> Re
         Arc::clone(&adapters.store),
         Arc::clone(&clock),
     ));
-    let sts = Arc::new(Sts::new(
+    let sts = Sts::new(
         StsPorts {
             store: Arc::clone(&adapters.store),
             clock,
@@ -233,7 +233,15 @@ async fn run_sts(adapters: Adapters, keys: Keys, config: StsServiceConfig) -> Re
             control_audience: config.control_audience.clone(),
             mint_limit_per_min: config.mint_limit_per_min,
         },
-    ));
+    );
+    // Federated users (spec/sts.md §9): issuer key sets through the SSRF-guarded client. An
+    // unreadable extra CA file is logged there and fails every fetch (egress fails closed).
+    let egress = caracal_egress::EgressConfig {
+        private_hosts: Env(&ProcessEnv).optional("CARACAL_PRIVATE_EGRESS_HOSTS"),
+        extra_ca_file: Env(&ProcessEnv).optional("CARACAL_TLS_EXTRA_CA_FILE"),
+    };
+    let sts =
+        Arc::new(sts.with_issuer_keys(Arc::new(caracal_egress::HttpsIssuerKeys::new(&egress))));
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = format!("sts-{}", std::process::id());
     let mut workers = Vec::new();
