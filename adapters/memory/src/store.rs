@@ -1258,9 +1258,7 @@ impl OutboxQueue for MemoryStore {
 impl ApprovalRepo for MemoryUnitOfWork {
     async fn save_approval(&mut self, hold: &ApprovalHold) -> Result<(), StoreError> {
         self.check_write(Some(&hold.zone_id))?;
-        self.write()
-            .approvals
-            .insert(hold.id.clone(), hold.clone());
+        self.write().approvals.insert(hold.id.clone(), hold.clone());
         Ok(())
     }
 
@@ -1321,6 +1319,10 @@ impl ApprovalRepo for MemoryUnitOfWork {
             .filter(|h| &h.zone_id == zone)
             .cloned()
             .collect();
-        Ok(page_of(rows.into_iter(), |h| (h.created_at, h.id.clone()), page))
+        Ok(page_of(
+            rows.into_iter(),
+            |h| (h.created_at, h.id.clone()),
+            page,
+        ))
     }
 }
