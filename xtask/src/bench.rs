@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: latency of the API's hot read path over real HTTP on Postgres, against
-//! a baseline measured in the same run on the same server (`/health`), so the ratio says what
-//! the route costs beyond the HTTP stack.
+//! `cargo xtask bench`: the STS micro-benchmarks (`bench_sts::micro`), then latency of the API's
+//! hot read path over real HTTP on Postgres, against a baseline measured in the same run on the
+//! same server (`/health`), so the ratio says what the route costs beyond the HTTP stack, then
+//! the STS's mints over HTTP (`bench_sts::http`).
 //!
 //! The client is a minimal keep-alive HTTP/1.1 client on one loopback connection (closed loop,
 //! one request in flight), so every sample is the latency a sequential SDK caller would see.
@@ -9,26 +10,31 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::bench_sts;
 
 /// Applications seeded into the benchmark zone.
 const APPLICATIONS: usize = 50;
 /// Rounds per measurement; the report gives the median round and the spread across rounds.
-const ROUNDS: usize = 5;
+pub const ROUNDS: usize = 5;
 /// Requests per round.
-const PER_ROUND: usize = 1_000;
+pub const PER_ROUND: usize = 1_000;
 /// Warm-up requests before measuring (pool, caches, branch predictors).
-const WARMUP: usize = 300;
+pub const WARMUP: usize = 300;
 
-struct Conn {
+/// `application/json`, the API's request bodies.
+const JSON: &str = "application/json";
+
+pub struct Conn {
     reader: BufReader<TcpStream>,
     host: String,
 }
 
 impl Conn {
-    fn open(port: u16) -> Result<Self, String> {
+    pub fn open(port: u16) -> Result<Self, String> {
         let stream =
             TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -41,22 +47,44 @@ impl Conn {
         })
     }
 
-    /// Sends one request and reads the whole response; returns (status, body).
-    fn request(
+    /// Sends one request with a JSON body (if any) and reads the whole response; returns
+    /// (status, body).
+    pub fn request(
         &mut self,
         method: &str,
         path: &str,
         token: Option<&str>,
         body: Option<&str>,
     ) -> Result<(u16, String), String> {
+        self.send(method, path, token, JSON, body.unwrap_or(""))
+    }
+
+    /// `POST` of an `application/x-www-form-urlencoded` body (the STS token endpoint).
+    pub fn post_form(&mut self, path: &str, body: &str) -> Result<(u16, String), String> {
+        self.send(
+            "POST",
+            path,
+            None,
+            "application/x-www-form-urlencoded",
+            body,
+        )
+    }
+
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
         if let Some(token) = token {
             head.push_str(&format!("authorization: Bearer {token}\r\n"));
         }
-        let body = body.unwrap_or("");
         if !body.is_empty() || method == "POST" {
             head.push_str(&format!(
-                "content-type: application/json\r\ncontent-length: {}\r\n",
+                "content-type: {content_type}\r\ncontent-length: {}\r\n",
                 body.len()
             ));
         }
@@ -103,7 +131,7 @@ impl Conn {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     listener
         .local_addr()
@@ -111,7 +139,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
-fn psql(sql: &str) -> Result<(), String> {
+pub fn psql(sql: &str) -> Result<(), String> {
     let status = Command::new("psql")
         .args([
             "-h",
@@ -132,10 +160,12 @@ fn psql(sql: &str) -> Result<(), String> {
         .ok_or_else(|| format!("psql failed: {sql}"))
 }
 
-/// Stops the server and drops the database however the bench ends.
-struct Cleanup {
-    child: Option<Child>,
-    database: String,
+/// Stops the server, drops the database and removes the scratch directory however the bench
+/// ends.
+pub struct Cleanup {
+    pub child: Option<Child>,
+    pub database: String,
+    pub scratch: Option<PathBuf>,
 }
 
 impl Drop for Cleanup {
@@ -156,10 +186,13 @@ impl Drop for Cleanup {
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.database
         ));
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-fn hex_key() -> String {
+pub fn hex_key() -> String {
     // 32 bytes from the OS; a benchmark key only needs to be valid, not secret.
     let mut bytes = [0u8; 32];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
@@ -168,27 +201,63 @@ fn hex_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn json_field<'a>(body: &'a str, field: &str) -> Option<&'a str> {
+pub fn json_field<'a>(body: &'a str, field: &str) -> Option<&'a str> {
     let key = format!("\"{field}\":\"");
     let start = body.find(&key)? + key.len();
     let end = body[start..].find('"')?;
     Some(&body[start..start + end])
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
 
-struct Stats {
-    p50: Vec<Duration>,
-    p95: Vec<Duration>,
-    p99: Vec<Duration>,
+/// A connection to a server that answers `GET /health` with 200, waiting up to 30 s for it.
+pub fn connect_healthy(port: u16) -> Result<Conn, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = Conn::open(port) {
+            if c.request("GET", "/health", None, None)
+                .is_ok_and(|(s, _)| s == 200)
+            {
+                return Ok(c);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the server on port {port} did not become healthy within 30 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Per-round percentiles, each sorted across rounds.
+pub struct Stats {
+    pub p50: Vec<Duration>,
+    pub p95: Vec<Duration>,
+    pub p99: Vec<Duration>,
 }
 
 fn measure(conn: &mut Conn, path: &str, token: &str) -> Result<Stats, String> {
+    measure_with(conn, &format!("GET {path}"), |c| {
+        c.request("GET", path, Some(token), None)
+    })
+}
+
+/// Closed-loop latency of `call` on one connection: [`WARMUP`] calls, then [`ROUNDS`] rounds
+/// of [`PER_ROUND`]; any answer but 200 ends the benchmark.
+pub fn measure_with(
+    conn: &mut Conn,
+    what: &str,
+    mut call: impl FnMut(&mut Conn) -> Result<(u16, String), String>,
+) -> Result<Stats, String> {
     for _ in 0..WARMUP {
-        conn.request("GET", path, Some(token), None)?;
+        let (status, body) = call(conn)?;
+        if status != 200 {
+            return Err(format!("{what} answered {status}: {body}"));
+        }
     }
     let mut stats = Stats {
         p50: Vec::new(),
@@ -199,10 +268,10 @@ fn measure(conn: &mut Conn, path: &str, token: &str) -> Result<Stats, String> {
         let mut samples = Vec::with_capacity(PER_ROUND);
         for _ in 0..PER_ROUND {
             let started = Instant::now();
-            let (status, _) = conn.request("GET", path, Some(token), None)?;
+            let (status, body) = call(conn)?;
             samples.push(started.elapsed());
             if status != 200 {
-                return Err(format!("GET {path} answered {status}"));
+                return Err(format!("{what} answered {status}: {body}"));
             }
         }
         samples.sort();
@@ -216,11 +285,11 @@ fn measure(conn: &mut Conn, path: &str, token: &str) -> Result<Stats, String> {
     Ok(stats)
 }
 
-fn us(d: Duration) -> f64 {
+pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn row(name: &str, s: &Stats) -> String {
+pub fn row(name: &str, s: &Stats) -> String {
     let mid = ROUNDS / 2;
     format!(
         "| {name} | {:.0} µs ({:.0}–{:.0}) | {:.0} µs ({:.0}–{:.0}) | {:.0} µs |",
@@ -234,7 +303,7 @@ fn row(name: &str, s: &Stats) -> String {
     )
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -249,10 +318,11 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
-/// Runs the benchmark with the release binary under `target_dir`.
-pub fn run(cargo: &mut Command, target_dir: &Path) -> Result<(), String> {
+/// Runs every benchmark: the STS micro-benchmarks, then the API and the STS over HTTP with the
+/// release binary under `target_dir`. `cargo` makes a cargo command run from the workspace root.
+pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path) -> Result<(), String> {
     println!("building the release binary…");
-    let status = cargo
+    let status = cargo()
         .args(["build", "--release", "-p", "caracal"])
         .status()
         .map_err(|e| e.to_string())?;
@@ -260,6 +330,15 @@ pub fn run(cargo: &mut Command, target_dir: &Path) -> Result<(), String> {
         return Err("cargo build --release failed".into());
     }
     let binary = target_dir.join("release").join("caracal");
+    let micro = bench_sts::micro(cargo())?;
+    println!("\n== API over HTTP (issue #2) ==");
+    api(&binary)?;
+    println!("\n== STS over HTTP (issue #3) ==");
+    bench_sts::http(&binary, &micro)
+}
+
+/// List-applications latency on Postgres + Redis against `/health` on the same server.
+fn api(binary: &Path) -> Result<(), String> {
     let port = free_port()?;
     let token = format!("cat_bench_{}", &hex_key()[..24]);
     let database = format!("caracal_bench_{}", std::process::id());
@@ -267,8 +346,9 @@ pub fn run(cargo: &mut Command, target_dir: &Path) -> Result<(), String> {
     let mut cleanup = Cleanup {
         child: None,
         database: database.clone(),
+        scratch: None,
     };
-    let child = Command::new(&binary)
+    let child = Command::new(binary)
         .args(["serve", "api"])
         .env(
             "DATABASE_URL",
@@ -288,20 +368,7 @@ pub fn run(cargo: &mut Command, target_dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     cleanup.child = Some(child);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut conn = loop {
-        if let Ok(mut c) = Conn::open(port) {
-            if c.request("GET", "/health", None, None)
-                .is_ok_and(|(s, _)| s == 200)
-            {
-                break c;
-            }
-        }
-        if Instant::now() > deadline {
-            return Err("server did not become healthy within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut conn = connect_healthy(port)?;
 
     let (status, zone) = conn.request(
         "POST",

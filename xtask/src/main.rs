@@ -6,6 +6,7 @@
 //! `match` in `main`, and a line to `COMMANDS` (which `--help` prints).
 
 mod bench;
+mod bench_sts;
 
 use std::env;
 use std::ffi::OsStr;
@@ -24,8 +25,9 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "bench",
-        "release build; list-applications p50/p95 over HTTP on Postgres against a /health \
-         baseline in the same run (needs Postgres and Redis on 127.0.0.1)",
+        "release build; STS micro-benchmarks (policy decision, ES256, in-process mint), then \
+         list-applications p50/p95 and STS mint latency and throughput over HTTP on Postgres \
+         against baselines from the same run (needs Postgres and Redis on 127.0.0.1)",
     ),
     (
         "ci [PYTEST_ARGS...]",
@@ -64,7 +66,7 @@ fn main() -> ExitCode {
         }
         "test" => test(rest),
         "ci" => ci(rest),
-        "bench" => Workspace::locate().and_then(|ws| bench::run(&mut ws.cargo(), &ws.target_dir)),
+        "bench" => Workspace::locate().and_then(|ws| bench::run(&|| ws.cargo(), &ws.target_dir)),
         other => Err(format!(
             "unknown command `{other}`; `cargo xtask --help` lists the commands"
         )),
