@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use caracal_core::ports::store::{Store, UnitLocks, UnitOfWork, ZoneScope};
 use caracal_core::StoreError;
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl};
 
 use crate::unit_of_work::{op, PgUnitOfWork, Pooled};
@@ -46,7 +48,16 @@ impl PgStore {
     /// [`Store::ping`] to check at start-up). Connections are plain TCP through tokio-postgres
     /// (no libpq, no TLS).
     pub fn connect(database_url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+        // Fast recycling: a pooled connection is checked for an open transaction only, not
+        // with a `SELECT 1` round trip on every checkout (one of the round trips of every mint).
+        // A connection the server dropped fails its first statement; diesel-async marks it
+        // broken and the pool discards it at the next recycle.
+        let mut config = ManagerConfig::default();
+        config.recycling_method = RecyclingMethod::Fast;
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+            database_url,
+            config,
+        );
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
             .build()
