@@ -5,6 +5,8 @@ use async_trait::async_trait;
 use caracal_core::ports::{ExpiringKeys, ExpiringKeysError};
 use deadpool_redis::Pool;
 
+use crate::shared::SharedConnection;
+
 /// TTLs are clamped to this ceiling (ten years), as the memory adapter does: Redis refuses an
 /// `EX` whose milliseconds overflow, and both adapters should accept the same inputs.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3_600;
@@ -12,13 +14,16 @@ const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3_600;
 /// Set-if-absent with a time to live, on Redis.
 #[derive(Clone)]
 pub struct RedisExpiringKeys {
-    pool: Pool,
+    conn: SharedConnection,
 }
 
 impl RedisExpiringKeys {
-    /// A registry on an existing pool (shared with the event bus).
+    /// A registry on an existing pool (shared with the event bus), over one multiplexed
+    /// connection taken from it.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            conn: SharedConnection::new(pool),
+        }
     }
 }
 
@@ -34,25 +39,27 @@ impl ExpiringKeys for RedisExpiringKeys {
         value: &str,
         ttl_seconds: u64,
     ) -> Result<bool, ExpiringKeysError> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
         // `OK` when set, nil when the key already exists.
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(key)
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
             .arg(value)
             .arg("NX")
             .arg("EX")
-            .arg(ttl_seconds.clamp(1, MAX_TTL_SECONDS))
-            .query_async(&mut conn)
+            .arg(ttl_seconds.clamp(1, MAX_TTL_SECONDS));
+        let reply: Option<String> = self
+            .conn
+            .run(|mut conn| async move { cmd.query_async(&mut conn).await })
             .await
             .map_err(unavailable)?;
         Ok(reply.is_some())
     }
 
     async fn exists(&self, key: &str) -> Result<bool, ExpiringKeysError> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let count: u64 = redis::cmd("EXISTS")
-            .arg(key)
-            .query_async(&mut conn)
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(key);
+        let count: u64 = self
+            .conn
+            .run(|mut conn| async move { cmd.query_async(&mut conn).await })
             .await
             .map_err(unavailable)?;
         Ok(count > 0)

@@ -7,6 +7,7 @@ pub mod bus;
 
 pub use bus::RedisBus;
 pub mod limits;
+pub mod shared;
 
 pub use limits::RedisRateLimiter;
 pub mod expiring;

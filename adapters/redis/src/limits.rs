@@ -5,6 +5,8 @@ use async_trait::async_trait;
 use caracal_core::ports::{LimiterError, RateLimiter};
 use deadpool_redis::Pool;
 
+use crate::shared::SharedConnection;
+
 /// Seconds a window's key lives: longer than a one-minute window, so a late hit still counts
 /// and keys never pile up.
 const WINDOW_TTL_SECS: i64 = 90;
@@ -12,13 +14,16 @@ const WINDOW_TTL_SECS: i64 = 90;
 /// Fixed-window counters in Redis, keyed `<key>:<window>`.
 #[derive(Clone)]
 pub struct RedisRateLimiter {
-    pool: Pool,
+    conn: SharedConnection,
 }
 
 impl RedisRateLimiter {
-    /// Counters on an existing pool (shared with the event bus).
+    /// Counters on an existing pool (shared with the event bus), over one multiplexed
+    /// connection taken from it.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            conn: SharedConnection::new(pool),
+        }
     }
 }
 
@@ -29,14 +34,18 @@ fn unavailable(error: impl std::fmt::Display) -> LimiterError {
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
     async fn hit(&self, key: &str, window: i64) -> Result<u64, LimiterError> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
         let full = format!("{key}:{window}");
-        let (count,): (u64,) = redis::pipe()
-            .atomic()
-            .incr(&full, 1)
-            .expire(&full, WINDOW_TTL_SECS)
-            .ignore()
-            .query_async(&mut conn)
+        let (count,): (u64,) = self
+            .conn
+            .run(|mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .incr(&full, 1)
+                    .expire(&full, WINDOW_TTL_SECS)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+            })
             .await
             .map_err(unavailable)?;
         Ok(count)
@@ -48,7 +57,6 @@ impl RateLimiter for RedisRateLimiter {
         peeks: &[String],
         window: i64,
     ) -> Result<(Vec<u64>, Vec<u64>), LimiterError> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         for key in hits {
@@ -58,7 +66,11 @@ impl RateLimiter for RedisRateLimiter {
         for key in peeks {
             pipe.cmd("GET").arg(format!("{key}:{window}"));
         }
-        let values: Vec<Option<u64>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let values: Vec<Option<u64>> = self
+            .conn
+            .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+            .map_err(unavailable)?;
         if values.len() != hits.len() + peeks.len() {
             return Err(LimiterError("unexpected pipeline reply".into()));
         }
@@ -70,10 +82,10 @@ impl RateLimiter for RedisRateLimiter {
     }
 
     async fn count(&self, key: &str, window: i64) -> Result<u64, LimiterError> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let value: Option<u64> = redis::cmd("GET")
-            .arg(format!("{key}:{window}"))
-            .query_async(&mut conn)
+        let full = format!("{key}:{window}");
+        let value: Option<u64> = self
+            .conn
+            .run(|mut conn| async move { redis::cmd("GET").arg(full).query_async(&mut conn).await })
             .await
             .map_err(unavailable)?;
         Ok(value.unwrap_or(0))
