@@ -11,17 +11,12 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::test::{self, TestRequest};
 use async_trait::async_trait;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use caracal_api::{api_app, ApiConfig, ApiState};
 use caracal_core::authority::{RecordStatus, SessionType};
 use caracal_core::ids::ZoneId;
 use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::policy::PolicyCache;
-use caracal_core::ports::{
-    AuditEvent, AuditSink, Clock, Es256, Es256Signer, FetchError, IssuerKeys, SinkHealth, Store,
-    ZoneScope,
-};
+use caracal_core::ports::{Clock, Es256, Es256Signer, FetchError, IssuerKeys, Store, ZoneScope};
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
@@ -33,40 +28,18 @@ use caracal_memory::{
 use caracal_sts::{sts_app, StsServiceConfig, StsState};
 use serde_json::{json, Value};
 
+mod support;
+use support::{b64, body_of, claims_of, form, token_call, Recorded, GRANT};
+
 const ADMIN: &str = "cat_federation_test_token";
 const ISSUER_URL: &str = "http://sts.test";
 const GATEWAY_KEY: [u8; 32] = [9u8; 32];
-const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 const IDP: &str = "https://idp.example";
 const JWKS_URL: &str = "https://idp.example/.well-known/jwks.json";
 const AUDIENCE: &str = "caracal-app";
 
 // --- harness -----------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct Recorded(Mutex<Vec<AuditEvent>>);
-
-impl AuditSink for Recorded {
-    fn emit(&self, event: AuditEvent) {
-        self.0.lock().expect("lock").push(event);
-    }
-    fn health(&self) -> SinkHealth {
-        SinkHealth {
-            replay_available: true,
-            ..SinkHealth::default()
-        }
-    }
-}
-
-impl Recorded {
-    fn all(&self) -> Vec<AuditEvent> {
-        self.0.lock().expect("lock").clone()
-    }
-    fn last(&self) -> AuditEvent {
-        self.all().last().cloned().expect("an audit event")
-    }
-}
 
 /// A key-set fetcher serving fixed documents by URL, counting fetches; a URL it does not know
 /// answers 404.
@@ -210,15 +183,6 @@ async fn harness(with_fetcher: bool) -> Harness {
     }
 }
 
-async fn body_of<B: MessageBody>(res: ServiceResponse<B>) -> (u16, Value) {
-    let status = res.status().as_u16();
-    let bytes = test::read_body(res).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 async fn admin<S, B>(app: &S, method: &str, path: &str, body: Value) -> (u16, Value)
 where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
@@ -240,49 +204,6 @@ where
     let (status, value) = admin(app, method, path, body).await;
     assert!(status < 300, "{method} {path}: {status} {value}");
     value
-}
-
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-async fn token_call<S, B>(sts: &S, body: String, headers: &[(&str, String)]) -> (u16, Value)
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let mut req = TestRequest::post()
-        .uri("/oauth/2/token")
-        .insert_header(("content-type", "application/x-www-form-urlencoded"))
-        .set_payload(body);
-    for (name, value) in headers {
-        req = req.insert_header((*name, value.clone()));
-    }
-    body_of(test::call_service(sts, req.to_request()).await).await
-}
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn claims_of(jwt: &str) -> Value {
-    let part = jwt.split('.').nth(1).expect("payload");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("b64")).expect("json")
 }
 
 /// The external identity provider: one ES256 key, published as `kid` `idp-1`.

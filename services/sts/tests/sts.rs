@@ -16,9 +16,7 @@ use caracal_core::ids::ZoneId;
 use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::mandate::{MandateClaims, MandateUse, SubType};
 use caracal_core::policy::PolicyCache;
-use caracal_core::ports::{
-    AuditEvent, AuditSink, Clock, Es256, MessageAuthenticator, SinkHealth, Store, ZoneScope,
-};
+use caracal_core::ports::{Clock, Es256, MessageAuthenticator, Store, ZoneScope};
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
@@ -29,27 +27,13 @@ use caracal_memory::{
 use caracal_sts::{sts_app, StsServiceConfig, StsState};
 use serde_json::{json, Map, Value};
 
+mod support;
+use support::{b64, body_of, claims_of, form, token_call as mint, Recorded, GRANT};
+
 const ADMIN: &str = "cat_sts_service_test_token";
 const ISSUER: &str = "http://sts.test";
 const GATEWAY_KEY: [u8; 32] = [9u8; 32];
-const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// Every event the STS emitted, for assertions.
-#[derive(Default)]
-struct Recorded(std::sync::Mutex<Vec<AuditEvent>>);
-
-impl AuditSink for Recorded {
-    fn emit(&self, event: AuditEvent) {
-        self.0.lock().expect("lock").push(event);
-    }
-    fn health(&self) -> SinkHealth {
-        SinkHealth {
-            replay_available: true,
-            ..SinkHealth::default()
-        }
-    }
-}
 
 struct Harness {
     store: MemoryStore,
@@ -149,15 +133,6 @@ async fn harness(mint_limit: u64) -> Harness {
     }
 }
 
-async fn body_of<B: MessageBody>(res: ServiceResponse<B>) -> (u16, Value) {
-    let status = res.status().as_u16();
-    let bytes = test::read_body(res).await;
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 async fn admin<S, B>(app: &S, method: &str, path: &str, body: Value) -> Value
 where
     S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
@@ -171,33 +146,6 @@ where
     let (status, value) = body_of(test::call_service(app, req.to_request()).await).await;
     assert!(status < 300, "{method} {path}: {status} {value}");
     value
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn claims_of(jwt: &str) -> Value {
-    let part = jwt.split('.').nth(1).expect("payload");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .expect("b64");
-    serde_json::from_slice(&bytes).expect("json")
 }
 
 /// A zone where application `app` holds role `reader` (`svc:read`) on `resource://svc`.
@@ -373,21 +321,6 @@ async fn graph(
 
 fn uuid_like() -> String {
     caracal_core::ports::IdGenerator::new_id(&UuidV7Ids)
-}
-
-async fn mint<S, B>(sts: &S, body: String, headers: &[(&str, String)]) -> (u16, Value)
-where
-    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let mut req = TestRequest::post()
-        .uri("/oauth/2/token")
-        .insert_header(("content-type", "application/x-www-form-urlencoded"))
-        .set_payload(body);
-    for (name, value) in headers {
-        req = req.insert_header((*name, value.clone()));
-    }
-    body_of(test::call_service(sts, req.to_request()).await).await
 }
 
 fn bootstrap(w: &World) -> String {
@@ -748,10 +681,6 @@ async fn forge(h: &Harness, zone: &str, edit: impl FnOnce(&mut MandateClaims)) -
     };
     edit(&mut claims);
     caracal_core::mandate::jws::encode(&kid, &claims, signer.as_ref()).expect("sign")
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 #[actix_web::test]
