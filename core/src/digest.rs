@@ -17,8 +17,22 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Equality of two secrets in time that depends only on their lengths, so a mismatch does not
+/// reveal how many leading bytes were right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn constant_time_eq_compares_lengths_and_bytes() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"abcd"));
+        assert!(super::constant_time_eq(b"", b""));
+    }
+
     #[test]
     fn sha256_known_answer() {
         assert_eq!(

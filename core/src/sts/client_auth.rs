@@ -49,14 +49,6 @@ fn digest(secret: &str) -> [u8; 32] {
     out
 }
 
-/// Constant-time equality of two digests.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
-}
-
 impl SecretVerifier {
     /// A verifier over the Argon2id hasher.
     pub fn new(hasher: Arc<dyn PasswordHasher>) -> Self {
@@ -75,7 +67,7 @@ impl SecretVerifier {
             return false;
         };
         if let Some(known) = self.verified.get(&stored.to_owned(), now) {
-            return same(&known, &presented);
+            return crate::digest::constant_time_eq(&known, &presented);
         }
         match self.hasher.verify(secret, stored).await {
             Ok(true) => {

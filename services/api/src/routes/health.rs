@@ -52,11 +52,7 @@ async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
         let expected = format!("Bearer {bearer}");
         // Constant-time compare: the bearer is a secret.
         let ok = given.is_some_and(|g| {
-            g.len() == expected.len()
-                && g.bytes()
-                    .zip(expected.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
+            caracal_core::digest::constant_time_eq(g.as_bytes(), expected.as_bytes())
         });
         if !ok {
             return HttpResponse::Unauthorized().json(json!({ "error": "invalid_metrics_token" }));

@@ -53,13 +53,10 @@ fn allowed(req: &HttpRequest, state: &StsState) -> bool {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let expected = format!("Bearer {bearer}");
-            given.len() == expected.len()
-                && given
-                    .bytes()
-                    .zip(expected.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
+            caracal_core::digest::constant_time_eq(
+                given.as_bytes(),
+                format!("Bearer {bearer}").as_bytes(),
+            )
         }
         None => state.config.dev,
     }

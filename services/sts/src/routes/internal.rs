@@ -3,6 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use caracal_core::digest::constant_time_eq;
 use caracal_core::error::{Error, ErrorKind};
 use caracal_core::ids::ZoneId;
 use caracal_core::policy::{self, PolicyModule, SimulationError};
@@ -115,15 +116,6 @@ pub async fn status(
     HttpResponse::Ok().json(state.sts.policies.status(&zone).to_json())
 }
 
-/// Constant-time string equality (the admin token is a secret).
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 pub async fn rotate(
     req: HttpRequest,
     zone: web::Path<String>,
@@ -133,7 +125,7 @@ pub async fn rotate(
         return plain(StatusCode::NOT_FOUND, "404 page not found");
     };
     let given = header(&req, "authorization").unwrap_or("");
-    if !same(given, &format!("Bearer {token}")) {
+    if !constant_time_eq(given.as_bytes(), format!("Bearer {token}").as_bytes()) {
         let mut res = plain(StatusCode::UNAUTHORIZED, "unauthorized");
         res.headers_mut().insert(
             actix_web::http::header::WWW_AUTHENTICATE,
