@@ -89,6 +89,38 @@ impl World {
         unit.latest_signing_keys(zone, 100).await.expect("read")
     }
 
+    /// A live zone row, which rotation requires.
+    async fn live_zone(&self, name: &str) -> ZoneId {
+        let id = zone(name);
+        let at = Timestamp::from_unix_micros(START_MICROS);
+        let row = caracal_core::model::Zone {
+            id: id.clone(),
+            name: name.into(),
+            slug: name.into(),
+            dcr_enabled: false,
+            operator_coauthor_badge: false,
+            operator_governed: false,
+            attr: caracal_core::attribution::Attribution {
+                created_by: "test".into(),
+                created_via_operator: false,
+                updated_by: "test".into(),
+                updated_via_operator: false,
+                created_at: at,
+                updated_at: at,
+            },
+            archived_at: None,
+        };
+        let mut unit = self
+            .store
+            .inner
+            .begin(&ZoneScope::All)
+            .await
+            .expect("begin");
+        unit.save_zone(&row).await.expect("zone");
+        unit.commit().await.expect("commit");
+        id
+    }
+
     async fn insert(&self, key: &ZoneSigningKey) {
         let mut unit = self
             .store
@@ -238,10 +270,22 @@ async fn racing_first_mints_create_exactly_one_key() {
 }
 
 #[tokio::test]
+async fn rotation_refuses_a_zone_that_does_not_exist() {
+    let world = World::new();
+    let keys = world.replica();
+    let err = keys.rotate(&zone("ghost")).await.expect_err("no zone");
+    assert_eq!(err.kind, ErrorKind::NotFound);
+    assert!(
+        world.stored(&zone("ghost")).await.is_empty(),
+        "nothing written"
+    );
+}
+
+#[tokio::test]
 async fn rotation_publishes_both_keys_newest_first_for_a_day() {
     let world = World::new();
     let keys = world.replica();
-    let z = zone("z1");
+    let z = world.live_zone("z1").await;
     let (old_kid, old_token) = world.mint(&keys, &z).await;
 
     world.clock.advance_millis(60_000);
@@ -284,7 +328,7 @@ async fn a_rotation_elsewhere_is_picked_up_on_the_first_unknown_kid() {
     let world = World::new();
     let here = world.replica();
     let there = world.replica();
-    let z = zone("z1");
+    let z = world.live_zone("z1").await;
     let (old_kid, _) = world.mint(&here, &z).await;
     assert!(here
         .verification_keys(&z, &old_kid)

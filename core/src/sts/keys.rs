@@ -191,6 +191,15 @@ impl ZoneKeys {
     pub async fn rotate(&self, zone: &ZoneId) -> Result<String, Error> {
         let now = self.clock.now();
         let mut unit = self.store.begin(&ZoneScope::Zone(zone.clone())).await?;
+        // A key for a zone that does not exist (or is archived) would be a row nobody can use;
+        // refuse before writing anything.
+        if unit
+            .get_zone(zone)
+            .await?
+            .is_none_or(|z| z.archived_at.is_some())
+        {
+            return Err(Error::not_found("zone_not_found"));
+        }
         unit.lock(&lock_name(zone)).await?;
         let version = match unit.latest_signing_keys(zone, 1).await?.first() {
             Some(newest) => newest

@@ -1037,6 +1037,24 @@ async fn internal_policy_routes_are_signed_and_use_the_same_evaluator() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["zone_id"], w.zone.as_str());
     assert_eq!(body["loaded"], true);
+
+    // Rotating a zone that does not exist fails and creates nothing.
+    let ghost = "01a20000-0000-7000-8000-000000000000";
+    let req = TestRequest::post()
+        .uri(&format!("/internal/zones/{ghost}/signing-key/rotate"))
+        .insert_header(("authorization", "Bearer sat_rotate"));
+    let (status, err) = body_of(test::call_service(&sts, req.to_request()).await).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (500, Some("signing key rotation failed"))
+    );
+    let req = TestRequest::get().uri(&format!("/.well-known/jwks.json?zone_id={ghost}"));
+    assert_eq!(
+        body_of(test::call_service(&sts, req.to_request()).await)
+            .await
+            .0,
+        404
+    );
     assert!(body["manifest_sha256"]
         .as_str()
         .is_some_and(|m| m.len() == 64));
