@@ -12,6 +12,7 @@ pub mod form;
 pub mod gateway_sig;
 pub mod keys;
 pub mod references;
+pub mod revocation;
 
 use std::sync::Arc;
 

@@ -31,6 +31,8 @@ pub struct Constraints {
     pub max_hops: Option<i64>,
     /// Expiry of the constraint set, as sent (RFC 3339).
     pub expires_at: Option<String>,
+    /// Most scopes one mandate may carry through the edge.
+    pub budget: Option<i64>,
 }
 
 fn non_negative(value: &Value) -> Option<i64> {
@@ -78,6 +80,11 @@ impl Constraints {
                 "expires_at" => {
                     if !value.is_null() {
                         out.expires_at = Some(value.as_str()?.to_owned());
+                    }
+                }
+                "budget" => {
+                    if !value.is_null() {
+                        out.budget = Some(value.as_i64().filter(|b| *b >= 1)?);
                     }
                 }
                 "broad_reason" => {
@@ -236,11 +243,20 @@ pub async fn check_delegation(
         return Err(denied("delegation hop limit exceeds platform maximum"));
     }
 
-    // Walk to the root through live edges, at most max_hops of them.
+    if let Some(budget) = constraints.budget {
+        if requested_scopes.len() as i64 > budget {
+            return Err(denied("requested scopes exceed delegation budget"));
+        }
+    }
+
+    // Walk to the root through live edges (at most the platform's hop maximum). Each edge's
+    // `max_hops` is the allowance for the path from it down to the requested edge: the
+    // Coordinator gives every re-delegated edge at most its parent's allowance minus one, so
+    // an edge with `max_hops` n may have at most n − 1 edges below it.
     let mut path_edges = vec![edge.clone()];
     let mut cursor = edge.parent_edge_id.clone();
     while let Some(parent_id) = cursor {
-        if path_edges.len() as i64 >= max_hops {
+        if path_edges.len() as i64 >= MAX_HOPS {
             return Err(denied("delegation path invalid"));
         }
         let parent = match uow.get_delegation_edge(zone, &parent_id).await? {
@@ -248,6 +264,14 @@ pub async fn check_delegation(
             _ => return Err(denied("delegation path invalid")),
         };
         if path_edges.iter().any(|e| e.id == parent.id) {
+            return Err(denied("delegation path invalid"));
+        }
+        let below = path_edges.len() as i64;
+        let allowance = match Constraints::decode(&parent.constraints_json) {
+            Some(c) => c.max_hops.unwrap_or(1),
+            None => return Err(denied("delegation path invalid")),
+        };
+        if allowance <= below {
             return Err(denied("delegation path invalid"));
         }
         cursor = parent.parent_edge_id.clone();
@@ -343,9 +367,10 @@ mod tests {
         .expect("valid");
         assert_eq!(c.max_hops, Some(2));
         assert_eq!(c.resources, vec!["r"]);
+        assert_eq!(decode(json!({"budget":2})).expect("budget").budget, Some(2));
         assert!(
-            decode(json!({"budget":2})).is_none(),
-            "budget is not in the STS's key set"
+            decode(json!({"budget":0})).is_none(),
+            "a budget allows one scope at least"
         );
         assert!(decode(json!({"ttl_seconds":-1})).is_none());
         assert!(decode(json!({"max_hops":2,"max_depth":3})).is_none());

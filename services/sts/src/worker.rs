@@ -18,6 +18,9 @@ pub enum Topic {
     Policy,
     /// `caracal.keys.invalidate` / `sts-keys`: drop the zone's key caches.
     Keys,
+    /// `caracal.sessions.revoke` / `sts-revocation`: revoke an authority record and its
+    /// descendants (`spec/sts.md §14`).
+    SessionsRevoke,
 }
 
 impl Topic {
@@ -25,6 +28,7 @@ impl Topic {
         match self {
             Self::Policy => "caracal.policy.invalidate",
             Self::Keys => "caracal.keys.invalidate",
+            Self::SessionsRevoke => "caracal.sessions.revoke",
         }
     }
 
@@ -32,6 +36,7 @@ impl Topic {
         match self {
             Self::Policy => "opa-engine",
             Self::Keys => "sts-keys",
+            Self::SessionsRevoke => "sts-revocation",
         }
     }
 }
@@ -99,6 +104,16 @@ pub async fn run_invalidations(
                         }
                     }
                     Topic::Keys => sts.keys.invalidate(&zone),
+                    Topic::SessionsRevoke => {
+                        // A message with only `agent_session_id` names no record: a no-op.
+                        if let Some(record) = field(d, "session_id").filter(|s| !s.is_empty()) {
+                            let reason = field(d, "reason");
+                            if !revoke_until_done(&sts, &zone, record, reason, &mut shutdown).await
+                            {
+                                return;
+                            }
+                        }
+                    }
                 }
             }
             done.push(d.entry_id.clone());
@@ -106,6 +121,35 @@ pub async fn run_invalidations(
         if !done.is_empty() {
             if let Err(e) = bus.ack(stream, group, &done).await {
                 tracing::warn!(stream, error = %e, "invalidation ack failed");
+            }
+        }
+    }
+}
+
+/// Revokes a record, retrying store failures with a capped backoff until it succeeds: a
+/// revocation is never acknowledged unapplied (fail closed). `false` when shutdown came first
+/// (the entry stays pending and is delivered again).
+async fn revoke_until_done(
+    sts: &Sts,
+    zone: &ZoneId,
+    record: &str,
+    reason: Option<&str>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match sts.revoke_authority_record(zone, record, reason).await {
+            Ok(n) => {
+                tracing::info!(zone = %zone, record, revoked = n, "authority record revoked");
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(zone = %zone, record, error = %e, "revocation failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return false,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

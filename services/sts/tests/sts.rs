@@ -11,7 +11,9 @@ use actix_web::dev::{Service, ServiceResponse};
 use actix_web::test::{self, TestRequest};
 use base64::Engine;
 use caracal_api::{api_app, ApiConfig, ApiState};
-use caracal_core::authority::{AgentSession, DelegationEdge, Lifecycle};
+use caracal_core::authority::{
+    AgentSession, AuthorityRecord, DelegationEdge, Lifecycle, RecordStatus,
+};
 use caracal_core::ids::ZoneId;
 use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::mandate::{MandateClaims, MandateUse, SubType};
@@ -1435,4 +1437,114 @@ async fn subject_approvers_decide_with_a_user_session() {
 
 fn h_uuid4() -> String {
     caracal_core::ports::IdGenerator::new_random_id(&UuidV7Ids)
+}
+
+/// `caracal.sessions.revoke` (spec/sts.md §14): revoking an authority record revokes it and its
+/// `parent_id` descendants, so the next exchange presenting its mandate is refused.
+#[actix_web::test]
+async fn revoking_an_authority_record_revokes_its_descendants() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let zone = ZoneId::parse(&w.zone).expect("zone");
+    let (_, session) = mint(&sts, bootstrap(&w), &[]).await;
+    let mandate = session["access_token"].as_str().expect("token").to_owned();
+    let sid = claims_of(&mandate)["sid"].as_str().expect("sid").to_owned();
+    let exchange = || {
+        form(&[
+            ("grant_type", GRANT),
+            ("zone_id", &w.zone),
+            ("application_id", &w.app),
+            ("client_secret", &w.secret),
+            ("subject_token", &mandate),
+            ("subject_token_type", ACCESS),
+            ("scope", "agent:lifecycle"),
+            ("resource", RESOURCE),
+        ])
+    };
+    // Before: the record check passes (the exchange goes on to the policy decision).
+    let (_, before) = mint(&sts, exchange(), &[]).await;
+    assert_ne!(
+        before["error_description"], "authority record inactive or expired",
+        "{before}"
+    );
+
+    // Two descendants and an unrelated record of the same zone.
+    let template = {
+        let mut uow = h.store.begin(&ZoneScope::All).await.expect("uow");
+        uow.get_authority_record(&zone, &sid)
+            .await
+            .expect("read")
+            .expect("record")
+    };
+    let child = AuthorityRecord {
+        id: uuid_like(),
+        parent_id: Some(sid.clone()),
+        ..template.clone()
+    };
+    let grandchild = AuthorityRecord {
+        id: uuid_like(),
+        parent_id: Some(child.id.clone()),
+        ..template.clone()
+    };
+    let unrelated = AuthorityRecord {
+        id: uuid_like(),
+        parent_id: None,
+        ..template.clone()
+    };
+    {
+        let mut uow = h.store.begin(&ZoneScope::All).await.expect("uow");
+        for r in [&child, &grandchild, &unrelated] {
+            uow.save_authority_record(r).await.expect("save");
+        }
+        uow.commit().await.expect("commit");
+    }
+
+    let sts_uc = &h.sts.sts;
+    assert_eq!(
+        sts_uc
+            .revoke_authority_record(&zone, &sid, Some("delegation_revoked"))
+            .await
+            .expect("revoke"),
+        3
+    );
+    assert_eq!(
+        sts_uc
+            .revoke_authority_record(&zone, &sid, None)
+            .await
+            .expect("again"),
+        0,
+        "idempotent"
+    );
+    assert_eq!(
+        sts_uc
+            .revoke_authority_record(&zone, "no-such-record", None)
+            .await
+            .expect("unknown"),
+        0
+    );
+    let mut uow = h.store.begin(&ZoneScope::All).await.expect("uow");
+    for id in [&sid, &child.id, &grandchild.id] {
+        let r = uow
+            .get_authority_record(&zone, id)
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(r.status, RecordStatus::Revoked, "{id}");
+        assert_eq!(r.revoked_reason.as_deref(), Some("delegation_revoked"));
+    }
+    let r = uow
+        .get_authority_record(&zone, &unrelated.id)
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!(r.status, RecordStatus::Active, "untouched");
+    drop(uow);
+
+    let (status, err) = mint(&sts, exchange(), &[]).await;
+    assert_eq!(
+        (status, err["error_description"].as_str()),
+        (403, Some("authority record inactive or expired"))
+    );
 }
