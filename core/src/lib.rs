@@ -6,6 +6,7 @@
 pub mod approval;
 pub mod attribution;
 pub mod authority;
+pub mod coordinator;
 pub mod digest;
 pub mod dispatch;
 pub mod error;

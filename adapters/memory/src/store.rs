@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use caracal_core::approval::ApprovalHold;
 use caracal_core::authority::*;
+use caracal_core::coordinator::records::*;
 use caracal_core::error::StoreError;
 use caracal_core::ids::*;
 use caracal_core::model::*;
@@ -37,6 +38,10 @@ struct State {
     graph_epochs: BTreeMap<String, i64>,
     signing_keys: BTreeMap<String, ZoneSigningKey>,
     approvals: BTreeMap<String, ApprovalHold>,
+    /// Keyed by `(scope, key_hash)`, the Postgres primary key.
+    idempotency_receipts: BTreeMap<(String, String), IdempotencyReceipt>,
+    agent_services: BTreeMap<String, AgentService>,
+    invocations: BTreeMap<String, Invocation>,
 }
 
 /// The in-memory store. Cheap to clone; clones share state.
@@ -108,6 +113,58 @@ fn page_of<T: Clone>(
     rows.sort_by_key(|row| std::cmp::Reverse(key(row)));
     rows.truncate(page.limit as usize);
     rows
+}
+
+/// Page over rows ordered `id DESC`, starting strictly below `before` (the Coordinator's
+/// listings; ids are UUIDv7, so newest first). Byte order, as `COLLATE "C"` compares.
+fn id_page<T>(
+    rows: impl Iterator<Item = T>,
+    id: impl Fn(&T) -> &str,
+    before: Option<&str>,
+    limit: u32,
+) -> Vec<T> {
+    let mut rows: Vec<T> = rows
+        .filter(|row| before.is_none_or(|before| id(row) < before))
+        .collect();
+    rows.sort_by(|a, b| id(b).cmp(id(a)));
+    rows.truncate(limit as usize);
+    rows
+}
+
+/// The first `limit` rows in ascending `key` order (the sweeps' "oldest due first").
+fn oldest_first<T, K: Ord>(
+    rows: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> K,
+    limit: u32,
+) -> Vec<T> {
+    let mut rows: Vec<T> = rows.collect();
+    rows.sort_by_key(|row| key(row));
+    rows.truncate(limit as usize);
+    rows
+}
+
+/// Default lifetime of a task Session stored without a TTL (A6.1), in seconds.
+const TASK_DEFAULT_TTL_SECONDS: i64 = 3_600;
+
+/// When a task Session's lifetime ends: `started_at + COALESCE(ttl_seconds, 3600) s`.
+fn task_due_at(session: &AgentSession) -> Timestamp {
+    let ttl = session.ttl_seconds.unwrap_or(TASK_DEFAULT_TTL_SECONDS);
+    session.started_at.plus_millis(ttl.saturating_mul(1_000))
+}
+
+/// Live in the capacity sense of A6.1 (see `AgentGraphRepo::count_live_agent_sessions`).
+fn counts_as_live(session: &AgentSession, now: Timestamp) -> bool {
+    match (session.status.as_str(), session.lifecycle) {
+        ("suspended", Lifecycle::Service) => true,
+        ("active", Lifecycle::Service) => session.heartbeat_deadline_at.is_some_and(|d| d > now),
+        ("active" | "suspended", Lifecycle::Task) => task_due_at(session) > now,
+        _ => false,
+    }
+}
+
+/// When an ended edge ended: `COALESCE(revoked_at, expires_at)`.
+fn edge_ended_at(edge: &DelegationEdge) -> Timestamp {
+    edge.revoked_at.unwrap_or(edge.expires_at)
 }
 
 fn live(liveness: Liveness, archived_at: &Option<Timestamp>) -> bool {
@@ -1102,6 +1159,464 @@ impl AgentGraphRepo for MemoryUnitOfWork {
         *epoch += 1;
         Ok(*epoch)
     }
+
+    async fn list_agent_sessions(
+        &mut self,
+        zone: &ZoneId,
+        filter: &SessionFilter,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self.read().agent_sessions.values().filter(|s| {
+            &s.zone_id == zone
+                && filter
+                    .status
+                    .as_ref()
+                    .is_none_or(|status| &s.status == status)
+                && filter
+                    .lifecycle
+                    .is_none_or(|lifecycle| s.lifecycle == lifecycle)
+                && filter
+                    .application_id
+                    .as_ref()
+                    .is_none_or(|app| &s.application_id == app)
+                && filter
+                    .label
+                    .as_ref()
+                    .is_none_or(|label| s.labels.contains(label))
+        });
+        Ok(id_page(rows.cloned(), |s| s.id.as_str(), before, limit))
+    }
+
+    async fn list_child_sessions(
+        &mut self,
+        zone: &ZoneId,
+        parent: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .agent_sessions
+            .values()
+            .filter(|s| &s.zone_id == zone && s.parent_id.as_deref() == Some(parent));
+        Ok(id_page(rows.cloned(), |s| s.id.as_str(), before, limit))
+    }
+
+    async fn count_live_agent_sessions(
+        &mut self,
+        zone: &ZoneId,
+        application_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(0);
+        }
+        Ok(self
+            .read()
+            .agent_sessions
+            .values()
+            .filter(|s| {
+                &s.zone_id == zone
+                    && application_id.is_none_or(|app| s.application_id == app)
+                    && counts_as_live(s, now)
+            })
+            .count() as u64)
+    }
+
+    async fn list_edges_by_target(
+        &mut self,
+        zone: &ZoneId,
+        session: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .delegation_edges
+            .values()
+            .filter(|e| &e.zone_id == zone && e.target_session_id == session);
+        Ok(id_page(rows.cloned(), |e| e.id.as_str(), before, limit))
+    }
+
+    async fn list_edges_by_source(
+        &mut self,
+        zone: &ZoneId,
+        session: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .delegation_edges
+            .values()
+            .filter(|e| &e.zone_id == zone && e.source_session_id == session);
+        Ok(id_page(rows.cloned(), |e| e.id.as_str(), before, limit))
+    }
+
+    async fn list_edges_by_parent(
+        &mut self,
+        zone: &ZoneId,
+        edge: &str,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .delegation_edges
+            .values()
+            .filter(|e| &e.zone_id == zone && e.parent_edge_id.as_deref() == Some(edge));
+        Ok(id_page(rows.cloned(), |e| e.id.as_str(), None, u32::MAX))
+    }
+
+    async fn list_active_edges(
+        &mut self,
+        zone: &ZoneId,
+        now: Timestamp,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .delegation_edges
+            .values()
+            .filter(|e| &e.zone_id == zone && e.status == "active" && e.expires_at > now);
+        Ok(id_page(rows.cloned(), |e| e.id.as_str(), before, limit))
+    }
+
+    async fn active_edges_touching(
+        &mut self,
+        zone: &ZoneId,
+        sessions: &[String],
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        if !self.visible(Some(zone)) || sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.read().delegation_edges.values().filter(|e| {
+            &e.zone_id == zone
+                && e.status == "active"
+                && (sessions.contains(&e.source_session_id)
+                    || sessions.contains(&e.target_session_id))
+        });
+        Ok(id_page(rows.cloned(), |e| e.id.as_str(), None, u32::MAX))
+    }
+
+    async fn due_task_sessions(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        let rows = self.read().agent_sessions.values().filter(|s| {
+            self.visible(Some(&s.zone_id))
+                && s.lifecycle == Lifecycle::Task
+                && (s.status == "active" || s.status == "suspended")
+                && task_due_at(s) <= now
+        });
+        Ok(oldest_first(
+            rows.cloned(),
+            |s| (task_due_at(s), s.id.clone()),
+            limit,
+        ))
+    }
+
+    async fn lapsed_service_sessions(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        let rows = self.read().agent_sessions.values().filter(|s| {
+            self.visible(Some(&s.zone_id))
+                && s.lifecycle == Lifecycle::Service
+                && s.status == "active"
+                && s.heartbeat_deadline_at.is_some_and(|d| d <= now)
+        });
+        Ok(oldest_first(
+            rows.cloned(),
+            |s| (s.heartbeat_deadline_at, s.id.clone()),
+            limit,
+        ))
+    }
+
+    async fn lapsed_active_edges(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        let rows = self.read().delegation_edges.values().filter(|e| {
+            self.visible(Some(&e.zone_id)) && e.status == "active" && e.expires_at <= now
+        });
+        Ok(oldest_first(
+            rows.cloned(),
+            |e| (e.expires_at, e.id.clone()),
+            limit,
+        ))
+    }
+
+    async fn purge_ended_graph(
+        &mut self,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        // Candidates and references are both taken from the state before any delete, as one
+        // Postgres DELETE sees its own snapshot: a parent whose last child goes in this pass
+        // is left for the next one.
+        let state = self.read();
+        let referenced_edges: std::collections::BTreeSet<(&ZoneId, &str)> = state
+            .delegation_edges
+            .values()
+            .filter_map(|e| e.parent_edge_id.as_deref().map(|p| (&e.zone_id, p)))
+            .collect();
+        let edges = oldest_first(
+            state.delegation_edges.values().filter(|e| {
+                self.visible(Some(&e.zone_id))
+                    && (e.status == "revoked" || e.status == "expired")
+                    && edge_ended_at(e) < cutoff
+                    && !referenced_edges.contains(&(&e.zone_id, e.id.as_str()))
+            }),
+            |e| (edge_ended_at(e), e.id.clone()),
+            limit,
+        );
+        let edges: Vec<String> = edges.into_iter().map(|e| e.id.clone()).collect();
+        let referenced_sessions: std::collections::BTreeSet<(&ZoneId, &str)> = state
+            .agent_sessions
+            .values()
+            .filter_map(|s| s.parent_id.as_deref().map(|p| (&s.zone_id, p)))
+            .collect();
+        let sessions = oldest_first(
+            state.agent_sessions.values().filter(|s| {
+                self.visible(Some(&s.zone_id))
+                    && (s.status == "terminated" || s.status == "expired")
+                    && s.ended_at.is_some_and(|at| at < cutoff)
+                    && !referenced_sessions.contains(&(&s.zone_id, s.id.as_str()))
+            }),
+            |s| (s.ended_at, s.id.clone()),
+            limit,
+        );
+        let sessions: Vec<String> = sessions.into_iter().map(|s| s.id.clone()).collect();
+        if edges.is_empty() && sessions.is_empty() {
+            return Ok((0, 0));
+        }
+        let state = self.write();
+        for id in &edges {
+            state.delegation_edges.remove(id);
+        }
+        for id in &sessions {
+            state.agent_sessions.remove(id);
+        }
+        Ok((edges.len() as u64, sessions.len() as u64))
+    }
+}
+
+#[async_trait]
+impl CoordinationRepo for MemoryUnitOfWork {
+    async fn get_idempotency_receipt(
+        &mut self,
+        scope: &str,
+        key_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<IdempotencyReceipt>, StoreError> {
+        let key = (scope.to_owned(), key_hash.to_owned());
+        let found = self.read().idempotency_receipts.get(&key).cloned();
+        Ok(found.filter(|r| self.visible(Some(&r.zone_id)) && r.expires_at > now))
+    }
+
+    async fn count_idempotency_receipts(
+        &mut self,
+        scope: &str,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let start = (scope.to_owned(), String::new());
+        Ok(self
+            .read()
+            .idempotency_receipts
+            .range(start..)
+            .take_while(|((s, _), _)| s == scope)
+            .filter(|(_, r)| self.visible(Some(&r.zone_id)) && r.expires_at > now)
+            .count() as u64)
+    }
+
+    async fn insert_idempotency_receipt(
+        &mut self,
+        receipt: &IdempotencyReceipt,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.check_write(Some(&receipt.zone_id))?;
+        let key = (receipt.scope.clone(), receipt.key_hash.clone());
+        if let Some(existing) = self.read().idempotency_receipts.get(&key) {
+            // Another zone's row under the same key: RLS refuses the update in Postgres.
+            self.check_write(Some(&existing.zone_id))?;
+            if existing.expires_at > now {
+                return Err(StoreError::Conflict("idempotency_receipts_key".into()));
+            }
+        }
+        self.write()
+            .idempotency_receipts
+            .insert(key, receipt.clone());
+        Ok(())
+    }
+
+    async fn purge_idempotency_receipts(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let expired = oldest_first(
+            self.read()
+                .idempotency_receipts
+                .iter()
+                .filter(|(_, r)| self.visible(Some(&r.zone_id)) && r.expires_at <= now),
+            |(key, r)| (r.expires_at, (*key).clone()),
+            limit,
+        );
+        let keys: Vec<(String, String)> = expired.into_iter().map(|(k, _)| k.clone()).collect();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let state = self.write();
+        for key in &keys {
+            state.idempotency_receipts.remove(key);
+        }
+        Ok(keys.len() as u64)
+    }
+
+    async fn save_agent_service(&mut self, service: &AgentService) -> Result<(), StoreError> {
+        self.check_write(Some(&service.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().agent_services.get(&service.id) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
+        let clash = self.read().agent_services.values().any(|s| {
+            s.id != service.id
+                && s.zone_id == service.zone_id
+                && s.application_id == service.application_id
+                && s.endpoint_url == service.endpoint_url
+        });
+        if clash {
+            return Err(StoreError::Conflict("agent_services_endpoint".into()));
+        }
+        self.write()
+            .agent_services
+            .insert(service.id.clone(), service.clone());
+        Ok(())
+    }
+
+    async fn get_agent_service(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<AgentService>, StoreError> {
+        let found = self.read().agent_services.get(id).cloned();
+        Ok(found.filter(|s| &s.zone_id == zone && self.visible(Some(&s.zone_id))))
+    }
+
+    async fn find_agent_service(
+        &mut self,
+        zone: &ZoneId,
+        application_id: &str,
+        endpoint_url: &str,
+    ) -> Result<Option<AgentService>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(None);
+        }
+        Ok(self
+            .read()
+            .agent_services
+            .values()
+            .find(|s| {
+                &s.zone_id == zone
+                    && s.application_id == application_id
+                    && s.endpoint_url == endpoint_url
+            })
+            .cloned())
+    }
+
+    async fn list_agent_services(
+        &mut self,
+        zone: &ZoneId,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AgentService>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .agent_services
+            .values()
+            .filter(|s| &s.zone_id == zone);
+        Ok(id_page(rows.cloned(), |s| s.id.as_str(), before, limit))
+    }
+
+    async fn save_invocation(&mut self, invocation: &Invocation) -> Result<(), StoreError> {
+        self.check_write(Some(&invocation.zone_id))?;
+        // An id owned by a zone this unit cannot see stays untouched, as RLS keeps it in Postgres.
+        if let Some(existing) = self.read().invocations.get(&invocation.id) {
+            self.check_write(Some(&existing.zone_id))?;
+        }
+        self.write()
+            .invocations
+            .insert(invocation.id.clone(), invocation.clone());
+        Ok(())
+    }
+
+    async fn get_invocation(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<Invocation>, StoreError> {
+        let found = self.read().invocations.get(id).cloned();
+        Ok(found.filter(|i| &i.zone_id == zone && self.visible(Some(&i.zone_id))))
+    }
+
+    async fn list_invocations(
+        &mut self,
+        zone: &ZoneId,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Invocation>, StoreError> {
+        if !self.visible(Some(zone)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read()
+            .invocations
+            .values()
+            .filter(|i| &i.zone_id == zone);
+        Ok(id_page(rows.cloned(), |i| i.id.as_str(), before, limit))
+    }
+
+    async fn overdue_invocations(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Invocation>, StoreError> {
+        let rows = self.read().invocations.values().filter(|i| {
+            self.visible(Some(&i.zone_id))
+                && i.status == "running"
+                && i.deadline_at.is_some_and(|d| d <= now)
+        });
+        Ok(oldest_first(
+            rows.cloned(),
+            |i| (i.deadline_at, i.id.clone()),
+            limit,
+        ))
+    }
 }
 
 #[async_trait]
@@ -1151,6 +1666,12 @@ impl UnitLocks for MemoryUnitOfWork {
     async fn lock(&mut self, _name: &str) -> Result<(), StoreError> {
         // Every memory unit of work already holds the store lock for its whole life.
         Ok(())
+    }
+
+    /// Always `true`: units of work are serialised by the store lock, so no other unit can
+    /// hold any named lock while this one runs.
+    async fn try_lock(&mut self, _name: &str) -> Result<bool, StoreError> {
+        Ok(true)
     }
 }
 

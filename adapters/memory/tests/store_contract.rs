@@ -8,6 +8,8 @@ use caracal_memory::MemoryStore;
 async fn memory_store_honours_the_store_contract() {
     let store = MemoryStore::new();
     run_store_contract(&store).await;
+    // A second run on the same store must not trip over the first one's rows.
+    run_store_contract(&store).await;
 }
 
 #[tokio::test]

@@ -50,3 +50,13 @@ pub(crate) fn attribution(
         updated_at: ts(updated_at),
     }
 }
+
+/// A page size as the `LIMIT` value.
+pub(crate) fn limit(limit: u32) -> i64 {
+    i64::from(limit)
+}
+
+/// A `count(*)` as the domain's unsigned count (a negative count is a broken database).
+pub(crate) fn count(n: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| corrupt(what, n))
+}

@@ -1,4 +1,5 @@
-//! Diesel's view of the tables created by `migrations/` (the baseline and the authority graph).
+//! Diesel's view of the tables created by `migrations/` (the baseline, the authority graph, the
+//! subject issuers, the approvals and the Coordinator's tables).
 //! Kept by hand, column for column with the migrations (there is no `diesel print-schema` without
 //! libpq); the store contract suite exercises every column, so a drift fails a test.
 
@@ -351,6 +352,63 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    idempotency_receipts (scope, key_hash) {
+        scope -> Text,
+        key_hash -> Text,
+        zone_id -> Text,
+        request_hash -> Text,
+        object_id -> Text,
+        status -> Int4,
+        body -> Jsonb,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    agent_services (id) {
+        id -> Text,
+        zone_id -> Text,
+        application_id -> Text,
+        endpoint_url -> Text,
+        protocol_versions -> Array<Text>,
+        framework_name -> Nullable<Text>,
+        framework_version -> Nullable<Text>,
+        capabilities -> Array<Text>,
+        health -> Text,
+        metadata -> Jsonb,
+        last_heartbeat_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    invocations (id) {
+        id -> Text,
+        zone_id -> Text,
+        service_id -> Text,
+        source_session_id -> Nullable<Text>,
+        target_session_id -> Nullable<Text>,
+        invoking_application_id -> Text,
+        method -> Text,
+        params -> Jsonb,
+        metadata -> Jsonb,
+        status -> Text,
+        attempts -> Int4,
+        max_attempts -> Int4,
+        backoff_ms -> Int8,
+        timeout_ms -> Int8,
+        deadline_at -> Nullable<Timestamptz>,
+        error_json -> Nullable<Jsonb>,
+        cancel_reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     zones,
     applications,
@@ -372,4 +430,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     delegation_graph_epochs,
     zone_signing_keys,
     step_up_challenges,
+    idempotency_receipts,
+    agent_services,
+    invocations,
 );

@@ -152,6 +152,25 @@ impl UnitLocks for PgUnitOfWork {
         .execute(conn))?;
         Ok(())
     }
+
+    /// `pg_try_advisory_xact_lock`: never waits; the lock, when taken, is transaction-scoped
+    /// like [`UnitLocks::lock`]'s and shares its key space (`hashtext(name)`), so a `try_lock`
+    /// and a `lock` of the same name exclude each other.
+    async fn try_lock(&mut self, name: &str) -> Result<bool, StoreError> {
+        let row: TryLocked = op!(self, |conn| diesel::sql_query(
+            "SELECT pg_try_advisory_xact_lock(hashtext($1)) AS locked"
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result(conn))?;
+        Ok(row.locked)
+    }
+}
+
+/// Result row of `pg_try_advisory_xact_lock`.
+#[derive(diesel::QueryableByName)]
+struct TryLocked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
 }
 
 #[async_trait]

@@ -100,6 +100,9 @@ async fn store_contract() {
     };
     let store = PgStore::connect(&db.url, 4).expect("pool");
     caracal_core::contract::store::run_store_contract(&store).await;
+    // A second run on the same store must not trip over the first one's rows (the sweep and
+    // retention cases drain their windows first).
+    caracal_core::contract::store::run_store_contract(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -471,5 +474,264 @@ async fn approval_decisions_notify_waiters_at_commit() {
     assert_eq!(
         received[1].1, "hold-1",
         "the consumption and the rolled-back rejection did not notify; the committed one did"
+    );
+}
+
+/// `try_lock` never waits: while one unit holds the lock (taken by `try_lock` or by `lock`,
+/// which share `hashtext(name)`), another unit's `try_lock` answers `false` at once; after the
+/// holder commits, or rolls back, it answers `true`. (The memory store serialises whole units,
+/// so its `try_lock` always answers `true`; the shared contract asks only for exclusion.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn try_lock_answers_false_while_another_unit_holds_the_lock() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 4).expect("pool");
+    let name = "coordinator:ttl_sweep";
+
+    let mut holder = store.begin(&ZoneScope::All).await.expect("begin holder");
+    assert!(holder.try_lock(name).await.expect("try_lock"), "free lock");
+    let mut contender = store.begin(&ZoneScope::All).await.expect("begin contender");
+    let answer = tokio::time::timeout(Duration::from_secs(2), contender.try_lock(name))
+        .await
+        .expect("try_lock never waits for the holder")
+        .expect("try_lock");
+    assert!(!answer, "another unit holds the lock");
+    assert!(
+        contender
+            .try_lock("coordinator:lease_sweep")
+            .await
+            .expect("try_lock"),
+        "a different name is a different lock"
+    );
+    contender.commit().await.expect("commit contender");
+    holder.commit().await.expect("commit holder");
+
+    let mut next = store.begin(&ZoneScope::All).await.expect("begin next");
+    assert!(
+        next.try_lock(name).await.expect("try_lock"),
+        "the holder's commit released the lock"
+    );
+    next.commit().await.expect("commit next");
+
+    // `lock` and `try_lock` exclude each other.
+    let mut blocking = store.begin(&ZoneScope::All).await.expect("begin");
+    blocking.lock(name).await.expect("lock");
+    let mut trying = store.begin(&ZoneScope::All).await.expect("begin");
+    assert!(
+        !trying.try_lock(name).await.expect("try_lock"),
+        "a lock taken with `lock` is held for `try_lock` too"
+    );
+    drop(trying);
+    drop(blocking);
+
+    // A rolled-back holder releases the lock (on the drop's rollback task, so poll briefly).
+    let mut released = false;
+    for _ in 0..100 {
+        let mut probe = store.begin(&ZoneScope::All).await.expect("begin probe");
+        if probe.try_lock(name).await.expect("try_lock") {
+            probe.commit().await.expect("commit probe");
+            released = true;
+            break;
+        }
+        drop(probe);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(released, "a dropped holder's rollback released the lock");
+}
+
+/// Every query the Coordinator's storage adds is index-backed at a realistic shape (thousands
+/// of ended Sessions, edges, invocations, receipts and services; a few live ones), under
+/// row-level security as `caracal_app`: after all of them ran, not one sequential scan touched
+/// those tables. (A partial index serves a query only when the query's own predicate implies the
+/// index's, which is why the adapter spells those statuses as literals.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_queries_never_scan_whole_tables() {
+    use caracal_core::coordinator::records::SessionFilter;
+
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // One connection: its statistics reach the collector when it closes (the store's drop).
+    let store = PgStore::connect(&db.url, 1).expect("pool");
+    let (za, _, _, _) = two_zones_with_apps(&store).await;
+    let mut raw = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("raw connection");
+    // The bulk belongs to another zone (as most rows do in a shared database) and has ended;
+    // the zone under test holds a few rows of each kind, some open.
+    raw.batch_execute(
+        "INSERT INTO agent_sessions
+             SELECT 'as-' || lpad(g::text, 6, '0'), CASE WHEN g <= 20 THEN 'zone-a' ELSE 'zone-b' END,
+                    'app-a', 'ar', NULL,
+                    CASE WHEN g % 2 = 0 THEN 'task' ELSE 'service' END, '{}', 'terminated', 0,
+                    60, now() - interval '2 hours', NULL, NULL, 0, 0, '{}', 'requested',
+                    now() - interval '1 hour', now(), now()
+             FROM generate_series(1, 5000) g;
+         INSERT INTO agent_sessions
+             SELECT 'live-' || g, 'zone-a', 'app-a', 'ar', 'as-000001',
+                    CASE WHEN g % 2 = 0 THEN 'task' ELSE 'service' END, '{}', 'active', 1,
+                    600, now(), now(), now() + interval '2 minutes', 1, 0, '{}', NULL, NULL,
+                    now(), now()
+             FROM generate_series(1, 20) g;
+         INSERT INTO delegation_edges
+             SELECT 'de-' || lpad(g::text, 6, '0'), CASE WHEN g <= 20 THEN 'zone-a' ELSE 'zone-b' END,
+                    'as-' || lpad(g::text, 6, '0'), 'as-' || lpad((g + 1)::text, 6, '0'),
+                    'app-a', 'app-a',
+                    CASE WHEN g > 1 THEN 'de-' || lpad((g - 1)::text, 6, '0') END, NULL, '{}',
+                    '{}', CASE WHEN g % 10 = 0 THEN 'active' ELSE 'revoked' END,
+                    now() + interval '1 hour', 1,
+                    CASE WHEN g % 10 = 0 THEN NULL ELSE now() - interval '1 hour' END, now()
+             FROM generate_series(1, 5000) g;
+         INSERT INTO invocations
+             SELECT 'inv-' || g, CASE WHEN g <= 20 THEN 'zone-a' ELSE 'zone-b' END, 'svc-1',
+                    NULL, NULL, 'app-a', 'm', '{}', '{}',
+                    CASE WHEN g % 100 = 0 THEN 'running' ELSE 'succeeded' END, 1, 3, 1000,
+                    30000, now() + interval '30 seconds', NULL, NULL, now(), now(), now()
+             FROM generate_series(1, 5000) g;
+         INSERT INTO idempotency_receipts
+             SELECT 'scope-' || (g % 50), 'key-' || g,
+                    CASE WHEN g <= 20 THEN 'zone-a' ELSE 'zone-b' END, 'rh', 'obj', 201, '{}',
+                    now() + interval '1 day', now()
+             FROM generate_series(1, 5000) g;
+         INSERT INTO agent_services
+             SELECT 'svc-' || g, CASE WHEN g <= 20 THEN 'zone-a' ELSE 'zone-b' END, 'app-a',
+                    'https://s' || g || '.example', '{}', NULL, NULL, '{}', 'healthy', '{}',
+                    NULL, now(), now()
+             FROM generate_series(1, 5000) g;
+         ANALYZE agent_sessions, delegation_edges, invocations, idempotency_receipts,
+                 agent_services;",
+    )
+    .await
+    .expect("fixture rows");
+    // Building the migration's indexes scanned the tables; count from here on.
+    raw.batch_execute("SELECT pg_stat_reset()")
+        .await
+        .expect("reset statistics");
+
+    let now = Timestamp::from_datetime(chrono::Utc::now());
+    let retention_cutoff = now.plus_millis(-90 * 86_400_000);
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    let none = SessionFilter::default();
+    uow.count_live_agent_sessions(&za.id, None, now)
+        .await
+        .expect("count_live_agent_sessions");
+    uow.count_live_agent_sessions(&za.id, Some("app-a"), now)
+        .await
+        .expect("count_live_agent_sessions by application");
+    uow.list_agent_sessions(&za.id, &none, None, 100)
+        .await
+        .expect("list_agent_sessions");
+    uow.list_agent_sessions(&za.id, &none, Some("as-000010"), 5)
+        .await
+        .expect("list_agent_sessions from a cursor");
+    uow.list_child_sessions(&za.id, "as-000001", None, 100)
+        .await
+        .expect("list_child_sessions");
+    uow.list_edges_by_target(&za.id, "as-000010", None, 100)
+        .await
+        .expect("list_edges_by_target");
+    uow.list_edges_by_source(&za.id, "as-000010", None, 100)
+        .await
+        .expect("list_edges_by_source");
+    uow.list_edges_by_parent(&za.id, "de-000010")
+        .await
+        .expect("list_edges_by_parent");
+    uow.list_active_edges(&za.id, now, None, 100)
+        .await
+        .expect("list_active_edges");
+    uow.active_edges_touching(
+        &za.id,
+        &["as-000010".into(), "as-000011".into(), "live-1".into()],
+    )
+    .await
+    .expect("active_edges_touching");
+    uow.due_task_sessions(now, 500)
+        .await
+        .expect("due_task_sessions");
+    uow.lapsed_service_sessions(now, 500)
+        .await
+        .expect("lapsed_service_sessions");
+    uow.lapsed_active_edges(now, 500)
+        .await
+        .expect("lapsed_active_edges");
+    uow.purge_ended_graph(retention_cutoff, 500)
+        .await
+        .expect("purge_ended_graph");
+    uow.get_idempotency_receipt("scope-7", "key-7", now)
+        .await
+        .expect("get_idempotency_receipt");
+    uow.count_idempotency_receipts("scope-7", now)
+        .await
+        .expect("count_idempotency_receipts");
+    uow.purge_idempotency_receipts(now, 500)
+        .await
+        .expect("purge_idempotency_receipts");
+    uow.get_agent_service(&za.id, "svc-7")
+        .await
+        .expect("get_agent_service");
+    uow.find_agent_service(&za.id, "app-a", "https://s7.example")
+        .await
+        .expect("find_agent_service");
+    uow.list_agent_services(&za.id, Some("svc-15"), 100)
+        .await
+        .expect("list_agent_services");
+    uow.get_invocation(&za.id, "inv-7")
+        .await
+        .expect("get_invocation");
+    uow.list_invocations(&za.id, Some("inv-15"), 100)
+        .await
+        .expect("list_invocations");
+    uow.overdue_invocations(now.plus_millis(60_000), 500)
+        .await
+        .expect("overdue_invocations");
+    uow.commit().await.expect("commit");
+    drop(store);
+
+    #[derive(QueryableByName)]
+    struct Scans {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+        #[diesel(sql_type = BigInt)]
+        idx: i64,
+    }
+    let tables = [
+        "agent_sessions",
+        "delegation_edges",
+        "invocations",
+        "idempotency_receipts",
+        "agent_services",
+    ];
+    // Wait until the closed connection's statistics arrived: every table shows index scans.
+    let mut scans: Vec<Scans> = Vec::new();
+    for _ in 0..100 {
+        scans = diesel::sql_query(
+            "SELECT relname::text AS name, coalesce(seq_scan, 0) AS seq, \
+                    coalesce(idx_scan, 0) AS idx \
+             FROM pg_stat_user_tables WHERE relname = ANY($1) ORDER BY relname",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&tables[..])
+        .load(&mut raw)
+        .await
+        .expect("table statistics");
+        if scans.len() == tables.len() && scans.iter().all(|t| t.idx > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        scans.len() == tables.len() && scans.iter().all(|t| t.idx > 0),
+        "statistics of every table arrived"
+    );
+    let scanned: Vec<(String, i64)> = scans
+        .into_iter()
+        .filter(|t| t.seq > 0)
+        .map(|t| (t.name, t.seq))
+        .collect();
+    assert!(
+        scanned.is_empty(),
+        "sequential scans (a query without a usable index): {scanned:?}"
     );
 }

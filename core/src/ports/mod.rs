@@ -8,6 +8,7 @@ pub mod expiring;
 pub mod jwks;
 pub mod limits;
 pub mod store;
+pub mod zone_keys;
 
 pub use clock::{Clock, IdGenerator};
 pub use crypto::{
@@ -19,3 +20,4 @@ pub use expiring::{ExpiringKeys, ExpiringKeysError};
 pub use jwks::{FetchError, IssuerKeys};
 pub use limits::{LimiterError, RateLimiter};
 pub use store::*;
+pub use zone_keys::ZoneKeySource;

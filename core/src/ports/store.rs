@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::approval::ApprovalHold;
 use crate::authority::*;
+use crate::coordinator::records::*;
 use crate::error::StoreError;
 use crate::ids::*;
 use crate::model::*;
@@ -399,6 +400,181 @@ pub trait AgentGraphRepo {
     async fn delegation_graph_epoch(&mut self, zone: &ZoneId) -> Result<i64, StoreError>;
     /// Adds one to the zone's epoch and returns the new value.
     async fn bump_delegation_graph_epoch(&mut self, zone: &ZoneId) -> Result<i64, StoreError>;
+
+    // --- Coordinator reads (spec/coordinator-gateway.md A6.6, A8.4). Listings are ordered
+    // `id DESC` (ids are UUIDv7, so newest first) and start strictly below `before`.
+
+    /// Sessions of the zone matching `filter`, any status.
+    async fn list_agent_sessions(
+        &mut self,
+        zone: &ZoneId,
+        filter: &SessionFilter,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AgentSession>, StoreError>;
+    /// Direct children of a Session (`parent_id = parent`), any status.
+    async fn list_child_sessions(
+        &mut self,
+        zone: &ZoneId,
+        parent: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AgentSession>, StoreError>;
+    /// Sessions of the zone (of one application when given) that are live at `now` in the
+    /// capacity sense of A6.1: status `active` or `suspended`, and (service) suspended or
+    /// `heartbeat_deadline_at > now`, (task) `started_at + COALESCE(ttl_seconds, 3600) s > now`.
+    async fn count_live_agent_sessions(
+        &mut self,
+        zone: &ZoneId,
+        application_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
+    /// Edges whose target is `session`, any status.
+    async fn list_edges_by_target(
+        &mut self,
+        zone: &ZoneId,
+        session: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError>;
+    /// Edges whose source is `session`, any status.
+    async fn list_edges_by_source(
+        &mut self,
+        zone: &ZoneId,
+        session: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError>;
+    /// Edges whose `parent_edge_id` is `edge`, any status (unpaged: bounded by the graph).
+    async fn list_edges_by_parent(
+        &mut self,
+        zone: &ZoneId,
+        edge: &str,
+    ) -> Result<Vec<DelegationEdge>, StoreError>;
+    /// Edges of the zone with status `active` and `expires_at > now`.
+    async fn list_active_edges(
+        &mut self,
+        zone: &ZoneId,
+        now: Timestamp,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError>;
+    /// Edges with status `active` whose source or target is one of `sessions` (unpaged).
+    async fn active_edges_touching(
+        &mut self,
+        zone: &ZoneId,
+        sessions: &[String],
+    ) -> Result<Vec<DelegationEdge>, StoreError>;
+
+    // --- Sweeper reads (A11). These see every zone the unit's scope allows (workers use
+    // `ZoneScope::All`), oldest due first.
+
+    /// Task Sessions with status `active` or `suspended` whose
+    /// `started_at + COALESCE(ttl_seconds, 3600) s <= now`.
+    async fn due_task_sessions(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AgentSession>, StoreError>;
+    /// Service Sessions with status `active` whose `heartbeat_deadline_at <= now`.
+    async fn lapsed_service_sessions(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<AgentSession>, StoreError>;
+    /// Edges with status `active` whose `expires_at <= now`.
+    async fn lapsed_active_edges(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError>;
+    /// Retention: deletes up to `limit` edges with status `revoked`/`expired` that ended
+    /// (`COALESCE(revoked_at, expires_at)`) before `cutoff` and that no remaining edge names as
+    /// `parent_edge_id`, and up to `limit` Sessions with status `terminated`/`expired`,
+    /// `ended_at < cutoff`, that no remaining Session names as `parent_id`. Returns
+    /// `(edges_deleted, sessions_deleted)`.
+    async fn purge_ended_graph(
+        &mut self,
+        cutoff: Timestamp,
+        limit: u32,
+    ) -> Result<(u64, u64), StoreError>;
+}
+
+/// Idempotency receipts, agent services and invocations (spec/coordinator-gateway.md A7, A9).
+#[async_trait]
+pub trait CoordinationRepo {
+    /// The receipt of `(scope, key_hash)` if it has not expired at `now`.
+    async fn get_idempotency_receipt(
+        &mut self,
+        scope: &str,
+        key_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<IdempotencyReceipt>, StoreError>;
+    /// Unexpired receipts of a scope at `now`.
+    async fn count_idempotency_receipts(
+        &mut self,
+        scope: &str,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
+    /// Stores a receipt, replacing an expired one of the same `(scope, key_hash)`; an unexpired
+    /// one is `StoreError::Conflict("idempotency_receipts_key")`.
+    async fn insert_idempotency_receipt(
+        &mut self,
+        receipt: &IdempotencyReceipt,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Deletes up to `limit` receipts expired at `now`; returns how many.
+    async fn purge_idempotency_receipts(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// Inserts or replaces the service with this id.
+    async fn save_agent_service(&mut self, service: &AgentService) -> Result<(), StoreError>;
+    /// The service of this zone.
+    async fn get_agent_service(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<AgentService>, StoreError>;
+    /// The service of `(zone, application, endpoint_url)`.
+    async fn find_agent_service(
+        &mut self,
+        zone: &ZoneId,
+        application_id: &str,
+        endpoint_url: &str,
+    ) -> Result<Option<AgentService>, StoreError>;
+    /// Services of the zone, `id DESC`, strictly below `before`.
+    async fn list_agent_services(
+        &mut self,
+        zone: &ZoneId,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AgentService>, StoreError>;
+
+    /// Inserts or replaces the invocation with this id.
+    async fn save_invocation(&mut self, invocation: &Invocation) -> Result<(), StoreError>;
+    /// The invocation of this zone.
+    async fn get_invocation(
+        &mut self,
+        zone: &ZoneId,
+        id: &str,
+    ) -> Result<Option<Invocation>, StoreError>;
+    /// Invocations of the zone, `id DESC`, strictly below `before`.
+    async fn list_invocations(
+        &mut self,
+        zone: &ZoneId,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Invocation>, StoreError>;
+    /// Invocations with status `running` whose `deadline_at <= now`, oldest deadline first,
+    /// across the zones the unit's scope allows.
+    async fn overdue_invocations(
+        &mut self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Invocation>, StoreError>;
 }
 
 /// Zone signing keys (`spec/sts.md §5`).
@@ -448,6 +624,10 @@ pub trait ApprovalRepo {
 pub trait UnitLocks {
     /// Blocks until this unit holds the lock `name`; released at commit or rollback.
     async fn lock(&mut self, name: &str) -> Result<(), StoreError>;
+    /// Takes the lock `name` if no other unit holds it, without waiting; `false` when another
+    /// unit holds it. Released at commit or rollback. (Sweeper passes: two replicas never run
+    /// the same pass at once.)
+    async fn try_lock(&mut self, name: &str) -> Result<bool, StoreError>;
 }
 
 /// One transaction over every repository. Dropping it without `commit` rolls everything back.
@@ -467,6 +647,7 @@ pub trait UnitOfWork:
     + SecretRepo
     + AuthorityRecordRepo
     + AgentGraphRepo
+    + CoordinationRepo
     + SigningKeyRepo
     + ApprovalRepo
     + UnitLocks

@@ -15,6 +15,8 @@ USAGE:
     caracal dev              all services in one process, in-memory store (state lost on exit)
     caracal serve api        the API service on Postgres + Redis (DATABASE_URL, REDIS_URL)
     caracal serve sts        the STS on Postgres + Redis
+    caracal serve coordinator
+                             the Coordinator on Postgres + Redis (STS_URL: where the STS is)
     caracal serve all        every service in one process on Postgres + Redis
     caracal migrate          apply database migrations to DATABASE_URL and exit
     caracal help             this text
@@ -52,17 +54,18 @@ fn main() -> ExitCode {
             init_tracing(true);
             runtime.block_on(wiring::dev())
         }
-        ["serve", which @ ("api" | "sts" | "all")] => {
+        ["serve", which @ ("api" | "sts" | "coordinator" | "all")] => {
             init_tracing(false);
             let services = match *which {
                 "api" => wiring::Services::Api,
                 "sts" => wiring::Services::Sts,
+                "coordinator" => wiring::Services::Coordinator,
                 _ => wiring::Services::All,
             };
             runtime.block_on(wiring::serve(services))
         }
         ["serve", other] => Err(format!(
-            "unknown service {other:?}: this build serves `api`, `sts` or `all`; the Coordinator, Gateway and Audit are not built yet"
+            "unknown service {other:?}: this build serves `api`, `sts`, `coordinator` or `all`; the Gateway and Audit are not built yet"
         )),
         ["migrate"] => {
             init_tracing(false);

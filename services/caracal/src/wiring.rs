@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use actix_web::HttpServer;
 use caracal_api::{api_app, ApiConfig, ApiState};
+use caracal_coordinator::{
+    coordinator_app, CoordinatorServiceConfig, CoordinatorState, Stats as CoordinatorStats,
+};
+use caracal_core::coordinator::Coordinator;
 use caracal_core::dispatch::Dispatcher;
 use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::policy::PolicyCache;
 use caracal_core::ports::{
     Clock, Es256, EventBus, ExpiringKeys, IdGenerator, MessageAuthenticator, OutboxQueue,
-    RateLimiter, Store,
+    RateLimiter, Store, ZoneKeySource,
 };
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
@@ -38,12 +42,16 @@ struct Keys {
     gateway: Option<Arc<dyn MessageAuthenticator>>,
 }
 
-fn keys(env: &Env<'_>, dev: bool) -> Result<Keys, String> {
+/// The keys of this process. `sealing` says whether a service here opens sealed secrets (the
+/// API and the STS do; a lone Coordinator never does, so it needs no `SECRET_STORE_KEK`).
+fn keys(env: &Env<'_>, dev: bool, sealing: bool) -> Result<Keys, String> {
     let kek = match env.optional("SECRET_STORE_KEK") {
         Some(hex) => {
             Kek::from_hex(&hex).map_err(|e| format!("SECRET_STORE_KEK is invalid: {e}"))?
         }
-        None if dev => Kek::generate().map_err(|e| format!("cannot generate a dev KEK: {e}"))?,
+        None if dev || !sealing => {
+            Kek::generate().map_err(|e| format!("cannot generate a dev KEK: {e}"))?
+        }
         None => return Err(ConfigError::Missing("SECRET_STORE_KEK").to_string()),
     };
     let previous = match env.optional("SECRET_STORE_KEK_PREVIOUS") {
@@ -182,15 +190,48 @@ pub enum Services {
     Api,
     /// The STS only.
     Sts,
+    /// The Coordinator only (verification keys fetched from `STS_URL`).
+    Coordinator,
     /// Everything built so far.
     All,
 }
 
+impl Services {
+    fn api(self) -> bool {
+        matches!(self, Self::Api | Self::All)
+    }
+
+    fn sts(self) -> bool {
+        matches!(self, Self::Sts | Self::All)
+    }
+
+    fn coordinator(self) -> bool {
+        matches!(self, Self::Coordinator | Self::All)
+    }
+}
+
+/// The zone signing keys of an in-process STS. The Coordinator in the same process verifies
+/// mandates with this very instance, so a rotation or an invalidation is seen by both at once.
+fn zone_keys(adapters: &Adapters, keys: &Keys, es256: &Arc<dyn Es256>) -> Arc<ZoneKeys> {
+    Arc::new(ZoneKeys::new(
+        Arc::clone(&adapters.store),
+        keys.sealer.clone(),
+        Arc::clone(es256),
+        Arc::new(UuidV7Ids),
+        Arc::new(SystemClock),
+    ))
+}
+
 /// Runs the STS until Ctrl-C / SIGTERM.
-async fn run_sts(adapters: Adapters, keys: Keys, config: StsServiceConfig) -> Result<(), String> {
+async fn run_sts(
+    adapters: Adapters,
+    keys: Keys,
+    config: StsServiceConfig,
+    es256: Arc<dyn Es256>,
+    zone_keys: Arc<ZoneKeys>,
+) -> Result<(), String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ids: Arc<dyn IdGenerator> = Arc::new(UuidV7Ids);
-    let es256: Arc<dyn Es256> = Arc::new(RingEs256::new());
     let concurrency = NonZeroUsize::new(config.secret_verify_concurrency)
         .ok_or("STS_SECRET_VERIFY_CONCURRENCY must be positive")?;
     let hasher = Argon2idHasher::new().with_concurrency_limit(concurrency);
@@ -202,13 +243,6 @@ async fn run_sts(adapters: Adapters, keys: Keys, config: StsServiceConfig) -> Re
             ..PublisherConfig::default()
         },
     );
-    let zone_keys = Arc::new(ZoneKeys::new(
-        Arc::clone(&adapters.store),
-        keys.sealer.clone(),
-        Arc::clone(&es256),
-        Arc::clone(&ids),
-        Arc::clone(&clock),
-    ));
     let policies = Arc::new(PolicyCache::new(
         Arc::clone(&adapters.store),
         Arc::clone(&clock),
@@ -245,7 +279,7 @@ async fn run_sts(adapters: Adapters, keys: Keys, config: StsServiceConfig) -> Re
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = format!("sts-{}", std::process::id());
     let mut workers = Vec::new();
-    for topic in [Topic::Policy, Topic::Keys] {
+    for topic in [Topic::Policy, Topic::Keys, Topic::SessionsRevoke] {
         workers.push(tokio::spawn(caracal_sts::worker::run_invalidations(
             Arc::clone(&sts),
             Arc::clone(&adapters.bus),
@@ -291,6 +325,155 @@ async fn run_sts(adapters: Adapters, keys: Keys, config: StsServiceConfig) -> Re
     result
 }
 
+/// The current idempotency MAC and, during a rotation, the previous one.
+type IdempotencyMacs = (
+    Arc<dyn MessageAuthenticator>,
+    Option<Arc<dyn MessageAuthenticator>>,
+);
+
+/// The Coordinator's idempotency MACs (`IDEMPOTENCY_HMAC_KEY`, `_PREVIOUS`): hex, at least 32
+/// bytes. Receipts outlive the process in Postgres mode (and are shared by every replica), so
+/// the key is required there; a per-process key would silently turn every retry after a
+/// restart into a second creation. Dev mode's store dies with the process, so a throwaway key
+/// is generated when none is given.
+fn idempotency_macs(
+    config: &CoordinatorServiceConfig,
+    dev: bool,
+) -> Result<IdempotencyMacs, String> {
+    let current: Arc<dyn MessageAuthenticator> = match &config.idempotency_key {
+        Some(hex) => Arc::new(
+            HmacSha256::from_hex(hex, 32)
+                .map_err(|e| format!("IDEMPOTENCY_HMAC_KEY is invalid: {e}"))?,
+        ),
+        None if dev => Arc::new(
+            HmacSha256::generate()
+                .map_err(|_| "cannot generate a dev IDEMPOTENCY_HMAC_KEY".to_string())?,
+        ),
+        None => {
+            return Err(format!(
+                "{}; the Coordinator's idempotency receipts outlive the process on Postgres (generate one with `openssl rand -hex 32`)",
+                ConfigError::Missing("IDEMPOTENCY_HMAC_KEY")
+            ))
+        }
+    };
+    let previous: Option<Arc<dyn MessageAuthenticator>> = match &config.idempotency_key_previous {
+        Some(hex) => {
+            Some(Arc::new(HmacSha256::from_hex(hex, 32).map_err(|e| {
+                format!("IDEMPOTENCY_HMAC_KEY_PREVIOUS is invalid: {e}")
+            })?))
+        }
+        None => None,
+    };
+    Ok((current, previous))
+}
+
+/// The verification keys of a Coordinator that runs without the STS: fetched from `STS_URL`.
+fn remote_mandate_keys(
+    config: &CoordinatorServiceConfig,
+) -> Result<Arc<dyn ZoneKeySource>, String> {
+    let url = config.sts_url.as_deref().ok_or_else(|| {
+        format!(
+            "{}; `caracal serve coordinator` fetches mandate verification keys from the STS",
+            ConfigError::Missing("STS_URL")
+        )
+    })?;
+    let keys = caracal_egress::StsMandateKeys::new(
+        url,
+        caracal_egress::StsKeysConfig {
+            cache_max: config.jwks_cache_max,
+            ..caracal_egress::StsKeysConfig::default()
+        },
+    )?;
+    Ok(Arc::new(keys))
+}
+
+/// What `caracal` prints for the SDK: where the Coordinator and the STS answer.
+fn client_url(host: &str, port: u16) -> String {
+    let host = match host {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        other => other,
+    };
+    format!("http://{host}:{port}")
+}
+
+/// Runs the Coordinator until Ctrl-C / SIGTERM, with its background jobs, and the outbox
+/// dispatcher when `dispatch` (no API in this process runs one; two are safe anyway, since
+/// claims lock rows).
+async fn run_coordinator(
+    adapters: Adapters,
+    keys: Keys,
+    config: CoordinatorServiceConfig,
+    mandate_keys: Arc<dyn ZoneKeySource>,
+    es256: Arc<dyn Es256>,
+    dev: bool,
+    dispatch: bool,
+) -> Result<(), String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (idempotency, idempotency_previous) = idempotency_macs(&config, dev)?;
+    let coordinator = Arc::new(Coordinator::new(
+        Arc::clone(&adapters.store),
+        Arc::clone(&clock),
+        Arc::new(UuidV7Ids),
+        idempotency,
+        idempotency_previous,
+        config.core.clone(),
+    ));
+    let stats = Arc::new(CoordinatorStats::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers =
+        caracal_coordinator::worker::spawn_jobs(&coordinator, &stats, &config, &stop_rx);
+    if dispatch {
+        let dispatcher = Dispatcher {
+            queue: Arc::clone(&adapters.queue),
+            bus: Arc::clone(&adapters.bus),
+            signer: keys.streams.clone(),
+            clock: Arc::clone(&clock),
+        };
+        workers.push(tokio::spawn(caracal_api::worker::run_dispatcher(
+            dispatcher,
+            config.outbox_every,
+            stop_rx,
+        )));
+    }
+    let state = CoordinatorState {
+        coordinator,
+        keys: mandate_keys,
+        es256,
+        limiter: adapters.limiter,
+        outbox: adapters.queue,
+        bus: adapters.bus,
+        clock,
+        counters: Arc::new(HttpCounters::default()),
+        stats,
+        config: Arc::new(config.clone()),
+    };
+    let server = HttpServer::new(move || coordinator_app!(state.clone()))
+        .keep_alive(config.keep_alive)
+        .client_request_timeout(config.request_timeout)
+        .bind((config.host.as_str(), config.port))
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}:{} (COORDINATOR_HOST/COORDINATOR_PORT): {e}",
+                config.host, config.port
+            )
+        })?
+        .shutdown_timeout(10)
+        .run();
+    eprintln!(
+        "caracal: coordinator listening on {} (issuer {})",
+        client_url(&config.host, config.port),
+        config.issuer
+    );
+    let result = server
+        .await
+        .map_err(|e| format!("coordinator server failed: {e}"));
+    let _ = stop_tx.send(true);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    result
+}
+
 /// Runs the chosen services side by side until shutdown; the first failure ends the process.
 async fn run(
     services: Services,
@@ -300,9 +483,11 @@ async fn run(
     dev: bool,
     admin_token: Option<String>,
 ) -> Result<(), String> {
-    let api = match services {
-        Services::Sts => None,
-        _ => {
+    let es256: Arc<dyn Es256> = Arc::new(RingEs256::new());
+    let zone_keys = services.sts().then(|| zone_keys(&adapters, &keys, &es256));
+    let api = match services.api() {
+        false => None,
+        true => {
             let config = ApiConfig::from_env(env).map_err(|e| e.to_string())?;
             let token = admin_token
                 .ok_or_else(|| ConfigError::Missing("CARACAL_ADMIN_TOKEN").to_string())?;
@@ -317,19 +502,51 @@ async fn run(
             ))
         }
     };
-    let sts = match services {
-        Services::Api => None,
-        _ => {
-            let config = StsServiceConfig::from_env(env, dev).map_err(|e| e.to_string())?;
-            Some(run_sts(adapters, keys, config))
+    let coordinator = match services.coordinator() {
+        false => None,
+        true => {
+            let config = CoordinatorServiceConfig::from_env(env, dev).map_err(|e| e.to_string())?;
+            let mandate_keys: Arc<dyn ZoneKeySource> = match &zone_keys {
+                Some(local) => Arc::clone(local) as Arc<dyn ZoneKeySource>,
+                None => remote_mandate_keys(&config)?,
+            };
+            Some(run_coordinator(
+                adapters.clone(),
+                keys.clone(),
+                config,
+                mandate_keys,
+                Arc::clone(&es256),
+                dev,
+                !services.api(),
+            ))
         }
     };
-    match (api, sts) {
-        (Some(api), Some(sts)) => tokio::try_join!(api, sts).map(|_| ()),
-        (Some(api), None) => api.await,
-        (None, Some(sts)) => sts.await,
-        (None, None) => Ok(()),
-    }
+    let sts = match zone_keys {
+        None => None,
+        Some(zone_keys) => {
+            let config = StsServiceConfig::from_env(env, dev).map_err(|e| e.to_string())?;
+            Some(run_sts(adapters, keys, config, es256, zone_keys))
+        }
+    };
+    let api = async {
+        match api {
+            Some(api) => api.await,
+            None => Ok(()),
+        }
+    };
+    let sts = async {
+        match sts {
+            Some(sts) => sts.await,
+            None => Ok(()),
+        }
+    };
+    let coordinator = async {
+        match coordinator {
+            Some(coordinator) => coordinator.await,
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(api, sts, coordinator).map(|_| ())
 }
 
 /// `caracal dev`: every service built so far, in one process, on memory adapters.
@@ -339,7 +556,7 @@ pub async fn dev() -> Result<(), String> {
     if env.optional("DATABASE_URL").is_some() || env.optional("REDIS_URL").is_some() {
         eprintln!("caracal: dev mode uses the in-memory store; DATABASE_URL/REDIS_URL are ignored (use `caracal serve all`)");
     }
-    let keys = keys(&env, true)?;
+    let keys = keys(&env, true, true)?;
     let admin_token = match env.optional("CARACAL_ADMIN_TOKEN") {
         Some(token) => token,
         None => {
@@ -349,6 +566,13 @@ pub async fn dev() -> Result<(), String> {
             token
         }
     };
+    let coordinator = CoordinatorServiceConfig::from_env(&env, true).map_err(|e| e.to_string())?;
+    let sts = StsServiceConfig::from_env(&env, true).map_err(|e| e.to_string())?;
+    eprintln!(
+        "caracal: point the SDK at this sandbox:\n\n    export CARACAL_COORDINATOR_URL={}\n    export CARACAL_STS_URL={}\n",
+        client_url(&coordinator.host, coordinator.port),
+        client_url(&sts.host, sts.port),
+    );
     eprintln!("caracal: dev mode — in-memory store and bus, throwaway keys; nothing survives exit");
     let store = MemoryStore::new();
     let adapters = Adapters {
@@ -362,7 +586,7 @@ pub async fn dev() -> Result<(), String> {
     run(Services::All, adapters, keys, &env, true, Some(admin_token)).await
 }
 
-/// `caracal serve api|sts|all`: Postgres + Redis. The memory store is refused here because its
+/// `caracal serve api|sts|coordinator|all`: Postgres + Redis. The memory store is refused here because its
 /// state cannot be shared with other processes.
 pub async fn serve(services: Services) -> Result<(), String> {
     let source = ProcessEnv;
@@ -373,20 +597,27 @@ pub async fn serve(services: Services) -> Result<(), String> {
     let redis_url = env.required("REDIS_URL").map_err(|e| e.to_string())?;
     // Every service's configuration is checked before the database is touched, so a missing
     // variable is named instead of surfacing as a later connection failure.
-    let admin_token = match services {
-        Services::Sts => None,
-        _ => Some(
+    let admin_token = match services.api() {
+        false => None,
+        true => Some(
             env.required("CARACAL_ADMIN_TOKEN")
                 .map_err(|e| e.to_string())?,
         ),
     };
-    if services != Services::Sts {
+    if services.api() {
         ApiConfig::from_env(&env).map_err(|e| e.to_string())?;
     }
-    if services != Services::Api {
+    if services.sts() {
         StsServiceConfig::from_env(&env, false).map_err(|e| e.to_string())?;
     }
-    let keys = keys(&env, false)?;
+    if services.coordinator() {
+        let config = CoordinatorServiceConfig::from_env(&env, false).map_err(|e| e.to_string())?;
+        idempotency_macs(&config, false)?;
+        if !services.sts() {
+            remote_mandate_keys(&config)?;
+        }
+    }
+    let keys = keys(&env, false, services.api() || services.sts())?;
     let applied = caracal_postgres::migrate(&database_url)
         .await
         .map_err(|e| format!("migrations failed (DATABASE_URL): {e}"))?;

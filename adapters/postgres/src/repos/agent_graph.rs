@@ -3,20 +3,24 @@
 
 use async_trait::async_trait;
 use caracal_core::authority::{AgentSession, DelegationEdge, Lifecycle};
+use caracal_core::coordinator::records::SessionFilter;
 use caracal_core::ids::ZoneId;
 use caracal_core::ports::store::AgentGraphRepo;
+use caracal_core::time::Timestamp;
 use caracal_core::StoreError;
 use chrono::{DateTime, Utc};
+use diesel::dsl::sql;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
-use crate::convert::{id, opt_dt, opt_ts, ts};
+use crate::convert::{count, id, limit, opt_dt, opt_ts, ts};
 use crate::error::corrupt;
 use crate::schema::{agent_sessions as s, delegation_edges as d, delegation_graph_epochs as e};
 use crate::unit_of_work::{op, write_op, PgUnitOfWork};
 
-#[derive(Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = s, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
 pub(crate) struct AgentSessionRow {
     id: String,
@@ -106,7 +110,7 @@ impl TryFrom<AgentSessionRow> for AgentSession {
     }
 }
 
-#[derive(Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = d, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
 pub(crate) struct DelegationEdgeRow {
     id: String,
@@ -177,6 +181,62 @@ impl TryFrom<DelegationEdgeRow> for DelegationEdge {
         })
     }
 }
+
+// Several predicates below are spelled as SQL literals rather than bound parameters: a partial
+// index (migration 000005) is only usable when the planner can prove the query implies the
+// index predicate, which it cannot do for `status = $1` under a generic plan.
+
+/// A task Session's end, `started_at + COALESCE(ttl_seconds, 3600) s` (A6.1: 3600 s when the
+/// row carries no TTL).
+const TASK_END: &str = "(started_at + COALESCE(ttl_seconds, 3600) * interval '1 second')";
+
+/// Live Sessions of a zone in the capacity sense (A6.1), served by `agent_sessions_live`.
+const COUNT_LIVE: &str = "\
+SELECT count(*) AS n FROM agent_sessions
+WHERE zone_id = $1
+  AND ($2::text IS NULL OR application_id = $2)
+  AND status IN ('active', 'suspended')
+  AND CASE lifecycle
+        WHEN 'service' THEN status = 'suspended' OR heartbeat_deadline_at > $3
+        ELSE (started_at + COALESCE(ttl_seconds, 3600) * interval '1 second') > $3
+      END";
+
+/// Result row of a `count(*) AS n`.
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Deletes ended edges no remaining edge narrows, oldest end first. The end,
+/// `COALESCE(revoked_at, expires_at) < $1`, is spelled as its two arms so that each is an index
+/// condition (`delegation_edges_revoked_end`, `delegation_edges_expired_end`): under row-level
+/// security a COALESCE never is. The child probe uses `delegation_edges_parent`. One statement
+/// sees one snapshot, so a parent whose last child goes in this pass stays until the next.
+const PURGE_EDGES: &str = "\
+DELETE FROM delegation_edges WHERE id IN (
+    SELECT e.id FROM delegation_edges e
+    WHERE e.status IN ('revoked', 'expired')
+      AND ((e.revoked_at IS NOT NULL AND e.revoked_at < $1)
+           OR (e.revoked_at IS NULL AND e.expires_at < $1))
+      AND NOT EXISTS (
+          SELECT 1 FROM delegation_edges c
+          WHERE c.zone_id = e.zone_id AND c.parent_edge_id = e.id)
+    ORDER BY COALESCE(e.revoked_at, e.expires_at), e.id
+    LIMIT $2)";
+
+/// Deletes ended Sessions no remaining Session names as parent, oldest end first (served by
+/// `agent_sessions_ended`; the child probe by `agent_sessions_parent`).
+const PURGE_SESSIONS: &str = "\
+DELETE FROM agent_sessions WHERE id IN (
+    SELECT p.id FROM agent_sessions p
+    WHERE p.status IN ('terminated', 'expired')
+      AND p.ended_at < $1
+      AND NOT EXISTS (
+          SELECT 1 FROM agent_sessions c
+          WHERE c.zone_id = p.zone_id AND c.parent_id = p.id)
+    ORDER BY p.ended_at, p.id
+    LIMIT $2)";
 
 #[async_trait]
 impl AgentGraphRepo for PgUnitOfWork {
@@ -254,5 +314,236 @@ impl AgentGraphRepo for PgUnitOfWork {
             .set(e::epoch.eq(e::epoch + 1_i64))
             .returning(e::epoch)
             .get_result::<i64>(conn))
+    }
+
+    async fn list_agent_sessions(
+        &mut self,
+        zone: &ZoneId,
+        filter: &SessionFilter,
+        before: Option<&str>,
+        limit_to: u32,
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        let mut query = s::table
+            .filter(s::zone_id.eq(zone.as_str()))
+            .select(AgentSessionRow::as_select())
+            .into_boxed();
+        if let Some(status) = &filter.status {
+            query = query.filter(s::status.eq(status.clone()));
+        }
+        if let Some(lifecycle) = filter.lifecycle {
+            query = query.filter(s::lifecycle.eq(lifecycle.as_str()));
+        }
+        if let Some(app) = &filter.application_id {
+            query = query.filter(s::application_id.eq(app.clone()));
+        }
+        if let Some(label) = &filter.label {
+            query = query.filter(s::labels.contains(vec![label.clone()]));
+        }
+        if let Some(before) = before {
+            query = query.filter(s::id.lt(before.to_owned()));
+        }
+        let query = query.order(s::id.desc()).limit(limit(limit_to));
+        let rows: Vec<AgentSessionRow> = op!(self, |conn| query.load(conn))?;
+        rows.into_iter().map(AgentSession::try_from).collect()
+    }
+
+    async fn list_child_sessions(
+        &mut self,
+        zone: &ZoneId,
+        parent: &str,
+        before: Option<&str>,
+        limit_to: u32,
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        let mut query = s::table
+            .filter(s::zone_id.eq(zone.as_str()).and(s::parent_id.eq(parent)))
+            .select(AgentSessionRow::as_select())
+            .into_boxed();
+        if let Some(before) = before {
+            query = query.filter(s::id.lt(before.to_owned()));
+        }
+        let query = query.order(s::id.desc()).limit(limit(limit_to));
+        let rows: Vec<AgentSessionRow> = op!(self, |conn| query.load(conn))?;
+        rows.into_iter().map(AgentSession::try_from).collect()
+    }
+
+    async fn count_live_agent_sessions(
+        &mut self,
+        zone: &ZoneId,
+        application_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let row: Count = op!(self, |conn| diesel::sql_query(COUNT_LIVE)
+            .bind::<Text, _>(zone.as_str())
+            .bind::<Nullable<Text>, _>(application_id)
+            .bind::<Timestamptz, _>(now.as_datetime())
+            .get_result(conn))?;
+        count(row.n, "count of live agent sessions")
+    }
+
+    async fn list_edges_by_target(
+        &mut self,
+        zone: &ZoneId,
+        session: &str,
+        before: Option<&str>,
+        limit_to: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        let mut query = d::table
+            .filter(
+                d::zone_id
+                    .eq(zone.as_str())
+                    .and(d::target_session_id.eq(session)),
+            )
+            .select(DelegationEdgeRow::as_select())
+            .into_boxed();
+        if let Some(before) = before {
+            query = query.filter(d::id.lt(before.to_owned()));
+        }
+        let query = query.order(d::id.desc()).limit(limit(limit_to));
+        let rows: Vec<DelegationEdgeRow> = op!(self, |conn| query.load(conn))?;
+        rows.into_iter().map(DelegationEdge::try_from).collect()
+    }
+
+    async fn list_edges_by_source(
+        &mut self,
+        zone: &ZoneId,
+        session: &str,
+        before: Option<&str>,
+        limit_to: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        let mut query = d::table
+            .filter(
+                d::zone_id
+                    .eq(zone.as_str())
+                    .and(d::source_session_id.eq(session)),
+            )
+            .select(DelegationEdgeRow::as_select())
+            .into_boxed();
+        if let Some(before) = before {
+            query = query.filter(d::id.lt(before.to_owned()));
+        }
+        let query = query.order(d::id.desc()).limit(limit(limit_to));
+        let rows: Vec<DelegationEdgeRow> = op!(self, |conn| query.load(conn))?;
+        rows.into_iter().map(DelegationEdge::try_from).collect()
+    }
+
+    async fn list_edges_by_parent(
+        &mut self,
+        zone: &ZoneId,
+        edge: &str,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        let rows: Vec<DelegationEdgeRow> = op!(self, |conn| d::table
+            .filter(d::zone_id.eq(zone.as_str()).and(d::parent_edge_id.eq(edge)))
+            .select(DelegationEdgeRow::as_select())
+            .order(d::id.desc())
+            .load(conn))?;
+        rows.into_iter().map(DelegationEdge::try_from).collect()
+    }
+
+    async fn list_active_edges(
+        &mut self,
+        zone: &ZoneId,
+        now: Timestamp,
+        before: Option<&str>,
+        limit_to: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        let mut query = d::table
+            .filter(d::zone_id.eq(zone.as_str()))
+            .filter(sql::<Bool>("status = 'active'"))
+            .filter(d::expires_at.gt(now.as_datetime()))
+            .select(DelegationEdgeRow::as_select())
+            .into_boxed();
+        if let Some(before) = before {
+            query = query.filter(d::id.lt(before.to_owned()));
+        }
+        let query = query.order(d::id.desc()).limit(limit(limit_to));
+        let rows: Vec<DelegationEdgeRow> = op!(self, |conn| query.load(conn))?;
+        rows.into_iter().map(DelegationEdge::try_from).collect()
+    }
+
+    async fn active_edges_touching(
+        &mut self,
+        zone: &ZoneId,
+        sessions: &[String],
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for the whole set (`= ANY($n)` on both endpoint indexes), never one
+        // per Session.
+        let rows: Vec<DelegationEdgeRow> = op!(self, |conn| d::table
+            .filter(d::zone_id.eq(zone.as_str()))
+            .filter(sql::<Bool>("status = 'active'"))
+            .filter(
+                d::source_session_id
+                    .eq_any(sessions)
+                    .or(d::target_session_id.eq_any(sessions)),
+            )
+            .select(DelegationEdgeRow::as_select())
+            .order(d::id.desc())
+            .load(conn))?;
+        rows.into_iter().map(DelegationEdge::try_from).collect()
+    }
+
+    async fn due_task_sessions(
+        &mut self,
+        now: Timestamp,
+        limit_to: u32,
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        let query = format!(
+            "SELECT * FROM agent_sessions \
+             WHERE lifecycle = 'task' AND status IN ('active', 'suspended') AND {TASK_END} <= $1 \
+             ORDER BY {TASK_END}, id LIMIT $2"
+        );
+        let rows: Vec<AgentSessionRow> = op!(self, |conn| diesel::sql_query(&query)
+            .bind::<Timestamptz, _>(now.as_datetime())
+            .bind::<BigInt, _>(limit(limit_to))
+            .load(conn))?;
+        rows.into_iter().map(AgentSession::try_from).collect()
+    }
+
+    async fn lapsed_service_sessions(
+        &mut self,
+        now: Timestamp,
+        limit_to: u32,
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        let rows: Vec<AgentSessionRow> = op!(self, |conn| s::table
+            .filter(sql::<Bool>("lifecycle = 'service' AND status = 'active'"))
+            .filter(s::heartbeat_deadline_at.le(now.as_datetime()))
+            .select(AgentSessionRow::as_select())
+            .order((s::heartbeat_deadline_at, s::id))
+            .limit(limit(limit_to))
+            .load(conn))?;
+        rows.into_iter().map(AgentSession::try_from).collect()
+    }
+
+    async fn lapsed_active_edges(
+        &mut self,
+        now: Timestamp,
+        limit_to: u32,
+    ) -> Result<Vec<DelegationEdge>, StoreError> {
+        let rows: Vec<DelegationEdgeRow> = op!(self, |conn| d::table
+            .filter(sql::<Bool>("status = 'active'"))
+            .filter(d::expires_at.le(now.as_datetime()))
+            .select(DelegationEdgeRow::as_select())
+            .order((d::expires_at, d::id))
+            .limit(limit(limit_to))
+            .load(conn))?;
+        rows.into_iter().map(DelegationEdge::try_from).collect()
+    }
+
+    async fn purge_ended_graph(
+        &mut self,
+        cutoff: Timestamp,
+        limit_to: u32,
+    ) -> Result<(u64, u64), StoreError> {
+        let edges = write_op!(self, |conn| diesel::sql_query(PURGE_EDGES)
+            .bind::<Timestamptz, _>(cutoff.as_datetime())
+            .bind::<BigInt, _>(limit(limit_to))
+            .execute(conn))?;
+        let sessions = write_op!(self, |conn| diesel::sql_query(PURGE_SESSIONS)
+            .bind::<Timestamptz, _>(cutoff.as_datetime())
+            .bind::<BigInt, _>(limit(limit_to))
+            .execute(conn))?;
+        Ok((edges as u64, sessions as u64))
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod agent_graph;
 pub(crate) mod applications;
 pub(crate) mod approvals;
 pub(crate) mod authority_records;
+pub(crate) mod coordination;
 pub(crate) mod grants;
 pub(crate) mod outbox;
 pub(crate) mod policies;

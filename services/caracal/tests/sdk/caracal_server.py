@@ -33,6 +33,10 @@ RATE_LIMIT_ENV = {
     "API_V1_RATE_LIMIT_PER_MIN": "1000000",
     "ADMIN_AUTH_FAIL_LIMIT_PER_MIN": "1000000",
     "STS_MINT_RATE_LIMIT_PER_MIN": "1000000",
+    "COORDINATOR_RATE_LIMIT_PER_MIN": "1000000",
+    "READY_RATE_LIMIT_PER_MIN": "1000000",
+    "VERIFY_RATE_LIMIT_PER_MIN": "1000000",
+    "INVOCATION_RATE_LIMIT_PER_MIN": "1000000",
 }
 
 
@@ -119,6 +123,9 @@ class ServerConfig:
     audit_hmac_key: str = field(default_factory=lambda: secrets.token_hex(32))
     gateway_hmac_key: str = field(default_factory=lambda: secrets.token_hex(32))
     sts_admin_token: str = field(default_factory=lambda: "sat_" + secrets.token_hex(16))
+    coordinator_token: str = field(default_factory=lambda: "cct_" + secrets.token_hex(16))
+    # Kept across restarts: idempotency receipts written before a restart must still replay.
+    idempotency_hmac_key: str = field(default_factory=lambda: secrets.token_hex(32))
     # Kept across restarts, so a restarted server replays what an earlier one spooled.
     replay_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="caracal-replay-"))
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -141,6 +148,14 @@ class ServerConfig:
             "ISSUER_URL",
             "STS_ADMIN_TOKEN",
             "METRICS_BEARER",
+            "STS_URL",
+            "COORDINATOR_HOST",
+            "COORDINATOR_PORT",
+            "CARACAL_COORDINATOR_TOKEN",
+            "IDEMPOTENCY_HMAC_KEY",
+            "IDEMPOTENCY_HMAC_KEY_PREVIOUS",
+            "AGENT_COORDINATOR_SCOPE",
+            "CARACAL_MODE",
         ):
             env.pop(name, None)
         env.update(RATE_LIMIT_ENV)
@@ -154,6 +169,7 @@ class ServerConfig:
                 "ISSUER_URL": f"http://127.0.0.1:{sts_port}",
                 "GATEWAY_STS_HMAC_KEY": self.gateway_hmac_key,
                 "STS_ADMIN_TOKEN": self.sts_admin_token,
+                "CARACAL_COORDINATOR_TOKEN": self.coordinator_token,
                 "RUST_BACKTRACE": "1",
             }
         )
@@ -167,6 +183,7 @@ class ServerConfig:
                     "STREAMS_HMAC_KEY": self.streams_hmac_key,
                     "AUDIT_HMAC_KEY": self.audit_hmac_key,
                     "AUDIT_REPLAY_DIR": self.replay_dir,
+                    "IDEMPOTENCY_HMAC_KEY": self.idempotency_hmac_key,
                 }
             )
         env.update(self.extra_env)
@@ -182,6 +199,8 @@ class CaracalServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.sts_port = free_port()
         self.sts_url = f"http://127.0.0.1:{self.sts_port}"
+        self.coordinator_port = free_port()
+        self.coordinator_url = f"http://127.0.0.1:{self.coordinator_port}"
         self._log = tempfile.NamedTemporaryFile(
             prefix=f"caracal-{config.mode}-", suffix=".log", delete=False
         )
@@ -206,13 +225,21 @@ class CaracalServer:
             )
         self.process = subprocess.Popen(
             [str(binary), *self.config.argv()],
-            env=self.config.env(self.port, self.sts_port),
+            env=self._env(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         self._wait_healthy()
         return self
+
+    def _env(self) -> dict[str, str]:
+        # The Coordinator's address is this process's, not the config's: ports are picked per
+        # start, like the API's and the STS's.
+        env = self.config.env(self.port, self.sts_port)
+        env.setdefault("COORDINATOR_HOST", "127.0.0.1")
+        env.setdefault("COORDINATOR_PORT", str(self.coordinator_port))
+        return env
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
@@ -227,9 +254,18 @@ class CaracalServer:
             try:
                 res = httpx.get(self.url + "/health", timeout=2.0)
                 sts = httpx.get(self.sts_url + "/health", timeout=2.0)
-                if res.status_code == 200 and res.json() == {"ok": True} and sts.status_code == 200:
+                coordinator = httpx.get(self.coordinator_url + "/health", timeout=2.0)
+                if (
+                    res.status_code == 200
+                    and res.json() == {"ok": True}
+                    and sts.status_code == 200
+                    and coordinator.status_code == 200
+                ):
                     return
-                last_error = f"API HTTP {res.status_code}: {res.text[:200]}; STS HTTP {sts.status_code}"
+                last_error = (
+                    f"API HTTP {res.status_code}: {res.text[:200]}; STS HTTP {sts.status_code}; "
+                    f"Coordinator HTTP {coordinator.status_code}"
+                )
             except (httpx.HTTPError, ValueError) as error:
                 last_error = repr(error)
             time.sleep(0.1)

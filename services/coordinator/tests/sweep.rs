@@ -1,0 +1,339 @@
+//! The Coordinator's sweepers (`spec/coordinator-gateway.md` A11): TTL expiry, lease loss and
+//! retention on a memory store with a controlled clock, and, when Postgres is reachable, two
+//! Coordinator replicas sweeping one database concurrently without processing any Session
+//! twice.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use caracal_core::authority::{AgentSession, SessionType};
+use caracal_core::coordinator::{
+    CoordinatorConfig, TOPIC_AGENTS_LIFECYCLE, TOPIC_DELEGATIONS_INVALIDATE,
+};
+use caracal_core::ids::ZoneId;
+use caracal_core::ports::{Clock, Store, ZoneScope};
+use caracal_memory::SystemClock;
+use caracal_postgres::PgStore;
+use serde_json::{json, Value};
+use support::*;
+
+#[tokio::test]
+async fn ttl_sweeper_expires_the_root_and_terminates_descendants() {
+    let w = World::new().await;
+    let root = w.task(json!({"ttl_seconds": 10})).await;
+    let child = w.task(json!({"parent_id": root})).await;
+    let grandchild = w.task(json!({"parent_id": child})).await;
+    let keeper = w.task(json!({})).await;
+    let edge = w.edge_between(&keeper, &grandchild, json!({})).await;
+    let epoch = w.graph_epoch().await;
+
+    assert_eq!(w.coordinator.sweep_task_ttl().await.expect("early pass"), 0);
+    w.advance_secs(10);
+    assert_eq!(w.coordinator.sweep_task_ttl().await.expect("pass"), 3);
+    let r = w.session(&root).await;
+    assert_eq!(
+        (r.status.as_str(), r.status_reason.as_deref(), r.ended_at),
+        ("expired", Some("ttl"), Some(w.now()))
+    );
+    for id in [&child, &grandchild] {
+        let s = w.session(id).await;
+        assert_eq!(
+            (s.status.as_str(), s.status_reason.as_deref()),
+            ("terminated", Some("parent_terminated"))
+        );
+    }
+    assert_eq!(w.session(&keeper).await.status, "active");
+    assert_eq!(w.edge(&edge).await.status, "revoked");
+    assert_eq!(w.graph_epoch().await, epoch + 1);
+    let terminates = w
+        .outbox_matching(TOPIC_AGENTS_LIFECYCLE, &[("event", "terminate")])
+        .await;
+    assert_eq!(terminates.len(), 3);
+    assert!(terminates.iter().all(|m| m.fields["reason"] == "ttl"));
+    let revoke = w
+        .outbox_matching(TOPIC_DELEGATIONS_INVALIDATE, &[("event", "edge_revoke")])
+        .await;
+    assert_eq!(revoke.len(), 1);
+    assert_eq!(revoke[0].fields["reason"], "ttl");
+    // Nothing is processed twice.
+    assert_eq!(w.coordinator.sweep_task_ttl().await.expect("again"), 0);
+    assert_eq!(
+        w.outbox_matching(TOPIC_AGENTS_LIFECYCLE, &[("event", "terminate")])
+            .await
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn ttl_sweeper_works_in_batches_across_zones() {
+    let w = World::with_config(CoordinatorConfig {
+        sweeper_batch_size: 2,
+        ..CoordinatorConfig::default()
+    })
+    .await;
+    let now = w.now();
+    let mut due = Vec::new();
+    for (i, zone) in [&w.zone, &w.zone2, &w.zone, &w.zone2, &w.zone]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("due-{i}");
+        w.save_session(&task_row(zone, &id, "app", "sid", None, 5, now))
+            .await;
+        due.push(id);
+    }
+    w.save_session(&task_row(&w.zone, "fresh", "app", "sid", None, 3600, now))
+        .await;
+    w.advance_secs(5);
+    let mut total = 0;
+    for _ in 0..5 {
+        total += w.coordinator.sweep_task_ttl().await.expect("pass");
+    }
+    assert_eq!(total, 5);
+    for id in &due {
+        assert_eq!(w.session(id).await.status, "expired", "{id}");
+    }
+    assert_eq!(w.session("fresh").await.status, "active");
+}
+
+#[tokio::test]
+async fn lease_sweeper_suspends_the_subtree_and_resume_restores_it() {
+    let w = World::new().await;
+    let svc = w.service(json!({})).await;
+    let child = w.task(json!({"parent_id": svc})).await;
+    let healthy = w.service(json!({})).await;
+    w.advance_secs(60);
+    w.coordinator
+        .heartbeat_session(&w.me(), &w.zone, &healthy, &json!({"lease_generation": 1}))
+        .await
+        .expect("heartbeat");
+    w.advance_secs(60);
+    assert_eq!(w.coordinator.sweep_service_leases().await.expect("pass"), 2);
+    assert_eq!(w.session(&svc).await.status, "suspended");
+    assert_eq!(w.session(&child).await.status, "suspended");
+    assert_eq!(w.session(&healthy).await.status, "active");
+    let suspends = w
+        .outbox_matching(TOPIC_AGENTS_LIFECYCLE, &[("event", "suspend")])
+        .await;
+    assert_eq!(suspends.len(), 2);
+    assert!(suspends
+        .iter()
+        .all(|m| m.fields["reason"] == "service_heartbeat_lost"));
+    assert_eq!(
+        w.coordinator.sweep_service_leases().await.expect("again"),
+        0
+    );
+    // Suspended is resumable, with a fresh lease.
+    w.coordinator
+        .resume_session(&w.me(), &w.zone, &svc)
+        .await
+        .expect("resume");
+    let s = w.session(&svc).await;
+    assert_eq!(
+        (s.status.as_str(), s.heartbeat_deadline_at),
+        ("active", Some(w.now().plus_millis(120_000)))
+    );
+    assert_eq!(w.session(&child).await.status, "active");
+}
+
+#[tokio::test]
+async fn retention_expires_edges_and_purges_old_rows() {
+    let w = World::with_config(CoordinatorConfig {
+        graph_retention_seconds: 100,
+        ..CoordinatorConfig::default()
+    })
+    .await;
+    let (a, b) = (w.task(json!({})).await, w.task(json!({})).await);
+    let short = w.edge_between(&a, &b, json!({"ttl_seconds": 30})).await;
+    let long = w.edge_between(&a, &b, json!({"ttl_seconds": 600})).await;
+    let ended = w.task(json!({})).await;
+    w.coordinator
+        .terminate_session(&w.me(), &w.zone, &ended, None, None)
+        .await
+        .expect("terminate");
+    w.coordinator
+        .start_session(
+            &w.me(),
+            &w.zone,
+            &key("k"),
+            &json!({"application_id": "app"}),
+        )
+        .await
+        .expect("keyed start");
+    let epoch = w.graph_epoch().await;
+
+    w.advance_secs(30);
+    assert_eq!(w.coordinator.sweep_retention().await.expect("pass"), 1);
+    assert_eq!(w.edge(&short).await.status, "expired");
+    assert_eq!(w.edge(&long).await.status, "active");
+    assert_eq!(
+        (
+            w.session(&a).await.status.as_str(),
+            w.session(&b).await.status.as_str()
+        ),
+        ("active", "active"),
+        "expiry leaves the endpoints alone"
+    );
+    assert_eq!(w.graph_epoch().await, epoch + 1);
+    let rows = w
+        .outbox_matching(TOPIC_DELEGATIONS_INVALIDATE, &[("event", "edge_expire")])
+        .await;
+    assert_eq!(rows.len(), 1);
+    let f = &rows[0].fields;
+    assert_eq!(f["dedupe_key"], format!("edge_expire:z1:{}", epoch + 1));
+    assert_eq!(f["affected_edges"], "1");
+    assert_eq!(
+        serde_json::from_str::<Value>(&f["edge_ids"]).expect("json"),
+        json!([short])
+    );
+    assert_eq!(f["epoch"], (epoch + 1).to_string());
+    assert_eq!(f["zone_id"], "z1");
+    assert_eq!(w.coordinator.sweep_retention().await.expect("again"), 0);
+
+    // Past retention: the ended Session and the expired edge are purged; after the receipt
+    // lapses (7 days) it goes too.
+    w.advance_secs(101);
+    let purged = w.coordinator.sweep_retention().await.expect("purge");
+    assert_eq!(purged, 2, "one ended Session and one expired edge");
+    assert!(w.try_session(&ended).await.is_none());
+    w.advance_secs(7 * 86_400);
+    let later = w.coordinator.sweep_retention().await.expect("receipts");
+    assert!(
+        later >= 2,
+        "the long edge expired and the receipt lapsed: {later}"
+    );
+}
+
+/// Seeds `per_zone` due root task Sessions (each with one child) in each of `zones`.
+async fn seed_due(
+    store: &dyn Store,
+    zones: &[ZoneId],
+    per_zone: usize,
+    at: caracal_core::time::Timestamp,
+) -> Vec<AgentSession> {
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    let mut due = Vec::new();
+    for zone in zones {
+        uow.save_zone(&zone_row(zone, at)).await.expect("zone");
+        uow.save_authority_record(&record_row(
+            zone,
+            &format!("rec-{zone}"),
+            SessionType::User,
+            "u",
+            at,
+        ))
+        .await
+        .expect("record");
+        for _ in 0..per_zone {
+            let root = task_row(zone, &new_id(), "app", &format!("rec-{zone}"), None, 1, at);
+            let mut child = task_row(
+                zone,
+                &new_id(),
+                "app",
+                &format!("rec-{zone}"),
+                Some(&root.id),
+                3600,
+                at,
+            );
+            child.depth = 1;
+            let mut root = root;
+            root.child_count = 1;
+            uow.save_agent_session(&root).await.expect("root");
+            uow.save_agent_session(&child).await.expect("child");
+            due.push(root);
+            due.push(child);
+        }
+    }
+    uow.commit().await.expect("commit");
+    due
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_never_process_a_session_twice() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 8).expect("connect"));
+    let queue = PgStore::connect(&db.url, 2).expect("queue");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let config = CoordinatorConfig {
+        sweeper_batch_size: 7,
+        ..CoordinatorConfig::default()
+    };
+    let zones: Vec<ZoneId> = (0..4)
+        .map(|i| ZoneId::parse(&format!("zr{i}")).expect("zone"))
+        .collect();
+    let start = clock.now().plus_millis(-5_000);
+    let sessions = seed_due(store.as_ref(), &zones, 15, start).await;
+
+    let replicas: Vec<Arc<caracal_core::coordinator::Coordinator>> = (0..2)
+        .map(|_| {
+            Arc::new(coordinator_over(
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                config.clone(),
+            ))
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        let replica = Arc::clone(replica);
+        tasks.push(tokio::spawn(async move {
+            let mut processed = 0u64;
+            let mut idle = 0;
+            // Keep sweeping until several passes in a row find nothing (the other replica
+            // may hold the pass lock while work remains).
+            while idle < 20 {
+                let n = replica.sweep_task_ttl().await.expect("pass");
+                processed += n;
+                idle = if n == 0 { idle + 1 } else { 0 };
+                tokio::task::yield_now().await;
+            }
+            processed
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("replica");
+    }
+    assert_eq!(
+        total,
+        sessions.len() as u64,
+        "every Session ended exactly once"
+    );
+
+    let mut terminates: HashMap<String, usize> = HashMap::new();
+    for m in all_outbox(&queue).await {
+        if m.stream == TOPIC_AGENTS_LIFECYCLE
+            && m.fields.get("event").map(String::as_str) == Some("terminate")
+        {
+            *terminates
+                .entry(m.fields["agent_session_id"].clone())
+                .or_default() += 1;
+        }
+    }
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    for s in &sessions {
+        assert_eq!(
+            terminates.get(&s.id),
+            Some(&1),
+            "one terminate row for {}",
+            s.id
+        );
+        let now = uow
+            .get_agent_session(&s.zone_id, &s.id)
+            .await
+            .expect("read")
+            .expect("row");
+        let want = if s.parent_id.is_none() {
+            "expired"
+        } else {
+            "terminated"
+        };
+        assert_eq!(now.status, want);
+    }
+    assert_eq!(terminates.len(), sessions.len());
+}
