@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bench_sts;
+use crate::{bench_coordinator, bench_sts};
 
 /// Applications seeded into the benchmark zone.
 const APPLICATIONS: usize = 50;
@@ -122,7 +122,12 @@ impl Conn {
                 }
             }
         }
-        let length = length.ok_or("response without content-length")?;
+        // 204 and 304 carry no body and need no length.
+        let length = match length {
+            Some(length) => length,
+            None if status == 204 || status == 304 => 0,
+            None => return Err("response without content-length".into()),
+        };
         let mut buf = vec![0; length];
         self.reader
             .read_exact(&mut buf)
@@ -334,7 +339,9 @@ pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path) -> Result<(), String>
     println!("\n== API over HTTP (issue #2) ==");
     api(&binary)?;
     println!("\n== STS over HTTP (issue #3) ==");
-    bench_sts::http(&binary, &micro)
+    bench_sts::http(&binary, &micro)?;
+    println!("\n== Coordinator over HTTP (issue #4) ==");
+    bench_coordinator::http(&binary)
 }
 
 /// List-applications latency on Postgres + Redis against `/health` on the same server.

@@ -126,7 +126,7 @@ fn field(body: &str, name: &str) -> Result<String, String> {
 
 /// Seeds, through the admin API, a zone where one application may mint a bootstrap mandate;
 /// returns the token endpoint's form body for it.
-fn seed(conn: &mut Conn, token: &str) -> Result<String, String> {
+pub fn seed(conn: &mut Conn, token: &str) -> Result<String, String> {
     let zone = field(
         &admin(conn, token, "/v1/zones", r#"{"name":"sts-bench"}"#, 201)?,
         "id",
@@ -223,7 +223,7 @@ fn seed(conn: &mut Conn, token: &str) -> Result<String, String> {
 /// Round trips the mint makes, measured from the client side on the bench database: a
 /// `SELECT 1` (one Postgres round trip) and a durable one-row commit (autocommit `INSERT`, the
 /// one write every mint makes: its authority record), each timed by psql's `\timing`. Sorted.
-fn postgres_probe(database: &str) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+pub fn postgres_probe(database: &str) -> Result<(Vec<Duration>, Vec<Duration>), String> {
     const EACH: usize = 200;
     let mut script = String::from("CREATE TABLE commit_probe (x int);\n\\timing on\n");
     for _ in 0..EACH {
@@ -306,7 +306,7 @@ fn redis_probe() -> Result<Vec<Duration>, String> {
 }
 
 /// One bootstrap mint; anything but a 200 with a token is an error.
-fn mint(conn: &mut Conn, body: &str) -> Result<(u16, String), String> {
+pub fn mint(conn: &mut Conn, body: &str) -> Result<(u16, String), String> {
     let (status, text) = conn.post_form("/oauth/2/token", body)?;
     if status == 200 && !text.contains("\"access_token\"") {
         return Err(format!("mint answered 200 without a token: {text}"));
@@ -315,7 +315,7 @@ fn mint(conn: &mut Conn, body: &str) -> Result<(u16, String), String> {
 }
 
 /// CPU time a process has used so far (user + system), from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Result<Duration, String> {
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
     // The command name may hold spaces; the fields after its closing parenthesis do not.
@@ -451,10 +451,12 @@ pub fn http(binary: &Path, micro: &Micro) -> Result<(), String> {
         .env("GATEWAY_STS_HMAC_KEY", hex_key())
         .env("AUDIT_HMAC_KEY", hex_key())
         .env("STREAMS_HMAC_KEY", hex_key())
+        .env("IDEMPOTENCY_HMAC_KEY", hex_key())
         .env("CARACAL_ADMIN_TOKEN", &token)
         .env("API_PORT", api_port.to_string())
         .env("STS_HOST", "127.0.0.1")
         .env("STS_PORT", sts_port.to_string())
+        .env("COORDINATOR_PORT", free_port()?.to_string())
         .env("ISSUER_URL", format!("http://127.0.0.1:{sts_port}"))
         .env("AUDIT_REPLAY_DIR", scratch.join("audit-replay"))
         .env("RUST_LOG", "warn")

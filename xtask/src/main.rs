@@ -6,6 +6,7 @@
 //! `match` in `main`, and a line to `COMMANDS` (which `--help` prints).
 
 mod bench;
+mod bench_coordinator;
 mod bench_sts;
 
 use std::env;

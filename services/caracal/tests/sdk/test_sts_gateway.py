@@ -4,9 +4,7 @@ exchange turns it into a `use=resource` mandate plus the private upstream direct
 `caracalai-verify` accepts the resource mandate while refusing the gateway one (spec/sts.md
 §3.5–3.6, §4, §6).
 
-Sessions and Delegations are the Coordinator's (issue #4); until it exists they are written into
-Postgres directly, so this module runs in postgres mode only. The same path runs in memory mode
-in the STS service tests (services/sts/tests/sts.rs)."""
+Sessions and Delegations are made through the Coordinator, as the runtime SDK makes them."""
 
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ import asyncio
 import base64
 import json
 import secrets
-import subprocess
 from urllib.parse import urlencode
 
 import httpx
@@ -24,7 +21,7 @@ from caracalai_identity import TokenInvalidError, verify_token
 from caracalai_revocation.inmem import InMemoryRevocationStore
 from caracalai_verify import AuthOptions, authenticate_options
 
-from caracal_server import PG_HOST, PG_USER, CaracalServer
+from caracal_server import CaracalServer
 from sts_support import ACCESS_TOKEN_TYPE, GRANT_TYPE, exchanger, gateway_headers, mint_zone
 
 
@@ -33,46 +30,30 @@ def claims(jwt: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
-def sql(server: CaracalServer, statement: str) -> None:
-    assert server.config.database is not None
-    result = subprocess.run(
-        ["psql", "-h", PG_HOST, "-U", PG_USER, "-d", server.config.database.name, "-v", "ON_ERROR_STOP=1",
-         "-c", statement],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def seed_delegation(server: CaracalServer, zone: str, app: str, anchor: str, resource_id: str,
+def seed_delegation(server: CaracalServer, zone: str, app: str, bearer: str, resource: str,
                     scopes: list[str]) -> tuple[str, str]:
-    """A parent and a child task Session of `app` and a live edge parent → child."""
-    parent, child, edge = (f"{kind}-{secrets.token_hex(6)}" for kind in ("sp", "sc", "de"))
-    scope_array = "ARRAY[" + ",".join(f"'{s}'" for s in scopes) + "]::text[]"
-    session = (
-        "INSERT INTO agent_sessions (id, zone_id, application_id, subject_session_id, parent_id, lifecycle, "
-        "labels, status, depth, ttl_seconds, started_at, lease_generation, child_count, metadata, created_at, "
-        "updated_at) VALUES ('{id}', '{zone}', '{app}', '{anchor}', {parent}, 'task', ARRAY['{app}']::text[], "
-        "'active', {depth}, 3600, now(), 0, 0, '{{}}', now(), now())"
-    )
-    sql(server, session.format(id=parent, zone=zone, app=app, anchor=anchor, parent="NULL", depth=0))
-    sql(server, session.format(id=child, zone=zone, app=app, anchor=anchor, parent=f"'{parent}'", depth=1))
-    sql(
-        server,
-        "INSERT INTO delegation_edges (id, zone_id, source_session_id, target_session_id, issuer_application_id, "
-        "receiver_application_id, resource_id, scopes, constraints_json, status, expires_at, edge_version, "
-        f"created_at) VALUES ('{edge}', '{zone}', '{parent}', '{child}', '{app}', '{app}', '{resource_id}', "
-        f"{scope_array}, '{{}}', 'active', now() + interval '1 hour', 0, now())",
-    )
+    """A parent and a child task Session of `app` and a live edge parent → child, through the
+    Coordinator. The labels carry the application id: the grant document's role."""
+    def call(path: str, body: dict) -> dict:
+        res = httpx.post(server.coordinator_url + f"/zones/{zone}" + path, json=body,
+                         headers={"authorization": f"Bearer {bearer}"}, timeout=30.0)
+        assert res.status_code == 201, res.text
+        return res.json()
+
+    start = {"application_id": app, "ttl_seconds": 3600, "labels": [app]}
+    parent = call("/agents", start)["agent_session_id"]
+    child = call("/agents", {**start, "parent_id": parent, "parent_authority": "none"})["agent_session_id"]
+    edge = call("/delegations", {
+        "source_session_id": parent, "target_session_id": child, "issuer_application_id": app,
+        "receiver_application_id": app, "resource_id": resource, "scopes": scopes, "ttl_seconds": 3600,
+    })["delegation_edge_id"]
     return child, edge
 
 
 def test_delegated_mint_and_gateway_exchange(server: CaracalServer, admin: AdminClient, zone: str) -> None:
-    if server.mode != "postgres":
-        pytest.skip("Sessions are seeded into Postgres until the Coordinator exists (issue #4)")
     mz = mint_zone(admin, zone)
     client = exchanger(server, mz)
-    anchor = claims(client.get_token())["sid"]
-    child, edge = seed_delegation(server, mz.zone, mz.app, anchor, mz.resource_id, mz.scopes)
+    child, edge = seed_delegation(server, mz.zone, mz.app, client.get_token(), mz.resource, mz.scopes)
 
     minted = client.mint_mandate(resource=mz.resource, scopes=mz.scopes, session_id=child, delegation_id=edge)
     gateway = minted.token
