@@ -17,6 +17,8 @@ use serde_json::{json, Map, Value};
 use crate::authority::Lifecycle;
 use crate::coordinator::idempotency::{self, Prior};
 use crate::coordinator::records::{AgentService, Invocation};
+use crate::coordinator::sessions::input::type_name;
+use crate::coordinator::sessions::page_body as page;
 use crate::coordinator::{
     invalid_body, path_id, wire_time, wire_time_opt, Coordinator, Principal, Reply,
     TOPIC_INVOCATIONS_LIFECYCLE,
@@ -214,18 +216,6 @@ impl Issues {
         } else {
             Err(invalid_body(self.0))
         }
-    }
-}
-
-/// The JSON type name as upstream's validator reports it.
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
@@ -727,15 +717,6 @@ fn parse_list_query(query: &[(String, String)], filters: &[&'static str]) -> Res
 
 fn invalid_cursor() -> Error {
     Error::new(ErrorKind::Invalid, "invalid_cursor")
-}
-
-/// `{items, next_cursor}`: the last id when the page is full, else `null` (A6.6).
-fn page(items: Vec<Value>, last_id: Option<String>, limit: u32) -> Value {
-    let full = items.len() == limit as usize;
-    json!({
-        "items": items,
-        "next_cursor": if full { last_id } else { None },
-    })
 }
 
 // --- Use cases -------------------------------------------------------------------------------

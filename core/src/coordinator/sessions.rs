@@ -9,7 +9,7 @@ use crate::coordinator::graph::{
     delegation_lock, edge_live, edges_into, holds_slot, session_lock, EndStatus,
 };
 use crate::coordinator::idempotency::{self, fingerprint, principal_fingerprint, Prior};
-use crate::coordinator::records::{AgentService, SessionFilter};
+use crate::coordinator::records::SessionFilter;
 use crate::coordinator::{
     wire_time, wire_time_opt, Coordinator, IdempotencyHeaders, Principal, Reply,
     DEFAULT_TASK_TTL_SECONDS, MAX_CHILDREN, MAX_DEPTH, MAX_LABELS, MAX_LABEL_CHARS,
@@ -583,23 +583,6 @@ fn started_body(s: &AgentSession, edge: Option<&str>) -> Value {
     })
 }
 
-/// An agent service row as the heartbeat echoes it (A6.3, A9).
-fn service_row(s: &AgentService) -> Value {
-    json!({
-        "id": s.id,
-        "zone_id": s.zone_id.as_str(),
-        "application_id": s.application_id,
-        "endpoint_url": s.endpoint_url,
-        "protocol_versions": s.protocol_versions,
-        "framework_name": s.framework_name,
-        "framework_version": s.framework_version,
-        "capabilities": s.capabilities,
-        "health": s.health,
-        "metadata_json": s.metadata,
-        "last_heartbeat_at": wire_time_opt(s.last_heartbeat_at),
-    })
-}
-
 fn session_not_found() -> Error {
     Error::not_found("session_not_found")
 }
@@ -999,7 +982,7 @@ impl Coordinator {
             row.last_heartbeat_at = Some(now);
             row.updated_at = now;
             uow.save_agent_service(&row).await?;
-            service = service_row(&row);
+            service = crate::coordinator::invocations::service_row(&row);
         }
         uow.commit().await?;
         Ok(Reply::ok(json!({
