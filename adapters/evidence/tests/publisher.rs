@@ -195,9 +195,10 @@ async fn a_failing_stream_spools_frames_and_recovery_replays_them_in_order() {
     assert_eq!(bus.count(), 0);
 
     bus.heal();
+    // The drained file goes first and its offset sidecar right after it: wait for both.
     eventually("the spool drains", || {
         let h = publisher.health();
-        h.replayed == 20 && h.replay_files == 0
+        h.replayed == 20 && h.replay_files == 0 && entries(&scratch.replay()).is_empty()
     })
     .await;
     assert_once_in_order(&bus.ids(), &expected);
