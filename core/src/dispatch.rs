@@ -114,13 +114,12 @@ impl Dispatcher {
             .claim_due(now, now.plus_millis(LOCK_MS), BATCH)
             .await?;
         let mut report = PassReport::default();
+        let mut published = Vec::with_capacity(claimed.len());
         for message in claimed {
             let fields = self.entry_fields(&message);
             match self.bus.publish(&message.stream, &fields).await {
                 Ok(_) => {
-                    self.queue
-                        .mark_dispatched(&message.id, self.clock.now())
-                        .await?;
+                    published.push(message.id.clone());
                     report.published += 1;
                 }
                 Err(err) => {
@@ -139,6 +138,11 @@ impl Dispatcher {
                 }
             }
         }
+        // One acknowledgement for the batch. Should it fail, the rows' claim lock lapses and
+        // they are published again: at least once, never lost.
+        self.queue
+            .mark_all_dispatched(&published, self.clock.now())
+            .await?;
         Ok(report)
     }
 }

@@ -325,7 +325,15 @@ pub fn machine() -> String {
 
 /// Runs every benchmark: the STS micro-benchmarks, then the API and the STS over HTTP with the
 /// release binary under `target_dir`. `cargo` makes a cargo command run from the workspace root.
-pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path) -> Result<(), String> {
+pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path, parts: &[String]) -> Result<(), String> {
+    const PARTS: [&str; 3] = ["api", "sts", "coordinator"];
+    if let Some(unknown) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        return Err(format!(
+            "unknown bench part `{unknown}`; the parts are {}",
+            PARTS.join(", ")
+        ));
+    }
+    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
     println!("building the release binary…");
     let status = cargo()
         .args(["build", "--release", "-p", "caracal"])
@@ -335,13 +343,20 @@ pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path) -> Result<(), String>
         return Err("cargo build --release failed".into());
     }
     let binary = target_dir.join("release").join("caracal");
-    let micro = bench_sts::micro(cargo())?;
-    println!("\n== API over HTTP (issue #2) ==");
-    api(&binary)?;
-    println!("\n== STS over HTTP (issue #3) ==");
-    bench_sts::http(&binary, &micro)?;
-    println!("\n== Coordinator over HTTP (issue #4) ==");
-    bench_coordinator::http(&binary)
+    if wanted("api") {
+        println!("\n== API over HTTP (issue #2) ==");
+        api(&binary)?;
+    }
+    if wanted("sts") {
+        let micro = bench_sts::micro(cargo())?;
+        println!("\n== STS over HTTP (issue #3) ==");
+        bench_sts::http(&binary, &micro)?;
+    }
+    if wanted("coordinator") {
+        println!("\n== Coordinator over HTTP (issue #4) ==");
+        bench_coordinator::http(&binary)?;
+    }
+    Ok(())
 }
 
 /// List-applications latency on Postgres + Redis against `/health` on the same server.

@@ -25,10 +25,11 @@ const COMMANDS: &[(&str, &str)] = &[
          Python SDK (extra arguments go to pytest, e.g. `-k restart -x`)",
     ),
     (
-        "bench",
+        "bench [api|sts|coordinator]",
         "release build; STS micro-benchmarks (policy decision, ES256, in-process mint), then \
-         list-applications p50/p95 and STS mint latency and throughput over HTTP on Postgres \
-         against baselines from the same run (needs Postgres and Redis on 127.0.0.1)",
+         list-applications p50/p95, STS mint latency and throughput, and Coordinator Session \
+         cycles and Delegation create over HTTP on Postgres against baselines from the same run \
+         (needs Postgres and Redis on 127.0.0.1); naming parts runs only those",
     ),
     (
         "ci [PYTEST_ARGS...]",
@@ -67,7 +68,9 @@ fn main() -> ExitCode {
         }
         "test" => test(rest),
         "ci" => ci(rest),
-        "bench" => Workspace::locate().and_then(|ws| bench::run(&|| ws.cargo(), &ws.target_dir)),
+        "bench" => {
+            Workspace::locate().and_then(|ws| bench::run(&|| ws.cargo(), &ws.target_dir, rest))
+        }
         other => Err(format!(
             "unknown command `{other}`; `cargo xtask --help` lists the commands"
         )),

@@ -103,6 +103,32 @@ impl OutboxQueue for PgStore {
         tx.finish().await
     }
 
+    /// One UPDATE for the batch, committed without waiting for the WAL flush: a mark lost to
+    /// a crash only republishes its rows, which at-least-once delivery already allows
+    /// (consumers deduplicate by `outbox_id` / `dedupe_key`), and the dispatcher stops paying
+    /// an fsync per message.
+    async fn mark_all_dispatched(&self, ids: &[OutboxId], at: Timestamp) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = ids.iter().map(OutboxId::as_str).collect();
+        let mut tx = self.dispatcher_tx().await?;
+        op!(tx, |conn| diesel::sql_query(
+            "SET LOCAL synchronous_commit = off"
+        )
+        .execute(conn))?;
+        op!(tx, |conn| diesel::update(
+            t::table.filter(t::id.eq_any(&ids))
+        )
+        .set((
+            t::dispatched_at.eq(Some(at.as_datetime())),
+            t::locked_until.eq(None::<chrono::DateTime<chrono::Utc>>),
+            t::last_error.eq(None::<String>),
+        ))
+        .execute(conn))?;
+        tx.finish().await
+    }
+
     async fn mark_failed(
         &self,
         id: &OutboxId,

@@ -12,6 +12,7 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl};
 
+use crate::repos::{hashtext, pg_advisory_xact_lock};
 use crate::unit_of_work::{op, PgUnitOfWork, Pooled};
 
 /// How long a caller waits for a pooled connection (including establishing a new one) before
@@ -145,10 +146,23 @@ impl UnitLocks for PgUnitOfWork {
     /// A transaction-scoped advisory lock: released by commit or rollback, never leaked to the
     /// connection's next borrower.
     async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
-        op!(self, |conn| diesel::sql_query(
-            "SELECT pg_advisory_xact_lock(hashtext($1))"
-        )
-        .bind::<diesel::sql_types::Text, _>(name)
+        // Built with the query builder rather than raw SQL so that Diesel keeps it prepared:
+        // one round trip per lock instead of a parse and an execute.
+        op!(self, |conn| diesel::select(pg_advisory_xact_lock(
+            hashtext(name.to_owned())
+        ))
+        .execute(conn))?;
+        Ok(())
+    }
+
+    /// Both locks in one prepared statement. PostgreSQL evaluates a plain `SELECT`'s target
+    /// list left to right, so `first` is held before `second` is requested, as the port
+    /// requires.
+    async fn lock_both(&mut self, first: &str, second: &str) -> Result<(), StoreError> {
+        op!(self, |conn| diesel::select((
+            pg_advisory_xact_lock(hashtext(first.to_owned())),
+            pg_advisory_xact_lock(hashtext(second.to_owned())),
+        ))
         .execute(conn))?;
         Ok(())
     }
@@ -177,5 +191,9 @@ struct TryLocked {
 impl UnitOfWork for PgUnitOfWork {
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.finish().await
+    }
+
+    fn abandon_on_write_error(&mut self) {
+        self.unguarded_writes = true;
     }
 }

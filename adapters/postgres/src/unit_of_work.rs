@@ -33,6 +33,10 @@ pub struct PgUnitOfWork {
     /// Set while a statement is in flight; still set at drop time means the future running it
     /// was cancelled and the connection state is unknown.
     in_flight: bool,
+    /// Writes run without a savepoint (`UnitOfWork::abandon_on_write_error`).
+    pub(crate) unguarded_writes: bool,
+    /// An unguarded write failed: the transaction is aborted; nothing may run or commit.
+    pub(crate) poisoned: bool,
 }
 
 impl PgUnitOfWork {
@@ -42,12 +46,19 @@ impl PgUnitOfWork {
         Self {
             conn: Some(conn),
             in_flight: false,
+            unguarded_writes: false,
+            poisoned: false,
         }
     }
 
     /// The connection, marking an operation as started. Pair with [`Self::end_op`] after the
     /// operation's future completed (the `op!` macros do).
     pub(crate) fn begin_op(&mut self) -> Result<&mut AsyncPgConnection, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Unavailable(
+                "unit of work abandoned after a refused write".into(),
+            ));
+        }
         self.in_flight = true;
         match self.conn.as_mut() {
             Some(conn) => Ok(&mut **conn),
@@ -73,6 +84,14 @@ impl PgUnitOfWork {
             discard(conn);
             return Err(StoreError::Unavailable(
                 "unit of work was interrupted mid-operation; rolled back".into(),
+            ));
+        }
+        if self.poisoned {
+            // Postgres answers COMMIT on an aborted transaction with a rollback, not an
+            // error; say so instead of reporting success.
+            self.conn = Some(conn);
+            return Err(StoreError::Unavailable(
+                "unit of work abandoned after a refused write; rolled back".into(),
             ));
         }
         let mut guard = CloseOnDrop(Some(conn));
@@ -169,37 +188,50 @@ pub(crate) use op;
 /// Runs one write inside a savepoint: `write_op!(uow, |conn| future)`. A write the database
 /// refuses (a uniqueness rule, row-level security) is rolled back to the savepoint, so the unit
 /// of work stays usable after a `Conflict`, exactly like the in-memory adapter, instead of
-/// poisoning the whole transaction.
+/// poisoning the whole transaction. A unit whose caller gave that up
+/// (`UnitOfWork::abandon_on_write_error`) runs the write bare and is poisoned by its failure:
+/// later operations and the commit fail, and the drop rolls everything back.
 macro_rules! write_op {
     ($uow:expr, |$conn:ident| $body:expr) => {{
-        let $conn = $uow.begin_op()?;
-        let result = async {
-            <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
-                diesel_async::AsyncPgConnection,
-            >>::begin_transaction(&mut *$conn)
-            .await?;
-            match $body.await {
-                Ok(value) => {
-                    <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
-                        diesel_async::AsyncPgConnection,
-                    >>::commit_transaction(&mut *$conn)
-                    .await?;
-                    Ok(value)
-                }
-                Err(err) => {
-                    // A failed rollback leaves the transaction aborted: later statements and the
-                    // commit fail, and the connection is closed instead of pooled.
-                    let _ = <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
-                        diesel_async::AsyncPgConnection,
-                    >>::rollback_transaction(&mut *$conn)
-                    .await;
-                    Err(err)
+        if $uow.unguarded_writes {
+            // The caller abandons the unit on failure: no savepoint, and a failure poisons it.
+            let $conn = $uow.begin_op()?;
+            let result = $body.await;
+            $uow.end_op();
+            if result.is_err() {
+                $uow.poisoned = true;
+            }
+            result.map_err($crate::error::store_error)
+        } else {
+            let $conn = $uow.begin_op()?;
+            let result = async {
+                <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
+                    diesel_async::AsyncPgConnection,
+                >>::begin_transaction(&mut *$conn)
+                .await?;
+                match $body.await {
+                    Ok(value) => {
+                        <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
+                            diesel_async::AsyncPgConnection,
+                        >>::commit_transaction(&mut *$conn)
+                        .await?;
+                        Ok(value)
+                    }
+                    Err(err) => {
+                        // A failed rollback leaves the transaction aborted: later statements and
+                        // the commit fail, and the connection is closed instead of pooled.
+                        let _ = <diesel_async::AnsiTransactionManager as diesel_async::TransactionManager<
+                            diesel_async::AsyncPgConnection,
+                        >>::rollback_transaction(&mut *$conn)
+                        .await;
+                        Err(err)
+                    }
                 }
             }
+            .await;
+            $uow.end_op();
+            result.map_err($crate::error::store_error)
         }
-        .await;
-        $uow.end_op();
-        result.map_err($crate::error::store_error)
     }};
 }
 pub(crate) use write_op;

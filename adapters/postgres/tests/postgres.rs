@@ -375,6 +375,55 @@ async fn a_failed_write_leaves_the_unit_of_work_usable() {
     );
 }
 
+/// A unit that waived write recovery (`abandon_on_write_error`) still reports a refused write
+/// as its typed conflict, then refuses everything after it, commit included, and writes
+/// nothing: no savepoint means no half-applied unit can ever commit.
+#[tokio::test]
+async fn an_abandoned_unit_reports_the_conflict_and_commits_nothing() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 2).expect("pool");
+    let (za, _, aa, _) = two_zones_with_apps(&store).await;
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.abandon_on_write_error();
+    let before = app(&za, "app-before");
+    uow.save_application(&before)
+        .await
+        .expect("a write before the refused one");
+    let mut twin = app(&za, "app-twin");
+    twin.name = aa.name.to_uppercase();
+    match uow.save_application(&twin).await {
+        Err(StoreError::Conflict(rule)) => assert_eq!(rule, "applications_active_managed_name"),
+        other => panic!("expected a name conflict, got {other:?}"),
+    }
+    match uow.get_application(&za.id, &before.id).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("an abandoned unit must refuse further reads, got {other:?}"),
+    }
+    match uow.commit().await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("an abandoned unit must not commit, got {other:?}"),
+    }
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    assert_eq!(
+        uow.get_application(&za.id, &before.id).await.expect("get"),
+        None,
+        "nothing of the abandoned unit was written"
+    );
+    drop(uow);
+    // The connection went back to the pool clean: both pool slots still work.
+    for _ in 0..4 {
+        let mut uow = store
+            .begin(&ZoneScope::All)
+            .await
+            .expect("begin after abandon");
+        uow.get_application(&za.id, &aa.id)
+            .await
+            .expect("a pooled connection after an abandoned unit");
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable_not_a_panic() {
     let store = PgStore::connect("postgres://postgres@127.0.0.1:1/nowhere", 1).expect("pool");

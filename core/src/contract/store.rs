@@ -2391,10 +2391,20 @@ async fn claim_honours_limit_and_due_order(store: &dyn Store, queue: &dyn Outbox
         vec![rows[4].id.to_string(), rows[3].id.to_string()],
         "claim_due honours its limit and takes the earliest available_at first"
     );
+    let all: Vec<OutboxId> = rows.iter().map(|m| m.id.clone()).collect();
+    ok(
+        queue.mark_all_dispatched(&all, w(1_001)).await,
+        "mark_all_dispatched",
+    );
+    ok(
+        queue.mark_all_dispatched(&[], w(1_001)).await,
+        "mark_all_dispatched of nothing",
+    );
     for m in &rows {
-        ok(
-            queue.mark_dispatched(&m.id, w(1_001)).await,
-            "mark_dispatched",
+        assert_eq!(
+            read_outbox(store, &m.id).await.dispatched_at,
+            Some(w(1_001)),
+            "mark_all_dispatched records every row's delivery"
         );
     }
 }

@@ -873,8 +873,8 @@ impl Coordinator {
         let now = self.clock.now();
         let mut uow = self.begin(zone).await?;
         // Terminating targets changes Sessions too: the Session lock first (deadlock order).
-        uow.lock(&session_lock(zone)).await?;
-        uow.lock(&delegation_lock(zone)).await?;
+        uow.lock_both(&session_lock(zone), &delegation_lock(zone))
+            .await?;
         let edge = uow
             .get_delegation_edge(zone, edge_id)
             .await?

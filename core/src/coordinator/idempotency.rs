@@ -202,6 +202,31 @@ impl Coordinator {
         Ok(Prior::None)
     }
 
+    /// The receipt a request with the same key committed while this unit worked (read under
+    /// the lock that orders the two): `Prior::Same` when it carries this request's fingerprint,
+    /// `409 idempotency_key_conflict` when another's, `Prior::None` when there is none.
+    pub(crate) async fn committed_twin(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        scope: &str,
+        key: &IdempotencyKey,
+        request_fingerprint: &str,
+        now: Timestamp,
+    ) -> Result<Prior> {
+        for hash in self.key_hashes(key) {
+            if let Some(receipt) = uow.get_idempotency_receipt(scope, &hash, now).await? {
+                if receipt.request_hash != request_fingerprint {
+                    return Err(Error::conflict(
+                        "idempotency_key_conflict",
+                        "Idempotency-Key was already used with a different request",
+                    ));
+                }
+                return Ok(Prior::Same(receipt));
+            }
+        }
+        Ok(Prior::None)
+    }
+
     /// Stores the response of a creation under the key, in the creating unit of work.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn remember(

@@ -254,13 +254,20 @@ impl Coordinator {
     }
 
     /// Starts a unit of work confined to the zone.
+    ///
+    /// Coordinator units never go on after a refused write (every write error ends the
+    /// request or the sweep pass), so they waive the adapter's per-write recovery.
     pub(crate) async fn begin(&self, zone: &ZoneId) -> Result<Box<dyn UnitOfWork>> {
-        Ok(self.store.begin(&ZoneScope::Zone(zone.clone())).await?)
+        let mut uow = self.store.begin(&ZoneScope::Zone(zone.clone())).await?;
+        uow.abandon_on_write_error();
+        Ok(uow)
     }
 
     /// Starts a unit of work over every zone (sweepers).
     pub(crate) async fn begin_all(&self) -> Result<Box<dyn UnitOfWork>> {
-        Ok(self.store.begin(&ZoneScope::All).await?)
+        let mut uow = self.store.begin(&ZoneScope::All).await?;
+        uow.abandon_on_write_error();
+        Ok(uow)
     }
 
     /// Enqueues one outbox row on `topic` in `uow`: fields `dedupe_key` plus `fields` (the

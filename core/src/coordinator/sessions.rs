@@ -9,7 +9,7 @@ use crate::coordinator::graph::{
     delegation_lock, edge_live, edges_into, holds_slot, session_lock, EndStatus,
 };
 use crate::coordinator::idempotency::{self, fingerprint, principal_fingerprint, Prior};
-use crate::coordinator::records::SessionFilter;
+use crate::coordinator::records::{IdempotencyReceipt, SessionFilter};
 use crate::coordinator::{
     wire_time, wire_time_opt, Coordinator, IdempotencyHeaders, Principal, Reply,
     DEFAULT_TASK_TTL_SECONDS, MAX_CHILDREN, MAX_DEPTH, MAX_LABELS, MAX_LABEL_CHARS,
@@ -696,21 +696,23 @@ impl Coordinator {
 
         let now = self.clock.now();
         let mut uow = self.begin(zone).await?;
-        uow.lock(&session_lock(zone)).await?;
+        // A child start takes the zone lock first: its parent checks must hold until commit
+        // against a cascade ending the parent. A root start has only the capacity check to
+        // serialize, so it takes the lock last, after its writes (see `admit_capacity`), and
+        // holds it for two statements and the commit instead of the whole request.
+        let early_lock = req.parent_id.is_some();
+        if early_lock {
+            uow.lock(&session_lock(zone)).await?;
+        }
         let scope = idempotency::scope("session.start.v2", zone, &req.application_id);
         if let Some(key) = &key {
             if let Prior::Same(receipt) = self
                 .replay(&mut *uow, &scope, key, &request_fingerprint, now)
                 .await?
             {
-                let live = uow
-                    .get_agent_session(zone, &receipt.object_id)
-                    .await?
-                    .is_some_and(|s| s.application_id == req.application_id && holds_slot(&s, now));
-                if !live {
-                    return Err(idempotency::result_inactive());
-                }
-                return Ok(Prior::reply(&receipt));
+                return self
+                    .replay_start(&mut *uow, zone, &req.application_id, &receipt, now)
+                    .await;
             }
         }
 
@@ -737,22 +739,11 @@ impl Coordinator {
                 "detail": "subject_session_id must reference an STS authority_records.id; for business correlation use metadata"
             })));
         }
-        let zone_live = uow.count_live_agent_sessions(zone, None, now).await?;
-        if zone_live >= self.config.max_agents_per_zone {
-            return Err(too_many("session_zone_limit_exceeded"));
-        }
-        let app_live = uow
-            .count_live_agent_sessions(zone, Some(&req.application_id), now)
-            .await?;
-        if dcr && app_live > 0 {
-            return Err(conflict("dcr_application_already_bound"));
-        }
-        if app_live >= self.config.max_agents_per_app {
-            return Err(too_many("session_limit_exceeded"));
-        }
 
         let mut parent = None;
         if let Some(parent_id) = &req.parent_id {
+            self.admit_capacity(&mut *uow, zone, &req.application_id, dcr, 0, now)
+                .await?;
             parent = Some(
                 self.admit_parent(&mut *uow, p, zone, parent_id, &req, now)
                     .await?,
@@ -817,6 +808,22 @@ impl Coordinator {
         )
         .await?;
         let reply = Reply::created(started_body(&session, mirrored.as_deref()));
+        if !early_lock {
+            uow.lock(&session_lock(zone)).await?;
+            // A twin request with the same key may have committed while this one worked.
+            if let Some(key) = &key {
+                if let Prior::Same(receipt) = self
+                    .committed_twin(&mut *uow, &scope, key, &request_fingerprint, now)
+                    .await?
+                {
+                    return self
+                        .replay_start(&mut *uow, zone, &req.application_id, &receipt, now)
+                        .await;
+                }
+            }
+            self.admit_capacity(&mut *uow, zone, &req.application_id, dcr, 1, now)
+                .await?;
+        }
         if let Some(key) = &key {
             self.remember(
                 &mut *uow,
@@ -832,6 +839,59 @@ impl Coordinator {
         }
         uow.commit().await?;
         Ok(reply)
+    }
+
+    /// The answer to a start whose key already named a committed start: the stored reply,
+    /// while the Session it created still holds a slot (A7). Writes nothing; the caller drops
+    /// the unit, rolling back anything it wrote.
+    async fn replay_start(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        zone: &ZoneId,
+        application_id: &str,
+        receipt: &IdempotencyReceipt,
+        now: Timestamp,
+    ) -> Result<Reply> {
+        let live = uow
+            .get_agent_session(zone, &receipt.object_id)
+            .await?
+            .is_some_and(|s| s.application_id == application_id && holds_slot(&s, now));
+        if !live {
+            return Err(idempotency::result_inactive());
+        }
+        Ok(Prior::reply(receipt))
+    }
+
+    /// The capacity checks of a start (A6.1), under the zone session lock: the zone's and the
+    /// application's live Sessions against `MAX_AGENTS_PER_ZONE` / `MAX_AGENTS_PER_APP`, and a
+    /// DCR application's single binding. `own` is how many of the counted Sessions this unit
+    /// wrote itself (1 when the lock is taken after the insert): a new lock holder's first
+    /// statement sees every start committed before it, so count-then-commit under the lock
+    /// never admits more than the limit.
+    async fn admit_capacity(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        zone: &ZoneId,
+        application_id: &str,
+        dcr: bool,
+        own: u64,
+        now: Timestamp,
+    ) -> Result<()> {
+        let (zone_live, app_live) = uow
+            .count_live_agent_sessions_split(zone, application_id, now)
+            .await?;
+        let zone_live = zone_live.saturating_sub(own);
+        let app_live = app_live.saturating_sub(own);
+        if zone_live >= self.config.max_agents_per_zone {
+            return Err(too_many("session_zone_limit_exceeded"));
+        }
+        if dcr && app_live > 0 {
+            return Err(conflict("dcr_application_already_bound"));
+        }
+        if app_live >= self.config.max_agents_per_app {
+            return Err(too_many("session_limit_exceeded"));
+        }
+        Ok(())
     }
 
     /// The parent checks of a start, in the contract's order (A6.1).
@@ -1156,8 +1216,8 @@ impl Coordinator {
             }
         };
         let mut uow = self.begin(zone).await?;
-        uow.lock(&session_lock(zone)).await?;
-        uow.lock(&delegation_lock(zone)).await?;
+        uow.lock_both(&session_lock(zone), &delegation_lock(zone))
+            .await?;
         let session = uow
             .get_agent_session(zone, session_id)
             .await?

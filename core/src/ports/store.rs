@@ -429,6 +429,20 @@ pub trait AgentGraphRepo {
         application_id: Option<&str>,
         now: Timestamp,
     ) -> Result<u64, StoreError>;
+    /// The zone's and `application_id`'s [`Self::count_live_agent_sessions`], read from one
+    /// snapshot where the adapter can (one statement in Postgres).
+    async fn count_live_agent_sessions_split(
+        &mut self,
+        zone: &ZoneId,
+        application_id: &str,
+        now: Timestamp,
+    ) -> Result<(u64, u64), StoreError> {
+        let zone_live = self.count_live_agent_sessions(zone, None, now).await?;
+        let app_live = self
+            .count_live_agent_sessions(zone, Some(application_id), now)
+            .await?;
+        Ok((zone_live, app_live))
+    }
     /// Edges whose target is `session`, any status.
     async fn list_edges_by_target(
         &mut self,
@@ -624,6 +638,13 @@ pub trait ApprovalRepo {
 pub trait UnitLocks {
     /// Blocks until this unit holds the lock `name`; released at commit or rollback.
     async fn lock(&mut self, name: &str) -> Result<(), StoreError>;
+    /// [`Self::lock`] on `first`, then on `second` (in that order, so units that take the
+    /// same two locks one by one never deadlock with it); one round trip where the adapter
+    /// can.
+    async fn lock_both(&mut self, first: &str, second: &str) -> Result<(), StoreError> {
+        self.lock(first).await?;
+        self.lock(second).await
+    }
     /// Takes the lock `name` if no other unit holds it, without waiting; `false` when another
     /// unit holds it. Released at commit or rollback. (Sweeper passes: two replicas never run
     /// the same pass at once.)
@@ -655,6 +676,14 @@ pub trait UnitOfWork:
 {
     /// Makes every write of this unit visible at once.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// The caller's promise that it abandons this unit on the first write that fails, so an
+    /// adapter may drop what it spends on keeping the unit usable after a refused write (the
+    /// Postgres adapter's savepoint around every write: two round trips each). From here on a
+    /// refused write still returns its typed error (a `Conflict` stays a `Conflict`), but the
+    /// adapter may fail every later operation and `commit`, writing nothing; the caller must
+    /// drop the unit. Adapters whose writes are atomic on their own may ignore it.
+    fn abandon_on_write_error(&mut self) {}
 }
 
 /// The storage entry point.
@@ -679,6 +708,14 @@ pub trait OutboxQueue: Send + Sync {
     ) -> Result<Vec<OutboxMessage>, StoreError>;
     /// Records a delivery.
     async fn mark_dispatched(&self, id: &OutboxId, at: Timestamp) -> Result<(), StoreError>;
+    /// Records the delivery of every row in `ids` at `at`; one write where the adapter can
+    /// (a dispatcher pass acknowledges its whole batch at once).
+    async fn mark_all_dispatched(&self, ids: &[OutboxId], at: Timestamp) -> Result<(), StoreError> {
+        for id in ids {
+            self.mark_dispatched(id, at).await?;
+        }
+        Ok(())
+    }
     /// Records a failed delivery: retry at `retry_at`, or never again (dead) when `None`.
     async fn mark_failed(
         &self,

@@ -1,7 +1,7 @@
 //! The Coordinator's sweepers (`spec/coordinator-gateway.md` A11): TTL expiry, lease loss and
 //! retention on a memory store with a controlled clock, and, when Postgres is reachable, two
 //! Coordinator replicas sweeping one database concurrently without processing any Session
-//! twice.
+//! twice, and concurrent Session starts against the capacity limit and one idempotency key.
 
 mod support;
 
@@ -336,4 +336,178 @@ async fn two_replicas_never_process_a_session_twice() {
         assert_eq!(now.status, want);
     }
     assert_eq!(terminates.len(), sessions.len());
+}
+
+/// Seeds zone `zc` with application `app` and its application record `sid` on Postgres.
+async fn seed_capacity_zone(store: &dyn Store, at: caracal_core::time::Timestamp) -> ZoneId {
+    use caracal_core::model::RegistrationMethod;
+    let zone = ZoneId::parse("zc").expect("zone");
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.save_zone(&zone_row(&zone, at)).await.expect("zone");
+    uow.save_application(&app_row(&zone, "app", RegistrationMethod::Managed, at))
+        .await
+        .expect("app");
+    uow.save_authority_record(&record_row(
+        &zone,
+        "sid",
+        SessionType::Application,
+        "app",
+        at,
+    ))
+    .await
+    .expect("record");
+    uow.commit().await.expect("commit");
+    zone
+}
+
+/// A root start takes the zone lock only after writing its Session, for its capacity check
+/// and commit. Twenty concurrent starts through two replicas against `MAX_AGENTS_PER_APP = 5`
+/// on Postgres: exactly five are admitted, the rest are refused with the typed limit error,
+/// and exactly five Sessions (and five spawn rows) exist afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_root_starts_never_exceed_the_application_limit() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 12).expect("connect"));
+    let queue = PgStore::connect(&db.url, 2).expect("queue");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let config = CoordinatorConfig {
+        max_agents_per_app: 5,
+        ..CoordinatorConfig::default()
+    };
+    let replicas: Vec<Arc<caracal_core::coordinator::Coordinator>> = (0..2)
+        .map(|_| {
+            Arc::new(coordinator_over(
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                config.clone(),
+            ))
+        })
+        .collect();
+    let principal = caracal_core::coordinator::Principal {
+        sub: "app".into(),
+        client_id: "app".into(),
+        scopes: vec![LIFECYCLE.to_owned()],
+        zone: zone.clone(),
+        sid: Some("sid".into()),
+        operator: false,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let replica = Arc::clone(&replicas[i % 2]);
+        let principal = principal.clone();
+        let zone = zone.clone();
+        tasks.push(tokio::spawn(async move {
+            replica
+                .start_session(
+                    &principal,
+                    &zone,
+                    &caracal_core::coordinator::IdempotencyHeaders::default(),
+                    &json!({"application_id": "app"}),
+                )
+                .await
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.expect("start task") {
+            Ok(reply) => {
+                assert_eq!(reply.status, 201, "{}", reply.body);
+                admitted.push(id_of(&reply.body, "agent_session_id"));
+            }
+            Err(e) => {
+                assert_eq!(e.code, "session_limit_exceeded", "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    println!(
+        "concurrent starts: {} admitted, {refused} refused",
+        admitted.len()
+    );
+    assert_eq!(admitted.len(), 5, "exactly the limit is admitted");
+    assert_eq!(refused, 15);
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    let live = uow
+        .count_live_agent_sessions(&zone, Some("app"), clock.now())
+        .await
+        .expect("count");
+    assert_eq!(live, 5, "the refused starts wrote nothing");
+    drop(uow);
+    let spawns = all_outbox(&queue)
+        .await
+        .into_iter()
+        .filter(|m| {
+            m.stream == TOPIC_AGENTS_LIFECYCLE
+                && m.fields.get("event").map(String::as_str) == Some("spawn")
+        })
+        .count();
+    assert_eq!(
+        spawns, 5,
+        "one spawn row per admitted Session, none for the refused"
+    );
+}
+
+/// Eight concurrent starts with one Idempotency-Key through two replicas on Postgres: one
+/// Session is created and every request answers with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_twins_with_one_key_create_one_session() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 10).expect("connect"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let replicas: Vec<Arc<caracal_core::coordinator::Coordinator>> = (0..2)
+        .map(|_| {
+            Arc::new(coordinator_over(
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                CoordinatorConfig::default(),
+            ))
+        })
+        .collect();
+    let principal = caracal_core::coordinator::Principal {
+        sub: "app".into(),
+        client_id: "app".into(),
+        scopes: vec![LIFECYCLE.to_owned()],
+        zone: zone.clone(),
+        sid: Some("sid".into()),
+        operator: false,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let replica = Arc::clone(&replicas[i % 2]);
+        let principal = principal.clone();
+        let zone = zone.clone();
+        tasks.push(tokio::spawn(async move {
+            replica
+                .start_session(
+                    &principal,
+                    &zone,
+                    &key("twin-key-0001"),
+                    &json!({"application_id": "app"}),
+                )
+                .await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let reply = t.await.expect("start task").expect("every twin succeeds");
+        ids.insert(id_of(&reply.body, "agent_session_id"));
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "every twin answers with the one Session: {ids:?}"
+    );
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    let live = uow
+        .count_live_agent_sessions(&zone, Some("app"), clock.now())
+        .await
+        .expect("count");
+    assert_eq!(live, 1, "one Session was written");
 }

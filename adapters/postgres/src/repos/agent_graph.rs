@@ -201,6 +201,25 @@ WHERE zone_id = $1
         ELSE (started_at + COALESCE(ttl_seconds, 3600) * interval '1 second') > $3
       END";
 
+/// [`COUNT_LIVE`] for the zone and, in the same scan, for one application of it.
+const COUNT_LIVE_SPLIT: &str = "\
+SELECT count(*) AS n, count(*) FILTER (WHERE application_id = $2) AS m FROM agent_sessions
+WHERE zone_id = $1
+  AND status IN ('active', 'suspended')
+  AND CASE lifecycle
+        WHEN 'service' THEN status = 'suspended' OR heartbeat_deadline_at > $3
+        ELSE (started_at + COALESCE(ttl_seconds, 3600) * interval '1 second') > $3
+      END";
+
+/// Result row of [`COUNT_LIVE_SPLIT`].
+#[derive(QueryableByName)]
+struct SplitCount {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    m: i64,
+}
+
 /// Result row of a `count(*) AS n`.
 #[derive(QueryableByName)]
 struct Count {
@@ -378,6 +397,23 @@ impl AgentGraphRepo for PgUnitOfWork {
             .bind::<Timestamptz, _>(now.as_datetime())
             .get_result(conn))?;
         count(row.n, "count of live agent sessions")
+    }
+
+    async fn count_live_agent_sessions_split(
+        &mut self,
+        zone: &ZoneId,
+        application_id: &str,
+        now: Timestamp,
+    ) -> Result<(u64, u64), StoreError> {
+        let row: SplitCount = op!(self, |conn| diesel::sql_query(COUNT_LIVE_SPLIT)
+            .bind::<Text, _>(zone.as_str())
+            .bind::<Text, _>(application_id)
+            .bind::<Timestamptz, _>(now.as_datetime())
+            .get_result(conn))?;
+        Ok((
+            count(row.n, "count of live agent sessions")?,
+            count(row.m, "count of live agent sessions")?,
+        ))
     }
 
     async fn list_edges_by_target(

@@ -27,6 +27,17 @@ diesel::define_sql_function! {
 }
 
 diesel::define_sql_function! {
+    /// SQL `hashtext(text)`: the advisory-lock key of a lock name.
+    fn hashtext(name: diesel::sql_types::Text) -> diesel::sql_types::Integer;
+}
+
+diesel::define_sql_function! {
+    /// SQL `pg_advisory_xact_lock(bigint)` (given `hashtext`'s integer, widened by Postgres).
+    /// It returns `void`, which Diesel has no type for: only ever `execute` it, never load it.
+    fn pg_advisory_xact_lock(key: diesel::sql_types::Integer) -> diesel::sql_types::Bool;
+}
+
+diesel::define_sql_function! {
     /// SQL `coalesce(text, text)`: maps the global admin-audit chain (zone NULL) onto the key
     /// `''` the chain indexes use.
     fn coalesce(value: diesel::sql_types::Nullable<diesel::sql_types::Text>, fallback: diesel::sql_types::Text) -> diesel::sql_types::Text;

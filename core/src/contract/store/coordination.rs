@@ -509,7 +509,24 @@ async fn live_session_counts(store: &dyn Store, run: &Run) {
             live(Some(app)),
             "live Sessions of one application"
         );
+        assert_eq!(
+            ok(
+                uow.count_live_agent_sessions_split(&z.id, app, now).await,
+                "count_live_agent_sessions_split"
+            ),
+            (live(None), live(Some(app))),
+            "the zone's and one application's live Sessions in one read"
+        );
     }
+    assert_eq!(
+        ok(
+            uow.count_live_agent_sessions_split(&z.id, "no-such-app", now)
+                .await,
+            "count_live_agent_sessions_split"
+        ),
+        (live(None), 0),
+        "the split count of an application without Sessions"
+    );
     assert_eq!(
         ok(
             uow.count_live_agent_sessions(&z.id, Some("no-such-app"), now)
