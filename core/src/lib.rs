@@ -11,6 +11,7 @@ pub mod digest;
 pub mod dispatch;
 pub mod error;
 pub mod expiry_cache;
+pub mod gateway;
 pub mod ids;
 pub mod manage;
 pub mod mandate;
