@@ -1421,6 +1421,43 @@ impl AgentGraphRepo for MemoryUnitOfWork {
         }
         Ok((edges.len() as u64, sessions.len() as u64))
     }
+
+    async fn revoked_anchors(&mut self, since: Timestamp) -> Result<RevokedAnchors, StoreError> {
+        let state = self.read();
+        let records = state
+            .authority_records
+            .values()
+            .filter(|r| {
+                self.visible(Some(&r.zone_id))
+                    && r.status == RecordStatus::Revoked
+                    && r.expires_at > since
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        let sessions = state
+            .agent_sessions
+            .values()
+            .filter(|s| {
+                self.visible(Some(&s.zone_id)) && s.status == "terminated" && s.updated_at > since
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        let edges = state
+            .delegation_edges
+            .values()
+            .filter(|e| {
+                self.visible(Some(&e.zone_id))
+                    && e.status == "revoked"
+                    && e.revoked_at.is_some_and(|at| at > since)
+            })
+            .map(|e| e.id.clone())
+            .collect();
+        Ok(RevokedAnchors {
+            records,
+            sessions,
+            edges,
+        })
+    }
 }
 
 #[async_trait]

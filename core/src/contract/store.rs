@@ -59,6 +59,7 @@ pub async fn run_store_contract(store: &dyn Store) {
     authority_graph_writes_roll_back_on_drop(store, &run).await;
     approvals::approvals(store, &run).await;
     coordination::coordination(store, &run).await;
+    revocation::revoked_anchors(store, &run).await;
 }
 
 /// Runs every case of the outbox-queue contract (`spec/api.md §4`). `store` and `queue` are the
@@ -3203,4 +3204,5 @@ async fn authority_graph_writes_roll_back_on_drop(store: &dyn Store, run: &Run) 
 // Cases kept in their own file; declared last so the fixtures and macros above are in scope.
 mod approvals;
 mod coordination;
+mod revocation;
 mod subject_issuers;

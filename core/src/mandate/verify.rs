@@ -367,6 +367,25 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
     }
 }
 
+/// The Gateway's local check (`spec/coordinator-gateway.md` B3 step 10): compact form, the
+/// header rules of [`verify_mandate`] (`kid` required), a `kid` in `keys` and a 64-byte ES256
+/// signature over the signing input, and nothing about the claims: issuer, audience, time
+/// window and `use` are judged by the STS in the exchange.
+pub fn verify_signature_only(
+    token: &str,
+    keys: &VerifyingKeys,
+    es256: &dyn Es256,
+) -> Result<(), TokenError> {
+    let parts = split(token)?;
+    let kid = parse_header(parts.header)?;
+    let point = keys.get(&kid).ok_or(TokenError::UnknownKid)?;
+    let signature = decode(parts.signature)?;
+    if signature.len() != SIGNATURE_LEN || !es256.verify(point, parts.signing_input, &signature) {
+        return Err(TokenError::Signature);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -715,5 +734,57 @@ mod tests {
         let oversized = format!("{token}{}", "A".repeat(MAX_TOKEN_BYTES));
         assert_eq!(check(&oversized), Err(TokenError::TooLarge));
         assert_eq!(peek_kid(&oversized), Err(TokenError::TooLarge));
+    }
+
+    #[test]
+    fn signature_only_ignores_the_claims() {
+        let verify = |token: &str| verify_signature_only(token, &keys(), &FakeEs256);
+        assert_eq!(verify(&mint("k1", 1, &claims())), Ok(()));
+        assert_eq!(verify(&mint("k2", 2, &claims())), Ok(()));
+        // Claims the full verifier refuses: wrong issuer, expired, not even an object.
+        let foreign = MandateClaims {
+            iss: "http://other".into(),
+            exp: NOW - 10_000,
+            zone_id: "z9".into(),
+            ..claims()
+        };
+        assert_eq!(verify(&mint("k1", 1, &foreign)), Ok(()));
+        assert_eq!(verify(&with_payload(&Value::from("not an object"))), Ok(()));
+
+        // Form, header, key and signature are still checked.
+        assert_eq!(
+            verify(&mint("k9", 1, &claims())),
+            Err(TokenError::UnknownKid)
+        );
+        assert_eq!(
+            verify(&mint("k2", 1, &claims())),
+            Err(TokenError::Signature)
+        );
+        let token = mint("k1", 1, &claims());
+        let segments: Vec<&str> = token.split('.').collect();
+        assert_eq!(verify(&segments[..2].join(".")), Err(TokenError::Segments));
+        assert_eq!(
+            verify(&format!("{}.{}.{}=", segments[0], segments[1], segments[2])),
+            Err(TokenError::Encoding)
+        );
+        let short = URL_SAFE_NO_PAD.encode([0u8; 63]);
+        assert_eq!(
+            verify(&format!("{}.{}.{short}", segments[0], segments[1])),
+            Err(TokenError::Signature)
+        );
+        let body = segments[1];
+        let signed = |header: &str| {
+            let input = format!("{}.{body}", URL_SAFE_NO_PAD.encode(header));
+            let signature = fake_signature(&[1; 65], input.as_bytes());
+            verify(&format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+        };
+        assert_eq!(signed(r#"{"alg":"ES256","kid":"k1"}"#), Ok(()));
+        assert_eq!(signed(r#"{"alg":"ES256"}"#), Err(TokenError::MissingKid));
+        assert_eq!(
+            signed(r#"{"alg":"HS256","kid":"k1"}"#),
+            Err(TokenError::Algorithm)
+        );
+        let oversized = format!("{token}{}", "A".repeat(MAX_TOKEN_BYTES));
+        assert_eq!(verify(&oversized), Err(TokenError::TooLarge));
     }
 }

@@ -377,6 +377,17 @@ pub trait AuthorityRecordRepo {
     ) -> Result<Vec<AuthorityRecord>, StoreError>;
 }
 
+/// What [`AgentGraphRepo::revoked_anchors`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevokedAnchors {
+    /// Revoked authority record ids.
+    pub records: Vec<String>,
+    /// Terminated agent Session ids.
+    pub sessions: Vec<String>,
+    /// Revoked Delegation edge ids.
+    pub edges: Vec<String>,
+}
+
 /// Governed agent Sessions and Delegation edges (written by the Coordinator, read by the STS).
 #[async_trait]
 pub trait AgentGraphRepo {
@@ -512,6 +523,14 @@ pub trait AgentGraphRepo {
         cutoff: Timestamp,
         limit: u32,
     ) -> Result<(u64, u64), StoreError>;
+
+    // --- Gateway read (B6). Sees every zone the unit's scope allows (the Gateway uses
+    // `ZoneScope::All`); the lists are in no particular order.
+
+    /// The B6 revocation snapshot (`spec/coordinator-gateway.md`): ids of authority records
+    /// revoked and not expired before `since`, Sessions terminated after `since`, and edges
+    /// revoked after `since`, across the unit's scope.
+    async fn revoked_anchors(&mut self, since: Timestamp) -> Result<RevokedAnchors, StoreError>;
 }
 
 /// Idempotency receipts, agent services and invocations (spec/coordinator-gateway.md A7, A9).

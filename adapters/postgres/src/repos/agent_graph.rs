@@ -5,19 +5,27 @@ use async_trait::async_trait;
 use caracal_core::authority::{AgentSession, DelegationEdge, Lifecycle};
 use caracal_core::coordinator::records::SessionFilter;
 use caracal_core::ids::ZoneId;
-use caracal_core::ports::store::AgentGraphRepo;
+use caracal_core::ports::store::{AgentGraphRepo, RevokedAnchors};
 use caracal_core::time::Timestamp;
 use caracal_core::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::dsl::sql;
+use diesel::expression::{
+    is_aggregate, AppearsOnTable, Expression, SelectableExpression, ValidGrouping,
+};
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
 use crate::convert::{count, id, limit, opt_dt, opt_ts, ts};
 use crate::error::corrupt;
-use crate::schema::{agent_sessions as s, delegation_edges as d, delegation_graph_epochs as e};
+use crate::schema::{
+    agent_sessions as s, authority_records as r, delegation_edges as d,
+    delegation_graph_epochs as e,
+};
 use crate::unit_of_work::{op, write_op, PgUnitOfWork};
 
 #[derive(Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
@@ -256,6 +264,58 @@ DELETE FROM agent_sessions WHERE id IN (
           WHERE c.zone_id = p.zone_id AND c.parent_id = p.id)
     ORDER BY p.ended_at, p.id
     LIMIT $2)";
+
+/// Defines a `text` constant spelled into the statement (`'revoked'`) instead of bound. Like the
+/// `sql` literals above, it lets the planner prove a partial index's predicate under a generic
+/// plan; unlike them, it has a static query id and the same text every time, so Diesel keeps the
+/// statement prepared (an `sql` literal opts the whole statement out of its statement cache).
+macro_rules! text_constant {
+    ($(#[$doc:meta])* $name:ident = $sql:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, QueryId)]
+        struct $name;
+
+        impl Expression for $name {
+            type SqlType = Text;
+        }
+
+        impl<QS> AppearsOnTable<QS> for $name {}
+
+        impl<QS> SelectableExpression<QS> for $name {}
+
+        impl<GB> ValidGrouping<GB> for $name {
+            type IsAggregate = is_aggregate::Never;
+        }
+
+        impl QueryFragment<Pg> for $name {
+            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+                out.push_sql($sql);
+                Ok(())
+            }
+        }
+    };
+}
+
+text_constant!(
+    /// The status of a revoked authority record or Delegation edge.
+    Revoked = "'revoked'"
+);
+text_constant!(
+    /// The status of a terminated Session.
+    Terminated = "'terminated'"
+);
+text_constant!(
+    /// Tags an authority record id in a `revoked_anchors` row.
+    RecordKind = "'record'::text"
+);
+text_constant!(
+    /// Tags a Session id in a `revoked_anchors` row.
+    SessionKind = "'session'::text"
+);
+text_constant!(
+    /// Tags an edge id in a `revoked_anchors` row.
+    EdgeKind = "'edge'::text"
+);
 
 #[async_trait]
 impl AgentGraphRepo for PgUnitOfWork {
@@ -581,5 +641,37 @@ impl AgentGraphRepo for PgUnitOfWork {
             .bind::<BigInt, _>(limit(limit_to))
             .execute(conn))?;
         Ok((edges as u64, sessions as u64))
+    }
+
+    /// One `UNION ALL` statement, one snapshot and one round trip, tagging each id with its
+    /// kind. Each arm is a range scan of a partial index: `authority_records_revoked` and
+    /// `agent_sessions_terminated` (migration 000006) and `delegation_edges_revoked_end`
+    /// (000005; `status = 'revoked' AND revoked_at > since` implies its predicate).
+    async fn revoked_anchors(&mut self, since: Timestamp) -> Result<RevokedAnchors, StoreError> {
+        let since = since.as_datetime();
+        let query = r::table
+            .filter(r::status.eq(Revoked).and(r::expires_at.gt(since)))
+            .select((RecordKind, r::id))
+            .union_all(
+                s::table
+                    .filter(s::status.eq(Terminated).and(s::updated_at.gt(since)))
+                    .select((SessionKind, s::id)),
+            )
+            .union_all(
+                d::table
+                    .filter(d::status.eq(Revoked).and(d::revoked_at.gt(since)))
+                    .select((EdgeKind, d::id)),
+            );
+        let rows: Vec<(String, String)> = op!(self, |conn| query.load(conn))?;
+        let mut anchors = RevokedAnchors::default();
+        for (kind, anchor) in rows {
+            match kind.as_str() {
+                "record" => anchors.records.push(anchor),
+                "session" => anchors.sessions.push(anchor),
+                "edge" => anchors.edges.push(anchor),
+                other => return Err(corrupt("revoked anchor kind", format!("unknown {other:?}"))),
+            }
+        }
+        Ok(anchors)
     }
 }
