@@ -17,6 +17,7 @@ USAGE:
     caracal serve sts        the STS on Postgres + Redis
     caracal serve coordinator
                              the Coordinator on Postgres + Redis (STS_URL: where the STS is)
+    caracal serve gateway    the Gateway on Postgres + Redis (STS_URL, GATEWAY_STS_HMAC_KEY)
     caracal serve all        every service in one process on Postgres + Redis
     caracal migrate          apply database migrations to DATABASE_URL and exit
     caracal help             this text
@@ -54,18 +55,19 @@ fn main() -> ExitCode {
             init_tracing(true);
             runtime.block_on(wiring::dev())
         }
-        ["serve", which @ ("api" | "sts" | "coordinator" | "all")] => {
+        ["serve", which @ ("api" | "sts" | "coordinator" | "gateway" | "all")] => {
             init_tracing(false);
             let services = match *which {
                 "api" => wiring::Services::Api,
                 "sts" => wiring::Services::Sts,
                 "coordinator" => wiring::Services::Coordinator,
+                "gateway" => wiring::Services::Gateway,
                 _ => wiring::Services::All,
             };
             runtime.block_on(wiring::serve(services))
         }
         ["serve", other] => Err(format!(
-            "unknown service {other:?}: this build serves `api`, `sts`, `coordinator` or `all`; the Gateway and Audit are not built yet"
+            "unknown service {other:?}: this build serves `api`, `sts`, `coordinator`, `gateway` or `all`; the Audit service is not built yet"
         )),
         ["migrate"] => {
             init_tracing(false);

@@ -23,6 +23,7 @@ use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
 use caracal_evidence::{AuditPublisher, PublisherConfig};
+use caracal_gateway::{Gateway, GatewayConfig, GatewayPorts};
 use caracal_http::config::{ConfigError, Env, ProcessEnv};
 use caracal_http::metrics::HttpCounters;
 use caracal_memory::{
@@ -192,6 +193,8 @@ pub enum Services {
     Sts,
     /// The Coordinator only (verification keys fetched from `STS_URL`).
     Coordinator,
+    /// The Gateway only (mandate keys and exchanges at `STS_URL`).
+    Gateway,
     /// Everything built so far.
     All,
 }
@@ -207,6 +210,10 @@ impl Services {
 
     fn coordinator(self) -> bool {
         matches!(self, Self::Coordinator | Self::All)
+    }
+
+    fn gateway(self) -> bool {
+        matches!(self, Self::Gateway | Self::All)
     }
 }
 
@@ -474,6 +481,131 @@ async fn run_coordinator(
     result
 }
 
+/// Turns true on Ctrl-C or SIGTERM. The actix servers watch the signals themselves; the
+/// Gateway (hyper) is stopped through this.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// The Gateway's exchange key: `GATEWAY_STS_HMAC_KEY` (generated in dev). Only signed
+/// exchanges return upstream directives, so a Gateway without it could serve nothing.
+fn gateway_mac(keys: &Keys) -> Result<Arc<dyn MessageAuthenticator>, String> {
+    keys.gateway.clone().ok_or_else(|| {
+        format!(
+            "{}; the Gateway signs every STS exchange with it (generate one with `openssl rand -hex 32` and give the STS the same value)",
+            ConfigError::Missing("GATEWAY_STS_HMAC_KEY")
+        )
+    })
+}
+
+/// The Gateway's configuration: `STS_URL` is the in-process STS when one runs here.
+fn gateway_config(
+    env: &Env<'_>,
+    dev: bool,
+    local_sts: Option<&StsServiceConfig>,
+) -> Result<GatewayConfig, String> {
+    let mut config = GatewayConfig::from_env(env, dev).map_err(|e| e.to_string())?;
+    match local_sts {
+        Some(sts) => config.sts_url = Some(client_url(&sts.host, sts.port)),
+        None if config.sts_url.is_none() => {
+            return Err(format!(
+                "{}; `caracal serve gateway` exchanges every mandate at the STS",
+                ConfigError::Missing("STS_URL")
+            ))
+        }
+        None => {}
+    }
+    Ok(config)
+}
+
+/// Checks published-mode secrets of the Gateway (B16): signed streams and signed evidence.
+fn gateway_published_keys(config: &GatewayConfig, keys: &Keys) -> Result<(), String> {
+    if config.published {
+        if keys.streams.is_none() {
+            return Err(ConfigError::Missing("STREAMS_HMAC_KEY").to_string());
+        }
+        if keys.audit.is_none() {
+            return Err(ConfigError::Missing("AUDIT_HMAC_KEY").to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the Gateway until Ctrl-C / SIGTERM.
+async fn run_gateway(
+    adapters: Adapters,
+    keys: Keys,
+    config: GatewayConfig,
+    mandate_keys: Arc<dyn ZoneKeySource>,
+    es256: Arc<dyn Es256>,
+    shared_replay_dir: bool,
+) -> Result<(), String> {
+    let sts_mac = gateway_mac(&keys)?;
+    // One replay directory per publisher: next to an in-process STS the Gateway spools into
+    // its own subdirectory.
+    let replay_dir = match (&adapters.replay_dir, shared_replay_dir) {
+        (Some(dir), true) => Some(dir.join("gateway")),
+        (dir, _) => dir.clone(),
+    };
+    let audit = AuditPublisher::start(
+        Arc::clone(&adapters.bus),
+        keys.audit.clone(),
+        PublisherConfig {
+            replay_dir,
+            ..PublisherConfig::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}:{} (GATEWAY_HOST/GATEWAY_PORT): {e}",
+                config.host, config.port
+            )
+        })?;
+    let url = client_url(&config.host, config.port);
+    let sts_url = config.sts_url.clone().unwrap_or_default();
+    let gateway = Gateway::new(
+        GatewayPorts {
+            store: Arc::clone(&adapters.store),
+            bus: Arc::clone(&adapters.bus),
+            expiring: Arc::clone(&adapters.expiring),
+            keys: mandate_keys,
+            es256,
+            audit: audit.clone(),
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(UuidV7Ids),
+            sts_mac,
+            streams_mac: keys.streams.clone(),
+        },
+        config,
+    )
+    .await?;
+    eprintln!("caracal: gateway listening on {url} (STS {sts_url})");
+    let result = caracal_gateway::run(gateway, listener, shutdown_signal()).await;
+    audit.shutdown().await;
+    result
+}
+
 /// Runs the chosen services side by side until shutdown; the first failure ends the process.
 async fn run(
     services: Services,
@@ -521,12 +653,41 @@ async fn run(
             ))
         }
     };
-    let sts = match zone_keys {
-        None => None,
-        Some(zone_keys) => {
-            let config = StsServiceConfig::from_env(env, dev).map_err(|e| e.to_string())?;
-            Some(run_sts(adapters, keys, config, es256, zone_keys))
+    let sts_config = match services.sts() {
+        false => None,
+        true => Some(StsServiceConfig::from_env(env, dev).map_err(|e| e.to_string())?),
+    };
+    let gateway = match services.gateway() {
+        false => None,
+        true => {
+            let config = gateway_config(env, dev, sts_config.as_ref())?;
+            gateway_published_keys(&config, &keys)?;
+            let mandate_keys: Arc<dyn ZoneKeySource> = match &zone_keys {
+                Some(local) => Arc::clone(local) as Arc<dyn ZoneKeySource>,
+                None => Arc::new(caracal_egress::StsMandateKeys::new(
+                    config.sts_url.as_deref().unwrap_or_default(),
+                    caracal_egress::StsKeysConfig {
+                        cache_max: env
+                            .parsed("JWKS_CACHE_MAX", 256usize)
+                            .map_err(|e| e.to_string())?
+                            .max(1),
+                        ..caracal_egress::StsKeysConfig::default()
+                    },
+                )?),
+            };
+            Some(run_gateway(
+                adapters.clone(),
+                keys.clone(),
+                config,
+                mandate_keys,
+                Arc::clone(&es256),
+                services.sts(),
+            ))
         }
+    };
+    let sts = match (zone_keys, sts_config) {
+        (Some(zone_keys), Some(config)) => Some(run_sts(adapters, keys, config, es256, zone_keys)),
+        _ => None,
     };
     let api = async {
         match api {
@@ -546,7 +707,13 @@ async fn run(
             None => Ok(()),
         }
     };
-    tokio::try_join!(api, sts, coordinator).map(|_| ())
+    let gateway = async {
+        match gateway {
+            Some(gateway) => gateway.await,
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(api, sts, coordinator, gateway).map(|_| ())
 }
 
 /// `caracal dev`: every service built so far, in one process, on memory adapters.
@@ -568,11 +735,16 @@ pub async fn dev() -> Result<(), String> {
     };
     let coordinator = CoordinatorServiceConfig::from_env(&env, true).map_err(|e| e.to_string())?;
     let sts = StsServiceConfig::from_env(&env, true).map_err(|e| e.to_string())?;
+    let gateway = gateway_config(&env, true, Some(&sts))?;
     eprintln!(
-        "caracal: point the SDK at this sandbox:\n\n    export CARACAL_COORDINATOR_URL={}\n    export CARACAL_STS_URL={}\n",
+        "caracal: point the SDK at this sandbox:\n\n    export CARACAL_COORDINATOR_URL={}\n    export CARACAL_STS_URL={}\n    export CARACAL_GATEWAY_URL={}\n",
         client_url(&coordinator.host, coordinator.port),
         client_url(&sts.host, sts.port),
+        client_url(&gateway.host, gateway.port),
     );
+    if gateway.host_policy.allow_loopback {
+        eprintln!("caracal: dev mode — the Gateway allows loopback upstreams (127.0.0.0/8, ::1); set UPSTREAM_ALLOW_LOOPBACK=false to refuse them");
+    }
     eprintln!("caracal: dev mode — in-memory store and bus, throwaway keys; nothing survives exit");
     let store = MemoryStore::new();
     let adapters = Adapters {
@@ -586,7 +758,7 @@ pub async fn dev() -> Result<(), String> {
     run(Services::All, adapters, keys, &env, true, Some(admin_token)).await
 }
 
-/// `caracal serve api|sts|coordinator|all`: Postgres + Redis. The memory store is refused here because its
+/// `caracal serve api|sts|coordinator|gateway|all`: Postgres + Redis. The memory store is refused here because its
 /// state cannot be shared with other processes.
 pub async fn serve(services: Services) -> Result<(), String> {
     let source = ProcessEnv;
@@ -610,6 +782,13 @@ pub async fn serve(services: Services) -> Result<(), String> {
     if services.sts() {
         StsServiceConfig::from_env(&env, false).map_err(|e| e.to_string())?;
     }
+    if services.gateway() {
+        let local_sts = match services.sts() {
+            true => Some(StsServiceConfig::from_env(&env, false).map_err(|e| e.to_string())?),
+            false => None,
+        };
+        gateway_config(&env, false, local_sts.as_ref())?;
+    }
     if services.coordinator() {
         let config = CoordinatorServiceConfig::from_env(&env, false).map_err(|e| e.to_string())?;
         idempotency_macs(&config, false)?;
@@ -618,6 +797,9 @@ pub async fn serve(services: Services) -> Result<(), String> {
         }
     }
     let keys = keys(&env, false, services.api() || services.sts())?;
+    if services.gateway() {
+        gateway_mac(&keys)?;
+    }
     let applied = caracal_postgres::migrate(&database_url)
         .await
         .map_err(|e| format!("migrations failed (DATABASE_URL): {e}"))?;

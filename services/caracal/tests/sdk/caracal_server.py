@@ -151,6 +151,11 @@ class ServerConfig:
             "STS_URL",
             "COORDINATOR_HOST",
             "COORDINATOR_PORT",
+            "GATEWAY_HOST",
+            "GATEWAY_PORT",
+            "UPSTREAM_HOST_ALLOWLIST",
+            "UPSTREAM_ALLOW_LOOPBACK",
+            "UPSTREAM_ALLOW_PRIVATE",
             "CARACAL_COORDINATOR_TOKEN",
             "IDEMPOTENCY_HMAC_KEY",
             "IDEMPOTENCY_HMAC_KEY_PREVIOUS",
@@ -201,6 +206,8 @@ class CaracalServer:
         self.sts_url = f"http://127.0.0.1:{self.sts_port}"
         self.coordinator_port = free_port()
         self.coordinator_url = f"http://127.0.0.1:{self.coordinator_port}"
+        self.gateway_port = free_port()
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self._log = tempfile.NamedTemporaryFile(
             prefix=f"caracal-{config.mode}-", suffix=".log", delete=False
         )
@@ -239,6 +246,11 @@ class CaracalServer:
         env = self.config.env(self.port, self.sts_port)
         env.setdefault("COORDINATOR_HOST", "127.0.0.1")
         env.setdefault("COORDINATOR_PORT", str(self.coordinator_port))
+        env.setdefault("GATEWAY_HOST", "127.0.0.1")
+        env.setdefault("GATEWAY_PORT", str(self.gateway_port))
+        if self.config.mode == "postgres":
+            # The suite's upstreams listen on loopback; production refuses them by default.
+            env.setdefault("UPSTREAM_ALLOW_LOOPBACK", "true")
         return env
 
     def _wait_healthy(self) -> None:
@@ -255,16 +267,18 @@ class CaracalServer:
                 res = httpx.get(self.url + "/health", timeout=2.0)
                 sts = httpx.get(self.sts_url + "/health", timeout=2.0)
                 coordinator = httpx.get(self.coordinator_url + "/health", timeout=2.0)
+                gateway = httpx.get(self.gateway_url + "/health", timeout=2.0)
                 if (
                     res.status_code == 200
                     and res.json() == {"ok": True}
                     and sts.status_code == 200
                     and coordinator.status_code == 200
+                    and gateway.status_code == 200
                 ):
                     return
                 last_error = (
                     f"API HTTP {res.status_code}: {res.text[:200]}; STS HTTP {sts.status_code}; "
-                    f"Coordinator HTTP {coordinator.status_code}"
+                    f"Coordinator HTTP {coordinator.status_code}; Gateway HTTP {gateway.status_code}"
                 )
             except (httpx.HTTPError, ValueError) as error:
                 last_error = repr(error)
