@@ -8,6 +8,7 @@
 mod bench;
 mod bench_coordinator;
 mod bench_sts;
+mod cluster;
 
 use std::env;
 use std::ffi::OsStr;
@@ -30,6 +31,20 @@ const COMMANDS: &[(&str, &str)] = &[
          list-applications p50/p95, STS mint latency and throughput, and Coordinator Session \
          cycles and Delegation create over HTTP on Postgres against baselines from the same run \
          (needs Postgres and Redis on 127.0.0.1); naming parts runs only those",
+    ),
+    (
+        "up [--release]",
+        "build `caracal` and start the API, STS, Coordinator and Gateway as separate \
+         `caracal serve <svc>` processes on Postgres + Redis (DATABASE_URL, default \
+         postgres://postgres@127.0.0.1:5432/caracal_local, created if missing; REDIS_URL, default \
+         redis://127.0.0.1:6379); keys generated once and kept in the state directory \
+         (CARACAL_CLUSTER_DIR, default <target>/caracal-cluster) with the logs and pid \
+         files; ports from API_PORT, STS_PORT, COORDINATOR_PORT, GATEWAY_PORT; prints the URLs, \
+         the admin token and `export CARACAL_*` lines",
+    ),
+    (
+        "down",
+        "stop the services `up` started (SIGTERM, SIGKILL after 10 s); nothing running is fine",
     ),
     (
         "ci [PYTEST_ARGS...]",
@@ -71,6 +86,10 @@ fn main() -> ExitCode {
         "bench" => {
             Workspace::locate().and_then(|ws| bench::run(&|| ws.cargo(), &ws.target_dir, rest))
         }
+        "up" => {
+            Workspace::locate().and_then(|ws| cluster::up(&|| ws.cargo(), &ws.target_dir, rest))
+        }
+        "down" => Workspace::locate().and_then(|ws| cluster::down(&ws.target_dir, rest)),
         other => Err(format!(
             "unknown command `{other}`; `cargo xtask --help` lists the commands"
         )),

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod demo;
 mod wiring;
 
 use std::process::ExitCode;
@@ -13,6 +14,10 @@ caracal: the authority layer for AI agents
 
 USAGE:
     caracal dev              all services in one process, in-memory store (state lost on exit)
+    caracal dev --demo       the same, plus a ready-to-call demo: seeds a zone \"demo\" (application,
+                             bearer-token provider, resource://demo-echo, active grant policy),
+                             starts a local echo upstream, and prints the CARACAL_* variables, a
+                             Python SDK snippet and curl lines that reach it through the Gateway
     caracal serve api        the API service on Postgres + Redis (DATABASE_URL, REDIS_URL)
     caracal serve sts        the STS on Postgres + Redis
     caracal serve coordinator
@@ -53,8 +58,16 @@ fn main() -> ExitCode {
     let result = match words.as_slice() {
         ["dev"] => {
             init_tracing(true);
-            runtime.block_on(wiring::dev())
+            runtime.block_on(wiring::dev(false))
         }
+        ["dev", "--demo"] => {
+            init_tracing(true);
+            runtime.block_on(wiring::dev(true))
+        }
+        _ if words.contains(&"--demo") => Err(
+            "`--demo` only works as `caracal dev --demo`: it seeds the throwaway in-memory sandbox, never a Postgres deployment"
+                .to_string(),
+        ),
         ["serve", which @ ("api" | "sts" | "coordinator" | "gateway" | "all")] => {
             init_tracing(false);
             let services = match *which {

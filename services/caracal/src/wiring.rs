@@ -716,8 +716,9 @@ async fn run(
     tokio::try_join!(api, sts, coordinator, gateway).map(|_| ())
 }
 
-/// `caracal dev`: every service built so far, in one process, on memory adapters.
-pub async fn dev() -> Result<(), String> {
+/// `caracal dev`: every service built so far, in one process, on memory adapters. With `demo`
+/// (`caracal dev --demo`), a seeded demo zone and a local echo upstream too.
+pub async fn dev(demo: bool) -> Result<(), String> {
     let source = ProcessEnv;
     let env = Env(&source);
     if env.optional("DATABASE_URL").is_some() || env.optional("REDIS_URL").is_some() {
@@ -755,7 +756,20 @@ pub async fn dev() -> Result<(), String> {
         expiring: Arc::new(MemoryExpiringKeys::new(Arc::new(SystemClock))),
         replay_dir: None,
     };
-    run(Services::All, adapters, keys, &env, true, Some(admin_token)).await
+    if !demo {
+        return run(Services::All, adapters, keys, &env, true, Some(admin_token)).await;
+    }
+    crate::demo::check_gateway(&gateway.host_policy)?;
+    let api = ApiConfig::from_env(&env).map_err(|e| e.to_string())?;
+    let sandbox = crate::demo::Sandbox {
+        api_url: client_url(&api.host, api.port),
+        sts_url: client_url(&sts.host, sts.port),
+        coordinator_url: client_url(&coordinator.host, coordinator.port),
+        gateway_url: client_url(&gateway.host, gateway.port),
+        admin_token: admin_token.clone(),
+    };
+    let servers = run(Services::All, adapters, keys, &env, true, Some(admin_token));
+    crate::demo::alongside(servers, sandbox).await
 }
 
 /// `caracal serve api|sts|coordinator|gateway|all`: Postgres + Redis. The memory store is refused here because its

@@ -129,11 +129,13 @@ class ServerConfig:
     # Kept across restarts, so a restarted server replays what an earlier one spooled.
     replay_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="caracal-replay-"))
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Extra command-line arguments after the mode's command (e.g. `--demo` for `caracal dev`).
+    args: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
         if self.mode == "memory":
-            return ["dev"]
-        return ["serve", "all"]
+            return ["dev", *self.args]
+        return ["serve", "all", *self.args]
 
     def env(self, port: int, sts_port: int) -> dict[str, str]:
         env = dict(os.environ)
