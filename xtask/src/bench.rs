@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: the STS micro-benchmarks (`bench_sts::micro`), then latency of the API's
 //! hot read path over real HTTP on Postgres, against a baseline measured in the same run on the
 //! same server (`/health`), so the ratio says what the route costs beyond the HTTP stack, then
-//! the STS's mints over HTTP (`bench_sts::http`).
+//! the STS's mints over HTTP (`bench_sts::http`), the Coordinator (`bench_coordinator::http`) and
+//! governed requests through the Gateway with their direct and pass-through baselines
+//! (`bench_governed::http`, part `governed`).
 //!
 //! The client is a minimal keep-alive HTTP/1.1 client on one loopback connection (closed loop,
 //! one request in flight), so every sample is the latency a sequential SDK caller would see.
@@ -15,6 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{bench_coordinator, bench_sts};
+
+// Declared here rather than in `main.rs` so the part registers in this file alone.
+#[path = "bench_governed.rs"]
+mod bench_governed;
 
 /// Applications seeded into the benchmark zone.
 const APPLICATIONS: usize = 50;
@@ -56,7 +62,18 @@ impl Conn {
         token: Option<&str>,
         body: Option<&str>,
     ) -> Result<(u16, String), String> {
-        self.send(method, path, token, JSON, body.unwrap_or(""))
+        self.send(method, path, token, JSON, body.unwrap_or(""), &[])
+    }
+
+    /// Like [`Conn::request`] without a body, with extra request headers (name, value).
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String), String> {
+        self.send(method, path, token, JSON, "", headers)
     }
 
     /// `POST` of an `application/x-www-form-urlencoded` body (the STS token endpoint).
@@ -67,6 +84,7 @@ impl Conn {
             None,
             "application/x-www-form-urlencoded",
             body,
+            &[],
         )
     }
 
@@ -77,10 +95,14 @@ impl Conn {
         token: Option<&str>,
         content_type: &str,
         body: &str,
+        headers: &[(&str, &str)],
     ) -> Result<(u16, String), String> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
         if let Some(token) = token {
             head.push_str(&format!("authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         if !body.is_empty() || method == "POST" {
             head.push_str(&format!(
@@ -326,7 +348,7 @@ pub fn machine() -> String {
 /// Runs every benchmark: the STS micro-benchmarks, then the API and the STS over HTTP with the
 /// release binary under `target_dir`. `cargo` makes a cargo command run from the workspace root.
 pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path, parts: &[String]) -> Result<(), String> {
-    const PARTS: [&str; 3] = ["api", "sts", "coordinator"];
+    const PARTS: [&str; 4] = ["api", "sts", "coordinator", "governed"];
     if let Some(unknown) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
         return Err(format!(
             "unknown bench part `{unknown}`; the parts are {}",
@@ -355,6 +377,10 @@ pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path, parts: &[String]) -> 
     if wanted("coordinator") {
         println!("\n== Coordinator over HTTP (issue #4) ==");
         bench_coordinator::http(&binary)?;
+    }
+    if wanted("governed") {
+        println!("\n== Gateway: governed requests over HTTP (issue #5) ==");
+        bench_governed::http(&binary)?;
     }
     Ok(())
 }

@@ -26,11 +26,12 @@ const COMMANDS: &[(&str, &str)] = &[
          Python SDK (extra arguments go to pytest, e.g. `-k restart -x`)",
     ),
     (
-        "bench [api|sts|coordinator]",
+        "bench [api|sts|coordinator|governed]",
         "release build; STS micro-benchmarks (policy decision, ES256, in-process mint), then \
          list-applications p50/p95, STS mint latency and throughput, and Coordinator Session \
-         cycles and Delegation create over HTTP on Postgres against baselines from the same run \
-         (needs Postgres and Redis on 127.0.0.1); naming parts runs only those",
+         cycles and Delegation create, and governed requests (mint + Gateway hop) at 1, 4 and 16 \
+         workers, over HTTP on Postgres against baselines from the same run (needs Postgres and \
+         Redis on 127.0.0.1); naming parts runs only those",
     ),
     (
         "up [--release]",
