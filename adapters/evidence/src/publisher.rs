@@ -2,8 +2,8 @@
 //!
 //! `emit` puts the event in a bounded channel and returns. One background task takes events in
 //! batches (at most `batch`, or whatever arrived within `flush_interval`), signs each, and
-//! `XADD`s them one by one. The first failed publication diverts the rest of the batch, and the
-//! following batches, to the replay spool; a replay pass (every `replay_interval`, once the bus
+//! `XADD`s the batch in order (one round trip on Redis, all or nothing). The first failed
+//! publication diverts the rest of the batch, and the following batches, to the replay spool; a replay pass (every `replay_interval`, once the bus
 //! answers `ping`) publishes the spooled frames oldest first and returns the publisher to live
 //! mode when the spool is drained. Everything one publisher delivers therefore reaches the
 //! stream in emit order, with one exception: an event that finds the channel full is spooled
@@ -462,23 +462,22 @@ impl Flusher {
         );
     }
 
-    /// Publishes in order until the first failure; returns the frames not published.
+    /// Publishes the batch in order (one round trip where the bus can); returns the frames not
+    /// published, from the first that failed.
     async fn publish_live(&mut self, mut frames: Vec<Frame>) -> Vec<Frame> {
-        for index in 0..frames.len() {
-            if let Err(e) = self
-                .bus
-                .publish(&self.stream, &frames[index].fields())
-                .await
-            {
+        let entries: Vec<Vec<(String, String)>> = frames.iter().map(Frame::fields).collect();
+        let (published, error) = self.bus.publish_batch(&self.stream, &entries).await;
+        match error {
+            None => Vec::new(),
+            Some(e) => {
                 self.shared.sink_errors.fetch_add(1, Ordering::Relaxed);
                 if self.shared.spool.is_some() && !self.via_spool {
                     tracing::warn!(error = %e, "audit stream unavailable; spooling evidence until it answers");
                 }
                 self.via_spool = self.shared.spool.is_some();
-                return frames.split_off(index);
+                frames.split_off(published.min(frames.len()))
             }
         }
-        Vec::new()
     }
 
     /// Spools all frames durably, or hands them all back.

@@ -138,6 +138,56 @@ impl EventBus for RedisBus {
         text(reply).ok_or_else(|| BusError::Unavailable("XADD replied without an entry id".into()))
     }
 
+    /// One `MULTI … EXEC` of `XADD`s: one round trip for the whole batch, and all or none of
+    /// it appended.
+    async fn publish_batch(
+        &self,
+        stream: &str,
+        entries: &[Vec<(String, String)>],
+    ) -> (usize, Option<BusError>) {
+        if entries.is_empty() {
+            return (0, None);
+        }
+        if entries.iter().any(Vec::is_empty) {
+            return (
+                0,
+                Some(BusError::Unavailable(
+                    "an entry needs at least one field (as XADD)".into(),
+                )),
+            );
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for fields in entries {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAX_LEN)
+                .arg("*");
+            for (name, value) in fields {
+                cmd.arg(name).arg(value);
+            }
+        }
+        let mut conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return (0, Some(e)),
+        };
+        match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Ok(ids) if ids.len() == entries.len() => (entries.len(), None),
+            Ok(ids) => (
+                0,
+                Some(BusError::Unavailable(format!(
+                    "MULTI/EXEC of {} XADDs answered {} replies",
+                    entries.len(),
+                    ids.len()
+                ))),
+            ),
+            Err(e) => (0, Some(unavailable("XADD batch failed", e))),
+        }
+    }
+
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
         let mut conn = self.connection().await?;
         let created: Result<Value, redis::RedisError> = redis::cmd("XGROUP")

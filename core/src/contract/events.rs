@@ -26,6 +26,8 @@ const CASES: &[&str] = &[
     "block-timeout",
     "no-block",
     "roundtrip",
+    "batch",
+    "batch-empty",
 ];
 
 /// The stream a contract case writes to: `caracal.contract.<case>.<unique>`.
@@ -61,6 +63,8 @@ pub async fn run_all(bus: &dyn EventBus, unique: &str) {
     blocking_read_returns_empty_after_timeout(bus, unique).await;
     zero_block_does_not_wait(bus, unique).await;
     unicode_and_empty_values_round_trip(bus, unique).await;
+    publish_batch_appends_in_order(bus, unique).await;
+    publish_batch_counts_what_it_appended(bus, unique).await;
 }
 
 /// Entry ids have the `<ms>-<seq>` shape and grow strictly with each publish on one stream:
@@ -433,6 +437,70 @@ async fn ensure(bus: &dyn EventBus, stream: &str, group: &str) {
     bus.ensure_group(stream, group)
         .await
         .unwrap_or_else(|e| panic!("ensure_group {group} on {stream} failed: {e}"));
+}
+
+/// `publish_batch` appends every entry, in order, with exact fields, after what was already
+/// there; an empty batch appends nothing and succeeds.
+pub async fn publish_batch_appends_in_order(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("batch", unique);
+    ensure(bus, &stream, "g").await;
+    publish(bus, &stream, &[("n", "before")]).await;
+    let entries: Vec<Vec<(String, String)>> = (0..25)
+        .map(|n| {
+            vec![
+                ("n".to_owned(), n.to_string()),
+                ("k".to_owned(), "v".to_owned()),
+            ]
+        })
+        .collect();
+    let (published, error) = bus.publish_batch(&stream, &entries).await;
+    assert!(error.is_none(), "publish_batch failed: {error:?}");
+    assert_eq!(
+        published,
+        entries.len(),
+        "every entry of the batch is appended"
+    );
+    assert_eq!(
+        bus.publish_batch(&stream, &[]).await.0,
+        0,
+        "an empty batch appends nothing"
+    );
+    let delivered = read(bus, &stream, "g", "c", 100, 0).await;
+    let got: Vec<Vec<(String, String)>> = delivered.into_iter().map(|d| d.fields).collect();
+    let mut expected = vec![vec![("n".to_owned(), "before".to_owned())]];
+    expected.extend(entries);
+    assert_eq!(
+        got, expected,
+        "batch entries follow earlier ones, in order, fields exact"
+    );
+}
+
+/// A batch holding an entry without fields is refused with an error, and the answered count
+/// is exactly what reached the stream (all-or-nothing adapters answer 0; one-by-one adapters
+/// the entries before the bad one).
+pub async fn publish_batch_counts_what_it_appended(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("batch-empty", unique);
+    ensure(bus, &stream, "g").await;
+    let entries = vec![
+        vec![("n".to_owned(), "0".to_owned())],
+        vec![("n".to_owned(), "1".to_owned())],
+        Vec::new(),
+        vec![("n".to_owned(), "3".to_owned())],
+    ];
+    let (published, error) = bus.publish_batch(&stream, &entries).await;
+    assert!(error.is_some(), "an entry without fields fails the batch");
+    let delivered = read(bus, &stream, "g", "c", 100, 0).await;
+    assert_eq!(
+        delivered.len(),
+        published,
+        "the answered count is what the stream holds"
+    );
+    let got: Vec<Vec<(String, String)>> = delivered.into_iter().map(|d| d.fields).collect();
+    assert_eq!(
+        got,
+        entries[..published].to_vec(),
+        "the appended prefix, in order"
+    );
 }
 
 async fn read(

@@ -26,6 +26,22 @@ pub struct Delivery {
 pub trait EventBus: Send + Sync {
     /// Appends an entry; returns its entry id.
     async fn publish(&self, stream: &str, fields: &[(String, String)]) -> Result<String, BusError>;
+    /// Appends `entries` in order. Answers how many were appended, counting from the first,
+    /// and the error that stopped the rest (`None` when all were). An adapter that can send
+    /// the batch in one round trip does, all or nothing. Entries without fields are refused
+    /// like [`Self::publish`] refuses them.
+    async fn publish_batch(
+        &self,
+        stream: &str,
+        entries: &[Vec<(String, String)>],
+    ) -> (usize, Option<BusError>) {
+        for (index, fields) in entries.iter().enumerate() {
+            if let Err(e) = self.publish(stream, fields).await {
+                return (index, Some(e));
+            }
+        }
+        (entries.len(), None)
+    }
     /// Creates the consumer group at the start of the stream if it does not exist.
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError>;
     /// Reads up to `count` entries never delivered to `group`, waiting up to `block_ms`.
