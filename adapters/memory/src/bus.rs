@@ -67,12 +67,21 @@ struct Entry {
     fields: Vec<(String, String)>,
 }
 
-/// One consumer group: where `>` reads resume, and what was delivered but not yet acked (by
-/// whom), as Redis' PEL. Entries trimmed from the stream stay pending until acked, as in Redis.
+/// One consumer group: where `>` reads resume, and what was delivered but not yet acked (to
+/// whom, when), as Redis' PEL. Entries trimmed from the stream stay pending until acked or
+/// claimed, as in Redis.
 #[derive(Debug, Default)]
 struct Group {
     last_delivered: EntryId,
-    pending: BTreeMap<EntryId, String>,
+    pending: BTreeMap<EntryId, Pending>,
+}
+
+/// One pending entry: the consumer it was last delivered to and when, which is what its idle
+/// time counts from.
+#[derive(Debug)]
+struct Pending {
+    consumer: String,
+    delivered_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -102,16 +111,65 @@ impl Stream {
             .entries
             .partition_point(|entry| entry.id <= state.last_delivered);
         let limit = if count == 0 { usize::MAX } else { count };
+        let now = Instant::now();
         let mut delivered = Vec::new();
         for entry in self.entries.iter().skip(start).take(limit) {
             state.last_delivered = entry.id;
-            state.pending.insert(entry.id, consumer.to_string());
+            state.pending.insert(
+                entry.id,
+                Pending {
+                    consumer: consumer.to_string(),
+                    delivered_at: now,
+                },
+            );
             delivered.push(Delivery {
                 entry_id: entry.id.to_string(),
                 fields: entry.fields.clone(),
             });
         }
         Ok(delivered)
+    }
+
+    /// Hands up to `count` entries pending in `group` for at least `min_idle` to `consumer`,
+    /// oldest id first, as `XAUTOCLAIM … 0-0`: each claimed entry is delivered again now; pending
+    /// entries no longer in the stream are dropped from the pending list and not counted.
+    fn claim(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let state = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| no_group(stream, group))?;
+        let now = Instant::now();
+        let mut claimed = Vec::new();
+        let mut deleted = Vec::new();
+        for (id, pending) in state.pending.iter_mut() {
+            if claimed.len() >= count {
+                break;
+            }
+            if now.saturating_duration_since(pending.delivered_at) < min_idle {
+                continue;
+            }
+            let Ok(index) = self.entries.binary_search_by(|entry| entry.id.cmp(id)) else {
+                deleted.push(*id);
+                continue;
+            };
+            pending.consumer = consumer.to_string();
+            pending.delivered_at = now;
+            claimed.push(Delivery {
+                entry_id: id.to_string(),
+                fields: self.entries[index].fields.clone(),
+            });
+        }
+        for id in deleted {
+            state.pending.remove(&id);
+        }
+        Ok(claimed)
     }
 }
 
@@ -244,6 +302,27 @@ impl EventBus for MemoryBus {
         }
     }
 
+    async fn claim_idle(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let mut streams = self.lock()?;
+        streams
+            .get_mut(stream)
+            .ok_or_else(|| no_group(stream, group))?
+            .claim(
+                stream,
+                group,
+                consumer,
+                Duration::from_millis(min_idle_ms),
+                count,
+            )
+    }
+
     async fn ack(&self, stream: &str, group: &str, entry_ids: &[String]) -> Result<(), BusError> {
         let ids = entry_ids
             .iter()
@@ -331,7 +410,7 @@ mod tests {
             streams["s"].groups["g"]
                 .pending
                 .iter()
-                .map(|(id, consumer)| (id.to_string(), consumer.clone()))
+                .map(|(id, pending)| (id.to_string(), pending.consumer.clone()))
                 .collect()
         };
         assert_eq!(
@@ -357,6 +436,35 @@ mod tests {
         assert!(result.is_err(), "a malformed id must be refused");
         let streams = bus.lock().expect("lock");
         assert_eq!(streams["s"].groups["g"].pending.len(), 1, "nothing acked");
+    }
+
+    #[tokio::test]
+    async fn claims_drop_pending_entries_trimmed_from_the_stream() {
+        let bus = MemoryBus::with_max_len(2);
+        bus.ensure_group("s", "g").await.expect("ensure group");
+        let first = bus.publish("s", &fields(1)).await.expect("publish");
+        let second = bus.publish("s", &fields(2)).await.expect("publish");
+        bus.read_group("s", "g", "a", 10, 0).await.expect("read");
+        bus.publish("s", &fields(3))
+            .await
+            .expect("publish trims the first");
+        let claimed = bus.claim_idle("s", "g", "b", 0, 10).await.expect("claim");
+        let claimed_ids: Vec<String> = claimed.into_iter().map(|d| d.entry_id).collect();
+        assert_eq!(
+            claimed_ids,
+            vec![second.clone()],
+            "the trimmed entry is not returned"
+        );
+        let streams = bus.lock().expect("lock");
+        let pending = &streams["s"].groups["g"].pending;
+        assert!(
+            !pending.contains_key(&EntryId::parse(&first).expect("id")),
+            "the trimmed entry left the pending list"
+        );
+        let owner = pending
+            .get(&EntryId::parse(&second).expect("id"))
+            .map(|p| p.consumer.as_str());
+        assert_eq!(owner, Some("b"), "the claimed entry is now b's");
     }
 
     #[tokio::test]

@@ -32,6 +32,8 @@ contract_case!(
     blocking_read_returns_empty_after_timeout,
     zero_block_does_not_wait,
     unicode_and_empty_values_round_trip,
+    claim_idle_takes_over_entries_left_pending,
+    claim_idle_honours_count_and_order,
 );
 
 /// The whole suite on one shared bus, as the Redis adapter runs it: cases must not interfere.

@@ -54,6 +54,16 @@ impl EventBus for FlakyBus {
     ) -> Result<Vec<Delivery>, BusError> {
         self.inner.read_group(s, g, c, n, b).await
     }
+    async fn claim_idle(
+        &self,
+        s: &str,
+        g: &str,
+        c: &str,
+        idle: u64,
+        n: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.inner.claim_idle(s, g, c, idle, n).await
+    }
     async fn ack(&self, s: &str, g: &str, ids: &[String]) -> Result<(), BusError> {
         self.inner.ack(s, g, ids).await
     }

@@ -1,5 +1,5 @@
 //! [`EventBus`] over Redis Streams: `XADD … MAXLEN ~ 100000`, consumer groups created from the
-//! start of the stream, `XREADGROUP … >` and `XACK`.
+//! start of the stream, `XREADGROUP … >`, `XAUTOCLAIM` and `XACK`.
 //!
 //! Stream and group names go to Redis exactly as given: they are a wire contract shared with the
 //! upstream services (`caracal.audit.events`, `audit-ingestor`, …), so there is no prefixing.
@@ -255,6 +255,33 @@ impl EventBus for RedisBus {
         deliveries(reply)
     }
 
+    async fn claim_idle(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        // COUNT 0 is an error to Redis; claiming nothing is simply done.
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.connection().await?;
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(min_idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XAUTOCLAIM failed", e))?;
+        claimed(reply)
+    }
+
     async fn ack(&self, stream: &str, group: &str, entry_ids: &[String]) -> Result<(), BusError> {
         // XACK with no ids is a syntax error to Redis; acknowledging nothing is simply done.
         if entry_ids.is_empty() {
@@ -295,7 +322,7 @@ fn text(value: Value) -> Option<String> {
 }
 
 fn malformed(what: &str) -> BusError {
-    BusError::Unavailable(format!("unexpected XREADGROUP reply: {what}"))
+    BusError::Unavailable(format!("unexpected XREADGROUP or XAUTOCLAIM reply: {what}"))
 }
 
 /// Decodes an `XREADGROUP` reply for one stream: nil when nothing came; otherwise, per stream, a
@@ -321,6 +348,30 @@ fn deliveries(reply: Value) -> Result<Vec<Delivery>, BusError> {
         };
         for entry in entries {
             out.push(delivery(entry)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes an `XAUTOCLAIM` reply: `[next-id, entries, deleted-ids]` (Redis 7; 6.2 has no third
+/// element), entries being `[id, [name, value, …]]` or nil for one deleted meanwhile (6.2).
+/// Only the claimed entries matter; the cursor and the deleted ids are ignored.
+fn claimed(reply: Value) -> Result<Vec<Delivery>, BusError> {
+    let Value::Array(parts) = reply else {
+        return Err(malformed("XAUTOCLAIM reply is not an array"));
+    };
+    let mut parts = parts.into_iter();
+    let entries = match parts.nth(1) {
+        Some(Value::Array(entries)) => entries,
+        Some(Value::Nil) | None => Vec::new(),
+        Some(_) => return Err(malformed("XAUTOCLAIM entries are not an array")),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match entry {
+            Value::Nil => {}
+            Value::Array(ref parts) if parts.is_empty() => {}
+            entry => out.push(delivery(entry)?),
         }
     }
     Ok(out)
@@ -403,6 +454,36 @@ mod tests {
         ])]);
         assert!(deliveries(not_utf8).is_err());
         assert!(deliveries(Value::Int(3)).is_err());
+    }
+
+    #[test]
+    fn autoclaim_replies_skip_deleted_entries() {
+        let reply = Value::Array(vec![
+            bulk("0-0"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("k"), bulk("v")])]),
+                Value::Nil,
+                Value::Array(vec![bulk("3-0"), Value::Array(vec![bulk("a"), bulk("")])]),
+            ]),
+            Value::Array(vec![bulk("2-0")]),
+        ]);
+        assert_eq!(
+            claimed(reply).ok(),
+            Some(vec![
+                Delivery {
+                    entry_id: "1-0".into(),
+                    fields: vec![("k".into(), "v".into())],
+                },
+                Delivery {
+                    entry_id: "3-0".into(),
+                    fields: vec![("a".into(), String::new())],
+                },
+            ])
+        );
+        let redis_6 = Value::Array(vec![bulk("0-0"), Value::Array(Vec::new())]);
+        assert_eq!(claimed(redis_6).ok(), Some(Vec::new()));
+        assert!(claimed(Value::Int(1)).is_err());
+        assert!(claimed(Value::Array(vec![bulk("0-0"), Value::Int(1)])).is_err());
     }
 
     #[test]

@@ -28,6 +28,8 @@ const CASES: &[&str] = &[
     "roundtrip",
     "batch",
     "batch-empty",
+    "claim-idle",
+    "claim-count",
 ];
 
 /// The stream a contract case writes to: `caracal.contract.<case>.<unique>`.
@@ -65,6 +67,8 @@ pub async fn run_all(bus: &dyn EventBus, unique: &str) {
     unicode_and_empty_values_round_trip(bus, unique).await;
     publish_batch_appends_in_order(bus, unique).await;
     publish_batch_counts_what_it_appended(bus, unique).await;
+    claim_idle_takes_over_entries_left_pending(bus, unique).await;
+    claim_idle_honours_count_and_order(bus, unique).await;
 }
 
 /// Entry ids have the `<ms>-<seq>` shape and grow strictly with each publish on one stream:
@@ -501,6 +505,112 @@ pub async fn publish_batch_counts_what_it_appended(bus: &dyn EventBus, unique: &
         entries[..published].to_vec(),
         "the appended prefix, in order"
     );
+}
+
+/// An entry delivered to a consumer that never acknowledged it (it died) can be taken over by
+/// another once it has been idle `min_idle_ms`, not before; it comes back with exact fields; the
+/// claim counts as a new delivery, so it is not claimable again until idle anew; acknowledged
+/// entries are never claimed.
+pub async fn claim_idle_takes_over_entries_left_pending(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("claim-idle", unique);
+    ensure(bus, &stream, "g").await;
+    let fields = owned(&[("session_id", "ar_1"), ("reason", "consumer died")]);
+    let lost = bus
+        .publish(&stream, &fields)
+        .await
+        .unwrap_or_else(|e| panic!("publish to {stream} failed: {e}"));
+    let done = publish(bus, &stream, &[("n", "acked")]).await;
+    let got = read(bus, &stream, "g", "a", 10, 0).await;
+    assert_eq!(
+        ids(&got),
+        vec![lost.clone(), done.clone()],
+        "consumer a must get both entries"
+    );
+    ack(bus, &stream, "g", std::slice::from_ref(&done)).await;
+    let early = claim(bus, &stream, "g", "b", CLAIM_IDLE_MS, 10).await;
+    assert!(
+        early.is_empty(),
+        "an entry delivered less than min_idle_ms ago must not be claimable, got {early:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(CLAIM_IDLE_MS * 5 / 2)).await;
+    let claimed = claim(bus, &stream, "g", "b", CLAIM_IDLE_MS, 10).await;
+    assert_eq!(
+        claimed,
+        vec![Delivery {
+            entry_id: lost.clone(),
+            fields,
+        }],
+        "after min_idle_ms the unacknowledged entry (and only it) must be claimable, fields exact"
+    );
+    let again = claim(bus, &stream, "g", "c", CLAIM_IDLE_MS, 10).await;
+    assert!(
+        again.is_empty(),
+        "a claim must reset the entry's idle time, yet it was claimed again at once: {again:?}"
+    );
+    let unread = read(bus, &stream, "g", "a", 10, 0).await;
+    assert!(
+        unread.is_empty(),
+        "claimed entries are pending, not new: a read must not return them, got {unread:?}"
+    );
+    ack(bus, &stream, "g", std::slice::from_ref(&lost)).await;
+    let after_ack = claim(bus, &stream, "g", "c", 0, 10).await;
+    assert!(
+        after_ack.is_empty(),
+        "acknowledged entries must never be claimed, got {after_ack:?}"
+    );
+}
+
+/// `count` caps one claim, oldest pending entries first; entries never delivered are not
+/// pending and cannot be claimed; claiming through a group that does not exist fails.
+pub async fn claim_idle_honours_count_and_order(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("claim-count", unique);
+    ensure(bus, &stream, "g").await;
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(publish(bus, &stream, &[("n", &n.to_string())]).await);
+    }
+    let never_read = claim(bus, &stream, "g", "b", 0, 10).await;
+    assert!(
+        never_read.is_empty(),
+        "entries never delivered are not pending and must not be claimed, got {never_read:?}"
+    );
+    let got = read(bus, &stream, "g", "a", 10, 0).await;
+    assert_eq!(ids(&got), published, "consumer a must get every entry");
+    let first = claim(bus, &stream, "g", "b", 0, 2).await;
+    assert_eq!(
+        ids(&first),
+        published[..2].to_vec(),
+        "a claim with count 2 must take the two oldest pending entries"
+    );
+    let all = claim(bus, &stream, "g", "c", 0, 10).await;
+    assert_eq!(
+        ids(&all),
+        published,
+        "with min_idle_ms 0 every pending entry is claimable, oldest first"
+    );
+    assert!(
+        bus.claim_idle(&stream, "never-created", "b", 0, 10)
+            .await
+            .is_err(),
+        "claiming through a group that does not exist must fail"
+    );
+}
+
+/// The idle threshold of the claim cases: long enough that back-to-back calls stay under it,
+/// short enough to wait out.
+const CLAIM_IDLE_MS: u64 = 100;
+
+async fn claim(
+    bus: &dyn EventBus,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    count: usize,
+) -> Vec<Delivery> {
+    bus.claim_idle(stream, group, consumer, min_idle_ms, count)
+        .await
+        .unwrap_or_else(|e| panic!("claim_idle {group}/{consumer} on {stream} failed: {e}"))
 }
 
 async fn read(

@@ -54,6 +54,19 @@ pub trait EventBus: Send + Sync {
         count: usize,
         block_ms: u64,
     ) -> Result<Vec<Delivery>, BusError>;
+    /// Takes over up to `count` entries of `group` that were delivered to some consumer more
+    /// than `min_idle_ms` ago and never acknowledged, for `consumer` (Redis `XAUTOCLAIM …
+    /// 0-0 COUNT n`; entries deleted from the stream meanwhile are dropped from the pending
+    /// list and not returned). Each claimed entry counts as delivered again now, to
+    /// `consumer`. Oldest pending first.
+    async fn claim_idle(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError>;
     /// Acknowledges entries so they are never redelivered.
     async fn ack(&self, stream: &str, group: &str, entry_ids: &[String]) -> Result<(), BusError>;
     /// Checks the bus answers (for `/ready`).

@@ -26,6 +26,11 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(30 * 60);
 const READ_COUNT: usize = 50;
 /// Longest block of one read.
 const READ_BLOCK_MS: u64 = 1_000;
+/// How often entries left pending by a dead consumer are claimed (B6), and how long they must
+/// have been idle.
+pub const CLAIM_EVERY: Duration = Duration::from_secs(30);
+/// Entries per claim.
+const CLAIM_COUNT: usize = 25;
 
 fn now_ms(clock: &dyn Clock) -> i64 {
     clock.now().unix_micros() / 1_000
@@ -156,8 +161,10 @@ pub async fn run_prune(revocations: Revocations, mut shutdown: watch::Receiver<b
 }
 
 /// Consumes `caracal.sessions.revoke` with the per-host group `group` as `consumer` until
-/// shutdown. Forged entries are acknowledged and dropped; entries naming no anchor go to the
-/// dead-letter stream; bus errors back off for a second.
+/// shutdown. At start and every [`CLAIM_EVERY`], entries idle that long in the group (left by a
+/// consumer that died) are claimed and processed like read ones. Forged entries are acknowledged
+/// and dropped; entries naming no anchor go to the dead-letter stream; bus errors back off for a
+/// second.
 pub async fn run_stream(
     revocations: Revocations,
     group: String,
@@ -180,7 +187,24 @@ pub async fn run_stream(
             }
         }
     }
+    let claim_idle_ms = u64::try_from(CLAIM_EVERY.as_millis()).unwrap_or(u64::MAX);
+    let mut next_claim = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_claim {
+            next_claim = tokio::time::Instant::now() + CLAIM_EVERY;
+            let claim =
+                bus.claim_idle(REVOKE_STREAM, &group, &consumer, claim_idle_ms, CLAIM_COUNT);
+            let claimed = tokio::select! {
+                r = claim => r,
+                _ = shutdown.changed() => return,
+            };
+            match claimed {
+                Ok(deliveries) => process(&revocations, &group, &deliveries).await,
+                Err(e) => {
+                    tracing::warn!(stream = REVOKE_STREAM, error = %e, "revocation claim failed");
+                }
+            }
+        }
         let read = tokio::select! {
             r = bus.read_group(REVOKE_STREAM, &group, &consumer, READ_COUNT, READ_BLOCK_MS) => r,
             _ = shutdown.changed() => return,
@@ -195,26 +219,31 @@ pub async fn run_stream(
                 }
             }
         };
-        let mut done = Vec::with_capacity(deliveries.len());
-        for d in &deliveries {
-            if !revocations.authentic(d) {
-                tracing::warn!(stream = REVOKE_STREAM, entry = %d.entry_id, "dropping unsigned or forged entry");
-                revocations
-                    .metrics
-                    .inc(&revocations.metrics.revocation_invalid_signatures);
-            } else if revocations.apply(d) {
-                revocations
-                    .metrics
-                    .inc(&revocations.metrics.revocation_messages);
-            } else {
-                revocations.dead_letter(d).await;
-            }
-            done.push(d.entry_id.clone());
+        process(&revocations, &group, &deliveries).await;
+    }
+}
+
+/// Verifies, applies (or dead-letters) and acknowledges delivered entries.
+async fn process(revocations: &Revocations, group: &str, deliveries: &[Delivery]) {
+    let mut done = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        if !revocations.authentic(d) {
+            tracing::warn!(stream = REVOKE_STREAM, entry = %d.entry_id, "dropping unsigned or forged entry");
+            revocations
+                .metrics
+                .inc(&revocations.metrics.revocation_invalid_signatures);
+        } else if revocations.apply(d) {
+            revocations
+                .metrics
+                .inc(&revocations.metrics.revocation_messages);
+        } else {
+            revocations.dead_letter(d).await;
         }
-        if !done.is_empty() {
-            if let Err(e) = bus.ack(REVOKE_STREAM, &group, &done).await {
-                tracing::warn!(stream = REVOKE_STREAM, error = %e, "revocation ack failed");
-            }
+        done.push(d.entry_id.clone());
+    }
+    if !done.is_empty() {
+        if let Err(e) = revocations.bus.ack(REVOKE_STREAM, group, &done).await {
+            tracing::warn!(stream = REVOKE_STREAM, error = %e, "revocation ack failed");
         }
     }
 }

@@ -213,6 +213,17 @@ impl EventBus for FlakyBus {
         Ok(Vec::new())
     }
 
+    async fn claim_idle(
+        &self,
+        _stream: &str,
+        _group: &str,
+        _consumer: &str,
+        _min_idle_ms: u64,
+        _count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        Ok(Vec::new())
+    }
+
     async fn ack(&self, _stream: &str, _group: &str, _ids: &[String]) -> Result<(), BusError> {
         Ok(())
     }
