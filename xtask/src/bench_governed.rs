@@ -39,7 +39,7 @@ use crate::bench::{
     self, connect_healthy, free_port, hex_key, json_field, percentile, psql, us, Cleanup, Conn,
     ROUNDS,
 };
-use crate::bench_sts::{cpu_time, mint};
+use crate::bench_sts::{cpu_time, field, form_escape, json_string, mint};
 
 /// Worker counts (closed loop, one request in flight per worker).
 const WORKERS: [usize; 3] = [1, 4, 16];
@@ -60,36 +60,6 @@ const UPSTREAM_OK: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
 const UPSTREAM_DENIED: &[u8] =
     b"HTTP/1.1 401 Unauthorized\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n\r\nunauthorized";
-
-/// A JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// `application/x-www-form-urlencoded` value encoding.
-fn form_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for b in value.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
 
 fn form(pairs: &[(&str, &str)]) -> String {
     pairs
@@ -112,12 +82,6 @@ fn post(
         return Err(format!("POST {path} answered {status}: {text}"));
     }
     Ok(text)
-}
-
-fn field(body: &str, name: &str) -> Result<String, String> {
-    json_field(body, name)
-        .map(str::to_owned)
-        .ok_or_else(|| format!("response without {name}: {body}"))
 }
 
 /// Reads one HTTP/1.1 message head into `head` (request or status line plus headers, with the

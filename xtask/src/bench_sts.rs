@@ -74,7 +74,7 @@ pub fn micro(mut cargo: Command) -> Result<Micro, String> {
 }
 
 /// A JSON string literal.
-fn json_string(text: &str) -> String {
+pub(crate) fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     for c in text.chars() {
@@ -90,7 +90,7 @@ fn json_string(text: &str) -> String {
 }
 
 /// `application/x-www-form-urlencoded` value encoding, as the official clients send it.
-fn form_escape(value: &str) -> String {
+pub(crate) fn form_escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len() * 3);
     for b in value.bytes() {
         match b {
@@ -118,7 +118,7 @@ fn admin(
     Ok(text)
 }
 
-fn field(body: &str, name: &str) -> Result<String, String> {
+pub(crate) fn field(body: &str, name: &str) -> Result<String, String> {
     json_field(body, name)
         .map(str::to_owned)
         .ok_or_else(|| format!("response without {name}: {body}"))

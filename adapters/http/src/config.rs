@@ -72,6 +72,39 @@ impl Env<'_> {
         }
     }
 
+    /// A secret from `name`, or from the file named by `file_name`; both set is an error, and
+    /// so is an unreadable or empty file. A trailing newline in the file is not part of the
+    /// secret.
+    pub fn secret(
+        &self,
+        name: &'static str,
+        file_name: &'static str,
+    ) -> Result<Option<String>, ConfigError> {
+        match (self.optional(name), self.optional(file_name)) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid {
+                name,
+                reason: format!("set either {name} or {file_name}, not both"),
+            }),
+            (Some(value), None) => Ok(Some(value)),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(path.trim()).map_err(|e| ConfigError::Invalid {
+                        name: file_name,
+                        reason: format!("cannot read {path}: {e}"),
+                    })?;
+                let value = text.trim_end_matches(['\r', '\n']).to_owned();
+                if value.trim().is_empty() {
+                    return Err(ConfigError::Invalid {
+                        name: file_name,
+                        reason: format!("{path} is empty"),
+                    });
+                }
+                Ok(Some(value))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// A boolean (`true`/`false`/`1`/`0`).
     pub fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.0.get(name).as_deref().map(str::trim) {

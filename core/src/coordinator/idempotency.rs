@@ -181,16 +181,11 @@ impl Coordinator {
         request_fingerprint: &str,
         now: Timestamp,
     ) -> Result<Prior> {
-        for hash in self.key_hashes(key) {
-            if let Some(receipt) = uow.get_idempotency_receipt(scope, &hash, now).await? {
-                if receipt.request_hash != request_fingerprint {
-                    return Err(Error::conflict(
-                        "idempotency_key_conflict",
-                        "Idempotency-Key was already used with a different request",
-                    ));
-                }
-                return Ok(Prior::Same(receipt));
-            }
+        if let Prior::Same(receipt) = self
+            .committed_twin(uow, scope, key, request_fingerprint, now)
+            .await?
+        {
+            return Ok(Prior::Same(receipt));
         }
         let live = uow.count_idempotency_receipts(scope, now).await?;
         if live >= self.config.idempotency_max_receipts_per_scope {
@@ -202,9 +197,10 @@ impl Coordinator {
         Ok(Prior::None)
     }
 
-    /// The receipt a request with the same key committed while this unit worked (read under
-    /// the lock that orders the two): `Prior::Same` when it carries this request's fingerprint,
-    /// `409 idempotency_key_conflict` when another's, `Prior::None` when there is none.
+    /// The receipt stored under the key: `Prior::Same` when it carries this request's
+    /// fingerprint, `409 idempotency_key_conflict` when another's, `Prior::None` when there is
+    /// none. Read under the zone lock, it also finds a twin that committed while this unit
+    /// worked.
     pub(crate) async fn committed_twin(
         &self,
         uow: &mut dyn UnitOfWork,

@@ -72,37 +72,6 @@ pub struct CoordinatorServiceConfig {
     pub core: CoordinatorConfig,
 }
 
-/// A secret from `name`, or from the file named by `file_name`; both set is an error, and so
-/// is an unreadable or empty file. A trailing newline in the file is not part of the secret.
-pub fn secret(
-    env: &Env<'_>,
-    name: &'static str,
-    file_name: &'static str,
-) -> Result<Option<String>, ConfigError> {
-    match (env.optional(name), env.optional(file_name)) {
-        (Some(_), Some(_)) => Err(ConfigError::Invalid {
-            name,
-            reason: format!("set either {name} or {file_name}, not both"),
-        }),
-        (Some(value), None) => Ok(Some(value)),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path.trim()).map_err(|e| ConfigError::Invalid {
-                name: file_name,
-                reason: format!("cannot read {path}: {e}"),
-            })?;
-            let value = text.trim_end_matches(['\r', '\n']).to_owned();
-            if value.trim().is_empty() {
-                return Err(ConfigError::Invalid {
-                    name: file_name,
-                    reason: format!("{path} is empty"),
-                });
-            }
-            Ok(Some(value))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 /// Why an issuer URL is unusable, if it is (the STS applies the same rule to `ISSUER_URL`).
 fn issuer_problem(url: &str) -> Option<&'static str> {
     let Some(rest) = url
@@ -233,12 +202,11 @@ impl CoordinatorServiceConfig {
             issuer,
             sts_url: env.optional("STS_URL"),
             lifecycle_scope,
-            operator_token: secret(
-                env,
+            operator_token: env.secret(
                 "CARACAL_COORDINATOR_TOKEN",
                 "CARACAL_COORDINATOR_TOKEN_FILE",
             )?,
-            metrics_bearer: secret(env, "METRICS_BEARER", "METRICS_BEARER_FILE")?,
+            metrics_bearer: env.secret("METRICS_BEARER", "METRICS_BEARER_FILE")?,
             published,
             body_limit: at_least(env, "COORDINATOR_BODY_LIMIT_BYTES", 262_144usize, 1024)?,
             global_limit_per_min: env.parsed("COORDINATOR_RATE_LIMIT_PER_MIN", 600)?,
@@ -254,9 +222,8 @@ impl CoordinatorServiceConfig {
             deadline_sweep_every: millis(env, "DEADLINE_SWEEP_INTERVAL_MS", 5_000)?,
             retention_every: millis(env, "RETENTION_CLEANUP_INTERVAL_MS", 900_000)?,
             outbox_every: millis(env, "OUTBOX_INTERVAL_MS", 1_000)?,
-            idempotency_key: secret(env, "IDEMPOTENCY_HMAC_KEY", "IDEMPOTENCY_HMAC_KEY_FILE")?,
-            idempotency_key_previous: secret(
-                env,
+            idempotency_key: env.secret("IDEMPOTENCY_HMAC_KEY", "IDEMPOTENCY_HMAC_KEY_FILE")?,
+            idempotency_key_previous: env.secret(
                 "IDEMPOTENCY_HMAC_KEY_PREVIOUS",
                 "IDEMPOTENCY_HMAC_KEY_PREVIOUS_FILE",
             )?,

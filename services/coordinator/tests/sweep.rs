@@ -269,15 +269,7 @@ async fn two_replicas_never_process_a_session_twice() {
     let start = clock.now().plus_millis(-5_000);
     let sessions = seed_due(store.as_ref(), &zones, 15, start).await;
 
-    let replicas: Vec<Arc<caracal_core::coordinator::Coordinator>> = (0..2)
-        .map(|_| {
-            Arc::new(coordinator_over(
-                Arc::clone(&store),
-                Arc::clone(&clock),
-                config.clone(),
-            ))
-        })
-        .collect();
+    let replicas = two_replicas(&store, &clock, &config);
     let mut tasks = Vec::new();
     for replica in &replicas {
         let replica = Arc::clone(replica);
@@ -360,6 +352,35 @@ async fn seed_capacity_zone(store: &dyn Store, at: caracal_core::time::Timestamp
     zone
 }
 
+/// Two Coordinators over one store, as two replicas would be.
+fn two_replicas(
+    store: &Arc<dyn Store>,
+    clock: &Arc<dyn Clock>,
+    config: &CoordinatorConfig,
+) -> Vec<Arc<caracal_core::coordinator::Coordinator>> {
+    (0..2)
+        .map(|_| {
+            Arc::new(coordinator_over(
+                Arc::clone(store),
+                Arc::clone(clock),
+                config.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// `app` calling with its own application record `sid`.
+fn app_principal(zone: &ZoneId) -> caracal_core::coordinator::Principal {
+    caracal_core::coordinator::Principal {
+        sub: "app".into(),
+        client_id: "app".into(),
+        scopes: vec![LIFECYCLE.to_owned()],
+        zone: zone.clone(),
+        sid: Some("sid".into()),
+        operator: false,
+    }
+}
+
 /// A root start takes the zone lock only after writing its Session, for its capacity check
 /// and commit. Twenty concurrent starts through two replicas against `MAX_AGENTS_PER_APP = 5`
 /// on Postgres: exactly five are admitted, the rest are refused with the typed limit error,
@@ -377,23 +398,8 @@ async fn concurrent_root_starts_never_exceed_the_application_limit() {
         max_agents_per_app: 5,
         ..CoordinatorConfig::default()
     };
-    let replicas: Vec<Arc<caracal_core::coordinator::Coordinator>> = (0..2)
-        .map(|_| {
-            Arc::new(coordinator_over(
-                Arc::clone(&store),
-                Arc::clone(&clock),
-                config.clone(),
-            ))
-        })
-        .collect();
-    let principal = caracal_core::coordinator::Principal {
-        sub: "app".into(),
-        client_id: "app".into(),
-        scopes: vec![LIFECYCLE.to_owned()],
-        zone: zone.clone(),
-        sid: Some("sid".into()),
-        operator: false,
-    };
+    let replicas = two_replicas(&store, &clock, &config);
+    let principal = app_principal(&zone);
     let mut tasks = Vec::new();
     for i in 0..20 {
         let replica = Arc::clone(&replicas[i % 2]);
@@ -461,23 +467,8 @@ async fn concurrent_twins_with_one_key_create_one_session() {
     let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 10).expect("connect"));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
-    let replicas: Vec<Arc<caracal_core::coordinator::Coordinator>> = (0..2)
-        .map(|_| {
-            Arc::new(coordinator_over(
-                Arc::clone(&store),
-                Arc::clone(&clock),
-                CoordinatorConfig::default(),
-            ))
-        })
-        .collect();
-    let principal = caracal_core::coordinator::Principal {
-        sub: "app".into(),
-        client_id: "app".into(),
-        scopes: vec![LIFECYCLE.to_owned()],
-        zone: zone.clone(),
-        sid: Some("sid".into()),
-        operator: false,
-    };
+    let replicas = two_replicas(&store, &clock, &CoordinatorConfig::default());
+    let principal = app_principal(&zone);
     let mut tasks = Vec::new();
     for i in 0..8 {
         let replica = Arc::clone(&replicas[i % 2]);

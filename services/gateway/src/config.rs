@@ -60,37 +60,6 @@ pub struct GatewayConfig {
 /// Bytes of `MAX_REQUEST_BYTES` by default (10 MiB).
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 10 * 1024 * 1024;
 
-/// A secret from `name`, or from the file named by `file_name`; both set is an error, and so
-/// is an unreadable or empty file. A trailing newline in the file is not part of the secret.
-fn secret(
-    env: &Env<'_>,
-    name: &'static str,
-    file_name: &'static str,
-) -> Result<Option<String>, ConfigError> {
-    match (env.optional(name), env.optional(file_name)) {
-        (Some(_), Some(_)) => Err(ConfigError::Invalid {
-            name,
-            reason: format!("set either {name} or {file_name}, not both"),
-        }),
-        (Some(value), None) => Ok(Some(value)),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path.trim()).map_err(|e| ConfigError::Invalid {
-                name: file_name,
-                reason: format!("cannot read {path}: {e}"),
-            })?;
-            let value = text.trim_end_matches(['\r', '\n']).to_owned();
-            if value.trim().is_empty() {
-                return Err(ConfigError::Invalid {
-                    name: file_name,
-                    reason: format!("{path} is empty"),
-                });
-            }
-            Ok(Some(value))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
 /// Parses a Go duration (`300ms`, `5s`, `1m30s`, `1.5h`) or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -257,8 +226,8 @@ impl GatewayConfig {
             },
             trust_proxy: env.flag("TRUST_PROXY", false)?,
             jti_fail_open,
-            admin_token: secret(env, "CARACAL_ADMIN_TOKEN", "CARACAL_ADMIN_TOKEN_FILE")?,
-            metrics_bearer: secret(env, "METRICS_BEARER", "METRICS_BEARER_FILE")?,
+            admin_token: env.secret("CARACAL_ADMIN_TOKEN", "CARACAL_ADMIN_TOKEN_FILE")?,
+            metrics_bearer: env.secret("METRICS_BEARER", "METRICS_BEARER_FILE")?,
             hostname: hostname(env),
         })
     }
