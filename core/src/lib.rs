@@ -5,6 +5,7 @@
 
 pub mod approval;
 pub mod attribution;
+pub mod audit;
 pub mod authority;
 pub mod coordinator;
 pub mod digest;

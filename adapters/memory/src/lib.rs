@@ -18,3 +18,6 @@ pub use limits::MemoryRateLimiter;
 
 pub mod expiring;
 pub use expiring::MemoryExpiringKeys;
+
+pub mod audit;
+pub use audit::MemoryLedger;

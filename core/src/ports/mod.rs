@@ -1,5 +1,6 @@
 //! Ports: the traits through which the domain reaches storage, streams, keys and time.
 
+pub mod audit;
 pub mod clock;
 pub mod crypto;
 pub mod events;
@@ -10,6 +11,10 @@ pub mod limits;
 pub mod store;
 pub mod zone_keys;
 
+pub use audit::{
+    AppendOutcome, AuditLedger, IngestAlert, LedgerError, ListQuery, RetentionReport,
+    RetentionSetting, SearchQuery,
+};
 pub use clock::{Clock, IdGenerator};
 pub use crypto::{
     Es256, Es256Signer, MessageAuthenticator, PasswordHasher, SecretGenerator, SecretSealer,
