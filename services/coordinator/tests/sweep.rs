@@ -502,3 +502,343 @@ async fn concurrent_twins_with_one_key_create_one_session() {
         .expect("count");
     assert_eq!(live, 1, "one Session was written");
 }
+
+/// Starts a task Session of `app` in `zone` through `replica`, under `parent` when given.
+async fn start_in(
+    replica: &caracal_core::coordinator::Coordinator,
+    zone: &ZoneId,
+    parent: Option<&str>,
+) -> Result<caracal_core::coordinator::Reply, caracal_core::Error> {
+    let mut body = json!({"application_id": "app", "ttl_seconds": 600});
+    if let Some(parent) = parent {
+        body["parent_id"] = json!(parent);
+    }
+    replica
+        .start_session(
+            &app_principal(zone),
+            zone,
+            &caracal_core::coordinator::IdempotencyHeaders::default(),
+            &body,
+        )
+        .await
+}
+
+/// The Session as stored on Postgres.
+async fn stored(store: &Arc<dyn Store>, zone: &ZoneId, id: &str) -> AgentSession {
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    uow.get_agent_session(zone, id)
+        .await
+        .expect("read")
+        .expect("session exists")
+}
+
+/// A child start locks its parent's row instead of a zone lock, and counts the parent's open
+/// children after its own insert. Twenty-five concurrent child starts under one parent through
+/// two replicas on Postgres: exactly ten are admitted, the rest are refused with the typed
+/// limit error, and the parent has exactly ten open children afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_child_starts_never_exceed_ten_children() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 12).expect("connect"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let replicas = two_replicas(&store, &clock, &CoordinatorConfig::default());
+    let parent = id_of(
+        &start_in(&replicas[0], &zone, None)
+            .await
+            .expect("parent")
+            .body,
+        "agent_session_id",
+    );
+    let mut tasks = Vec::new();
+    for i in 0..25 {
+        let replica = Arc::clone(&replicas[i % 2]);
+        let (zone, parent) = (zone.clone(), parent.clone());
+        tasks.push(tokio::spawn(async move {
+            start_in(&replica, &zone, Some(&parent)).await
+        }));
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("start task") {
+            Ok(reply) => {
+                assert_eq!(reply.status, 201, "{}", reply.body);
+                admitted += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code, "session_children_limit_exceeded", "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (admitted, refused),
+        (10, 15),
+        "exactly the limit is admitted"
+    );
+    assert_eq!(
+        stored(&store, &zone, &parent).await.child_count,
+        10,
+        "ten open children, derived from the rows"
+    );
+}
+
+/// A terminate locks the Session and then each level of its subtree; a child start locks its
+/// parent. Racing child starts against the terminate of their parent (and of its parent) on
+/// Postgres, round after round: every start either fails with `parent_not_found` or created a
+/// child that the cascade ended, so no live Session is ever left under an ended one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terminates_racing_child_starts_leave_no_live_child_under_an_ended_parent() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 16).expect("connect"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let replicas = two_replicas(&store, &clock, &CoordinatorConfig::default());
+    let (mut created, mut refused) = (0, 0);
+    for round in 0..8 {
+        let root = id_of(
+            &start_in(&replicas[0], &zone, None)
+                .await
+                .expect("root")
+                .body,
+            "agent_session_id",
+        );
+        let mid = id_of(
+            &start_in(&replicas[1], &zone, Some(&root))
+                .await
+                .expect("mid")
+                .body,
+            "agent_session_id",
+        );
+        let mut starts = Vec::new();
+        for i in 0..6 {
+            let replica = Arc::clone(&replicas[i % 2]);
+            let zone = zone.clone();
+            let parent = if i % 2 == 0 {
+                mid.clone()
+            } else {
+                root.clone()
+            };
+            starts.push(tokio::spawn(async move {
+                start_in(&replica, &zone, Some(&parent)).await
+            }));
+        }
+        // Alternate which end of the tree the terminate comes from.
+        let victim = if round % 2 == 0 {
+            root.clone()
+        } else {
+            mid.clone()
+        };
+        let terminator = Arc::clone(&replicas[round % 2]);
+        let principal = app_principal(&zone);
+        let tz = zone.clone();
+        let terminate = tokio::spawn(async move {
+            terminator
+                .terminate_session(&principal, &tz, &victim, None, None)
+                .await
+        });
+        let mut children = Vec::new();
+        for s in starts {
+            match s.await.expect("start task") {
+                Ok(reply) => {
+                    children.push(id_of(&reply.body, "agent_session_id"));
+                    created += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.code, "parent_not_found", "{e:?}");
+                    refused += 1;
+                }
+            }
+        }
+        let reply = terminate.await.expect("terminate task").expect("terminate");
+        assert_eq!(reply.status, 204);
+        for id in children.iter().chain([&root, &mid]) {
+            let s = stored(&store, &zone, id).await;
+            let Some(parent) = &s.parent_id else { continue };
+            let parent = stored(&store, &zone, parent).await;
+            if parent.status == "terminated" {
+                assert_eq!(
+                    s.status, "terminated",
+                    "round {round}: {id} is live under the ended {}",
+                    parent.id
+                );
+            }
+        }
+        // Clean up for the next round (the capacity limits count live Sessions).
+        replicas[0]
+            .terminate_session(&app_principal(&zone), &zone, &root, None, None)
+            .await
+            .ok();
+    }
+    println!("racing child starts: {created} created and ended, {refused} refused");
+}
+
+/// A Delegation create locks both endpoints; a terminate locks the Session and then the
+/// edges touching it. Racing creates into a Session against its terminate on Postgres: an edge
+/// whose create won is revoked by the terminate, one that lost is refused, and no active edge
+/// is left touching the ended Session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delegation_creates_racing_a_terminate_leave_no_active_edge_on_it() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 16).expect("connect"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let replicas = two_replicas(&store, &clock, &CoordinatorConfig::default());
+    for round in 0..6 {
+        let mut sources = Vec::new();
+        for _ in 0..4 {
+            sources.push(id_of(
+                &start_in(&replicas[0], &zone, None)
+                    .await
+                    .expect("source")
+                    .body,
+                "agent_session_id",
+            ));
+        }
+        let target = id_of(
+            &start_in(&replicas[1], &zone, None)
+                .await
+                .expect("target")
+                .body,
+            "agent_session_id",
+        );
+        let mut creates = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            let replica = Arc::clone(&replicas[i % 2]);
+            let zone = zone.clone();
+            let body = json!({
+                "source_session_id": source,
+                "target_session_id": target,
+                "issuer_application_id": "app",
+                "receiver_application_id": "app",
+                "scopes": ["svc:read"],
+                "ttl_seconds": 600,
+            });
+            creates.push(tokio::spawn(async move {
+                let principal = caracal_core::coordinator::Principal {
+                    scopes: vec![
+                        LIFECYCLE.to_owned(),
+                        "coordinator.delegate_broad".to_owned(),
+                    ],
+                    ..app_principal(&zone)
+                };
+                replica
+                    .create_delegation(
+                        &principal,
+                        &zone,
+                        &caracal_core::coordinator::IdempotencyHeaders::default(),
+                        &body,
+                    )
+                    .await
+            }));
+        }
+        let terminator = Arc::clone(&replicas[round % 2]);
+        let (tz, victim) = (zone.clone(), target.clone());
+        let terminate = tokio::spawn(async move {
+            terminator
+                .terminate_session(&app_principal(&tz), &tz, &victim, None, None)
+                .await
+        });
+        for c in creates {
+            if let Err(e) = c.await.expect("create task") {
+                assert_eq!(e.code, "delegation_endpoint_not_found", "{e:?}");
+            }
+        }
+        terminate.await.expect("terminate task").expect("terminate");
+        let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+        let left = uow
+            .active_edges_touching(&zone, std::slice::from_ref(&target))
+            .await
+            .expect("edges");
+        assert!(
+            left.is_empty(),
+            "round {round}: active edges on the ended target: {left:?}"
+        );
+        drop(uow);
+        for source in &sources {
+            replicas[0]
+                .terminate_session(&app_principal(&zone), &zone, source, None, None)
+                .await
+                .expect("clean up");
+        }
+    }
+}
+
+/// Cascades lock top-down, one depth per statement: terminates of the root and of two
+/// Sessions below it in one tree, all at once on Postgres, never deadlock, and every Session of
+/// the tree ends exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_cascades_end_each_session_once() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 16).expect("connect"));
+    let queue = PgStore::connect(&db.url, 2).expect("queue");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let replicas = two_replicas(&store, &clock, &CoordinatorConfig::default());
+    let mut all = Vec::new();
+    for _ in 0..4 {
+        // A chain of five with a second child at each level.
+        let mut chain = vec![id_of(
+            &start_in(&replicas[0], &zone, None)
+                .await
+                .expect("root")
+                .body,
+            "agent_session_id",
+        )];
+        for _ in 0..4 {
+            let parent = chain.last().cloned().expect("a parent");
+            let side = start_in(&replicas[1], &zone, Some(&parent))
+                .await
+                .expect("side");
+            all.push(id_of(&side.body, "agent_session_id"));
+            chain.push(id_of(
+                &start_in(&replicas[0], &zone, Some(&parent))
+                    .await
+                    .expect("link")
+                    .body,
+                "agent_session_id",
+            ));
+        }
+        let victims = [chain[0].clone(), chain[2].clone(), chain[3].clone()];
+        all.extend(chain);
+        let mut tasks = Vec::new();
+        for (i, victim) in victims.into_iter().enumerate() {
+            let replica = Arc::clone(&replicas[i % 2]);
+            let zone = zone.clone();
+            tasks.push(tokio::spawn(async move {
+                replica
+                    .terminate_session(&app_principal(&zone), &zone, &victim, None, None)
+                    .await
+            }));
+        }
+        for t in tasks {
+            match t.await.expect("terminate task") {
+                Ok(reply) => assert_eq!(reply.status, 204),
+                // Ended by a cascade that won the race.
+                Err(e) => assert_eq!(e.code, "session_not_found", "{e:?}"),
+            }
+        }
+    }
+    let mut terminates: HashMap<String, usize> = HashMap::new();
+    for m in all_outbox(&queue).await {
+        if m.stream == TOPIC_AGENTS_LIFECYCLE
+            && m.fields.get("event").map(String::as_str) == Some("terminate")
+        {
+            *terminates
+                .entry(m.fields["agent_session_id"].clone())
+                .or_default() += 1;
+        }
+    }
+    for id in &all {
+        assert_eq!(stored(&store, &zone, id).await.status, "terminated", "{id}");
+        assert_eq!(terminates.get(id), Some(&1), "one terminate row for {id}");
+    }
+}

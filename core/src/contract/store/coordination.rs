@@ -1,6 +1,7 @@
 //! The Coordinator's storage (`spec/coordinator-gateway.md` A6.1, A6.6, A7, A8.4, A9, A11): the
 //! graph reads and sweeps of `AgentGraphRepo`, the whole of `CoordinationRepo`, and
-//! `UnitLocks::try_lock`.
+//! `UnitLocks::try_lock`, and the derived child counts and row locks the Coordinator's
+//! concurrency rests on (what a lock excludes is tested on Postgres, where units overlap).
 //!
 //! Listings are `id DESC`, strictly below `before`, at most `limit` rows, and confined to the
 //! zone they name and to the unit's scope. The sweeps and the purges see every zone the unit's
@@ -26,6 +27,7 @@ use super::*;
 pub(super) async fn coordination(store: &dyn Store, run: &Run) {
     session_listings(store, run).await;
     live_session_counts(store, run).await;
+    derived_children_and_row_locks(store, run).await;
     edge_listings(store, run).await;
     graph_sweeps(store, run).await;
     retention_of_ended_graph_rows(store, run).await;
@@ -566,6 +568,215 @@ async fn live_session_counts(store: &dyn Store, run: &Run) {
         0,
         "a unit scoped to another zone counts nothing of this zone"
     );
+}
+
+/// `child_count` is derived on every read (children `active` or `suspended`) and ignored on
+/// save; `count_open_children` and `count_start_capacity` count the same children; the lock
+/// reads return the rows they lock with the status filter applied, Sessions in
+/// `(depth, id)` order and edges in id order, and stay inside their zone.
+async fn derived_children_and_row_locks(store: &dyn Store, run: &Run) {
+    let z = committed_zone(store, run).await;
+    let other = committed_zone(store, run).await;
+    let now = run.at(0);
+    let app = run.text("app");
+    let session = |depth: i32, parent: Option<&AgentSession>, status: &str| {
+        let mut s = agent_session(run, &z.id, now);
+        s.application_id = app.clone();
+        s.ttl_seconds = Some(3_600);
+        s.depth = depth;
+        s.parent_id = parent.map(|p| p.id.clone());
+        s.status = status.into();
+        s
+    };
+    let root = session(0, None, "active");
+    let second_root = session(0, None, "active");
+    let active = session(1, Some(&root), "active");
+    let suspended = session(1, Some(&root), "suspended");
+    let ended = session(1, Some(&root), "terminated");
+    let grandchild = session(2, Some(&active), "active");
+    let mut foreign = agent_session(run, &other.id, now);
+    foreign.parent_id = Some(root.id.clone());
+    let mut claimed = root.clone();
+    claimed.child_count = 99;
+    save_sessions(
+        store,
+        &[
+            &claimed,
+            &second_root,
+            &active,
+            &suspended,
+            &ended,
+            &grandchild,
+            &foreign,
+        ],
+        "tree fixtures",
+    )
+    .await;
+
+    let mut uow = begin_all(store).await;
+    let read = |s: &AgentSession, children: i32| {
+        let mut s = s.clone();
+        s.child_count = children;
+        Some(s)
+    };
+    for (s, children) in [(&root, 2), (&active, 1), (&suspended, 0), (&grandchild, 0)] {
+        assert_eq!(
+            ok(
+                uow.get_agent_session(&z.id, &s.id).await,
+                "get_agent_session"
+            ),
+            read(s, children),
+            "child_count counts the open children of this zone, whatever was saved"
+        );
+    }
+    let listed = ok(
+        uow.list_child_sessions(&z.id, &root.id, None, 100).await,
+        "list_child_sessions",
+    );
+    let active_listed = listed.iter().find(|s| s.id == active.id);
+    assert_eq!(
+        active_listed.map(|s| s.child_count),
+        Some(1),
+        "listings derive child_count too"
+    );
+    assert_eq!(
+        ok(
+            uow.count_open_children(&z.id, &root.id).await,
+            "count_open_children"
+        ),
+        2,
+        "open children: active and suspended, not ended, not another zone's"
+    );
+    let split = ok(
+        uow.count_live_agent_sessions_split(&z.id, &app, now).await,
+        "count_live_agent_sessions_split",
+    );
+    for (parent, children) in [(Some(root.id.as_str()), 2), (None, 0)] {
+        assert_eq!(
+            ok(
+                uow.count_start_capacity(&z.id, &app, parent, now).await,
+                "count_start_capacity"
+            ),
+            StartCapacity {
+                zone_live: split.0,
+                app_live: split.1,
+                children,
+            },
+            "the start counts agree with the separate reads"
+        );
+    }
+
+    let by_depth_id = |rows: &[&AgentSession]| {
+        let mut rows: Vec<(i32, String)> = rows.iter().map(|s| (s.depth, s.id.clone())).collect();
+        rows.sort();
+        rows.into_iter().map(|(_, id)| id).collect::<Vec<String>>()
+    };
+    let open = ["active", "suspended"];
+    let locked = ok(
+        uow.lock_agent_sessions(
+            &z.id,
+            &[grandchild.id.clone(), second_root.id.clone()],
+            std::slice::from_ref(&root.id),
+            &open,
+        )
+        .await,
+        "lock_agent_sessions",
+    );
+    assert_eq!(
+        ids_of_sessions(&locked),
+        by_depth_id(&[&grandchild, &second_root, &active, &suspended]),
+        "named rows and children of the named parents, status-filtered, in (depth, id) order"
+    );
+    assert_eq!(
+        locked
+            .iter()
+            .find(|s| s.id == active.id)
+            .map(|s| s.child_count),
+        Some(1),
+        "locked rows derive child_count"
+    );
+    assert_eq!(
+        ids_of_sessions(&ok(
+            uow.lock_agent_sessions(&z.id, std::slice::from_ref(&ended.id), &[], &["active"])
+                .await,
+            "lock_agent_sessions"
+        )),
+        Vec::<String>::new(),
+        "a row outside the statuses is not returned"
+    );
+    assert_eq!(
+        ids_of_sessions(&ok(
+            uow.lock_agent_sessions(
+                &other.id,
+                std::slice::from_ref(&root.id),
+                std::slice::from_ref(&root.id),
+                &open
+            )
+            .await,
+            "lock_agent_sessions"
+        )),
+        vec![foreign.id.clone()],
+        "another zone's lock sees only its own rows"
+    );
+    assert!(
+        ok(
+            uow.lock_agent_sessions(&z.id, &[], &[], &open).await,
+            "lock_agent_sessions"
+        )
+        .is_empty(),
+        "nothing named, nothing locked"
+    );
+    drop(uow);
+
+    let edge = |source: &AgentSession, target: &AgentSession, status: &str| {
+        let mut e = delegation_edge(run, &z.id, now);
+        e.source_session_id = source.id.clone();
+        e.target_session_id = target.id.clone();
+        e.status = status.into();
+        e
+    };
+    let touching = edge(&root, &active, "active");
+    let named = edge(&second_root, &grandchild, "active");
+    let revoked = edge(&root, &suspended, "revoked");
+    let unrelated = edge(&second_root, &suspended, "active");
+    save_edges(
+        store,
+        &[&touching, &named, &revoked, &unrelated],
+        "edge fixtures",
+    )
+    .await;
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ids_of_edges(&ok(
+            uow.lock_active_edges(
+                &z.id,
+                &[named.id.clone(), revoked.id.clone()],
+                std::slice::from_ref(&active.id)
+            )
+            .await,
+            "lock_active_edges"
+        )),
+        {
+            let mut ids = vec![touching.id.clone(), named.id.clone()];
+            ids.sort();
+            ids
+        },
+        "active edges named or touching a named Session, id order"
+    );
+    assert!(
+        ok(
+            uow.lock_active_edges(
+                &other.id,
+                std::slice::from_ref(&named.id),
+                std::slice::from_ref(&active.id)
+            )
+            .await,
+            "lock_active_edges"
+        )
+        .is_empty(),
+        "another zone locks none of this zone's edges"
+    );
+    commit(uow, "release the row locks").await;
 }
 
 // ------------------------------------------------------------------------------------------------
