@@ -3,7 +3,8 @@
 //! What it keeps from Redis, because services depend on it: per-stream order; `<ms>-<seq>` entry
 //! ids that only grow; consumer groups that each have a last-delivered cursor and a pending list;
 //! `>` reads that hand each entry to one consumer of a group once; blocking reads that wake on
-//! publish; `MAXLEN 100000` trimming; and the same refusals (no fields, unknown group). What it
+//! publish; `MAXLEN 100000` trimming (never of audit evidence); delivery counts and idle times
+//! in the pending list; and the same refusals (no fields, unknown group, malformed ids). What it
 //! drops: persistence and sharing across processes, which is why memory mode is all-in-one only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use caracal_core::ports::events::{BusError, Delivery, EventBus};
+use caracal_core::ports::events::{trims_on_publish, BusError, Delivery, EventBus, PendingEntry};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -77,11 +78,35 @@ struct Group {
 }
 
 /// One pending entry: the consumer it was last delivered to and when, which is what its idle
-/// time counts from.
+/// time counts from, and how many times it was delivered.
 #[derive(Debug)]
 struct Pending {
     consumer: String,
     delivered_at: Instant,
+    deliveries: u64,
+}
+
+/// A range bound as Redis reads it: `-` and `+` for the ends, else an id.
+fn bound(text: &str, end: bool) -> Result<EntryId, BusError> {
+    match text {
+        "-" => Ok(EntryId::default()),
+        "+" => Ok(EntryId {
+            ms: u64::MAX,
+            seq: u64::MAX,
+        }),
+        // A bare `<ms>` as an end means the whole millisecond, as in Redis.
+        _ if end && !text.contains('-') => EntryId::parse(text)
+            .map(|id| EntryId {
+                seq: u64::MAX,
+                ..id
+            })
+            .ok_or_else(|| invalid_id(text)),
+        _ => EntryId::parse(text).ok_or_else(|| invalid_id(text)),
+    }
+}
+
+fn invalid_id(text: &str) -> BusError {
+    BusError::Unavailable(format!("invalid stream entry id {text:?}"))
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +145,7 @@ impl Stream {
                 Pending {
                     consumer: consumer.to_string(),
                     delivered_at: now,
+                    deliveries: 1,
                 },
             );
             delivered.push(Delivery {
@@ -161,6 +187,7 @@ impl Stream {
             };
             pending.consumer = consumer.to_string();
             pending.delivered_at = now;
+            pending.deliveries += 1;
             claimed.push(Delivery {
                 entry_id: id.to_string(),
                 fields: self.entries[index].fields.clone(),
@@ -170,6 +197,53 @@ impl Stream {
             state.pending.remove(&id);
         }
         Ok(claimed)
+    }
+
+    /// `consumer`'s pending entries after `after`, up to `count`, re-delivered now (as
+    /// `XREADGROUP … <id>`); one no longer in the stream comes back without fields, unchanged.
+    fn redeliver_own(
+        &mut self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        after: EntryId,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let state = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| no_group(stream, group))?;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let after_start = (std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded);
+        for (id, pending) in state.pending.range_mut(after_start) {
+            if out.len() >= count {
+                break;
+            }
+            if pending.consumer != consumer {
+                continue;
+            }
+            let fields = match self.entries.binary_search_by(|entry| entry.id.cmp(id)) {
+                Ok(index) => {
+                    pending.delivered_at = now;
+                    pending.deliveries += 1;
+                    self.entries[index].fields.clone()
+                }
+                Err(_) => Vec::new(),
+            };
+            out.push(Delivery {
+                entry_id: id.to_string(),
+                fields,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Index range of the entries with ids in `start..=end`.
+    fn span(&self, start: EntryId, end: EntryId) -> std::ops::Range<usize> {
+        let from = self.entries.partition_point(|entry| entry.id < start);
+        let to = self.entries.partition_point(|entry| entry.id <= end);
+        from..to.max(from)
     }
 }
 
@@ -226,6 +300,14 @@ fn no_group(stream: &str, group: &str) -> BusError {
     ))
 }
 
+/// Every id of `texts`, or an error naming the first malformed one (before anything changes).
+fn parse_ids(texts: &[String]) -> Result<Vec<EntryId>, BusError> {
+    texts
+        .iter()
+        .map(|text| EntryId::parse(text).ok_or_else(|| invalid_id(text)))
+        .collect()
+}
+
 fn now_ms() -> u64 {
     // A clock before 1970 only makes ids fall back to last-plus-one; never an error.
     SystemTime::now()
@@ -250,8 +332,10 @@ impl EventBus for MemoryBus {
             id,
             fields: fields.to_vec(),
         });
-        while state.entries.len() > self.max_len {
-            state.entries.pop_front();
+        if trims_on_publish(stream) {
+            while state.entries.len() > self.max_len {
+                state.entries.pop_front();
+            }
         }
         // Readers register their `Notified` under the lock before releasing it, so this wake-up
         // cannot fall between their check and their wait.
@@ -323,15 +407,112 @@ impl EventBus for MemoryBus {
             )
     }
 
-    async fn ack(&self, stream: &str, group: &str, entry_ids: &[String]) -> Result<(), BusError> {
-        let ids = entry_ids
-            .iter()
-            .map(|text| {
-                EntryId::parse(text).ok_or_else(|| {
-                    BusError::Unavailable(format!("invalid stream entry id {text:?}"))
-                })
+    async fn read_own_pending(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        after_id: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let after = EntryId::parse(after_id).ok_or_else(|| invalid_id(after_id))?;
+        let limit = if count == 0 { usize::MAX } else { count };
+        let mut streams = self.lock()?;
+        streams
+            .get_mut(stream)
+            .ok_or_else(|| no_group(stream, group))?
+            .redeliver_own(stream, group, consumer, after, limit)
+    }
+
+    async fn pending(
+        &self,
+        stream: &str,
+        group: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+        consumer: Option<&str>,
+    ) -> Result<Vec<PendingEntry>, BusError> {
+        let (start, end) = (bound(start, false)?, bound(end, true)?);
+        let streams = self.lock()?;
+        let state = streams
+            .get(stream)
+            .and_then(|s| s.groups.get(group))
+            .ok_or_else(|| no_group(stream, group))?;
+        if start > end {
+            return Ok(Vec::new());
+        }
+        let now = Instant::now();
+        Ok(state
+            .pending
+            .range(start..=end)
+            .filter(|(_, p)| consumer.is_none_or(|c| p.consumer == c))
+            .take(count)
+            .map(|(id, p)| PendingEntry {
+                entry_id: id.to_string(),
+                consumer: p.consumer.clone(),
+                idle_ms: u64::try_from(now.saturating_duration_since(p.delivered_at).as_millis())
+                    .unwrap_or(u64::MAX),
+                deliveries: p.deliveries,
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect())
+    }
+
+    async fn pending_count(&self, stream: &str, group: &str) -> Result<u64, BusError> {
+        let streams = self.lock()?;
+        let state = streams
+            .get(stream)
+            .and_then(|s| s.groups.get(group))
+            .ok_or_else(|| no_group(stream, group))?;
+        Ok(state.pending.len() as u64)
+    }
+
+    async fn stream_len(&self, stream: &str) -> Result<u64, BusError> {
+        let streams = self.lock()?;
+        Ok(streams.get(stream).map_or(0, |s| s.entries.len() as u64))
+    }
+
+    async fn range(
+        &self,
+        stream: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let (start, end) = (bound(start, false)?, bound(end, true)?);
+        let streams = self.lock()?;
+        let Some(state) = streams.get(stream) else {
+            return Ok(Vec::new());
+        };
+        Ok(state
+            .entries
+            .range(state.span(start, end))
+            .take(count)
+            .map(|entry| Delivery {
+                entry_id: entry.id.to_string(),
+                fields: entry.fields.clone(),
+            })
+            .collect())
+    }
+
+    async fn delete(&self, stream: &str, entry_ids: &[String]) -> Result<u64, BusError> {
+        let ids = parse_ids(entry_ids)?;
+        let mut streams = self.lock()?;
+        let Some(state) = streams.get_mut(stream) else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        for id in ids {
+            if let Ok(index) = state.entries.binary_search_by(|entry| entry.id.cmp(&id)) {
+                state.entries.remove(index);
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn ack(&self, stream: &str, group: &str, entry_ids: &[String]) -> Result<(), BusError> {
+        let ids = parse_ids(entry_ids)?;
         let mut streams = self.lock()?;
         // As XACK: an unknown stream or group acknowledges nothing and is not an error.
         if let Some(state) = streams
@@ -394,6 +575,29 @@ mod tests {
             got_ids,
             ids[2..].to_vec(),
             "only the newest 3 entries remain"
+        );
+    }
+
+    #[tokio::test]
+    async fn audit_evidence_and_its_dead_letters_are_never_trimmed() {
+        let bus = MemoryBus::with_max_len(2);
+        for stream in ["caracal.audit.events", "caracal.audit.events.dlq"] {
+            for n in 0..5 {
+                bus.publish(stream, &fields(n)).await.expect("publish");
+            }
+            assert_eq!(bus.stream_len(stream).await.expect("len"), 5, "{stream}");
+        }
+        for n in 0..5 {
+            bus.publish("caracal.sessions.revoke", &fields(n))
+                .await
+                .expect("publish");
+        }
+        assert_eq!(
+            bus.stream_len("caracal.sessions.revoke")
+                .await
+                .expect("len"),
+            2,
+            "other streams keep their cap"
         );
     }
 

@@ -34,6 +34,12 @@ contract_case!(
     unicode_and_empty_values_round_trip,
     claim_idle_takes_over_entries_left_pending,
     claim_idle_honours_count_and_order,
+    read_own_pending_returns_what_the_consumer_left_unacknowledged,
+    read_own_pending_returns_deleted_entries_without_fields,
+    pending_lists_owner_idle_time_and_delivery_count,
+    pending_count_follows_reads_and_acks,
+    range_reads_inclusive_bounds_without_delivering,
+    delete_removes_entries_and_counts_them,
 );
 
 /// The whole suite on one shared bus, as the Redis adapter runs it: cases must not interfere.

@@ -64,6 +64,45 @@ impl EventBus for FlakyBus {
     ) -> Result<Vec<Delivery>, BusError> {
         self.inner.claim_idle(s, g, c, idle, n).await
     }
+    async fn read_own_pending(
+        &self,
+        s: &str,
+        g: &str,
+        c: &str,
+        after: &str,
+        n: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.inner.read_own_pending(s, g, c, after, n).await
+    }
+    async fn pending(
+        &self,
+        s: &str,
+        g: &str,
+        start: &str,
+        end: &str,
+        n: usize,
+        c: Option<&str>,
+    ) -> Result<Vec<caracal_core::ports::events::PendingEntry>, BusError> {
+        self.inner.pending(s, g, start, end, n, c).await
+    }
+    async fn pending_count(&self, s: &str, g: &str) -> Result<u64, BusError> {
+        self.inner.pending_count(s, g).await
+    }
+    async fn stream_len(&self, s: &str) -> Result<u64, BusError> {
+        self.inner.stream_len(s).await
+    }
+    async fn range(
+        &self,
+        s: &str,
+        start: &str,
+        end: &str,
+        n: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.inner.range(s, start, end, n).await
+    }
+    async fn delete(&self, s: &str, ids: &[String]) -> Result<u64, BusError> {
+        self.inner.delete(s, ids).await
+    }
     async fn ack(&self, s: &str, g: &str, ids: &[String]) -> Result<(), BusError> {
         self.inner.ack(s, g, ids).await
     }

@@ -1,5 +1,6 @@
-//! [`EventBus`] over Redis Streams: `XADD … MAXLEN ~ 100000`, consumer groups created from the
-//! start of the stream, `XREADGROUP … >`, `XAUTOCLAIM` and `XACK`.
+//! [`EventBus`] over Redis Streams: `XADD … MAXLEN ~ 100000` (audit evidence untrimmed),
+//! consumer groups created from the start of the stream, `XREADGROUP … >` and `… <id>`,
+//! `XAUTOCLAIM`, `XPENDING`, `XLEN`, `XRANGE`, `XDEL` and `XACK`.
 //!
 //! Stream and group names go to Redis exactly as given: they are a wire contract shared with the
 //! upstream services (`caracal.audit.events`, `audit-ingestor`, …), so there is no prefixing.
@@ -8,13 +9,28 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use caracal_core::ports::events::{BusError, Delivery, EventBus};
+use caracal_core::ports::events::{trims_on_publish, BusError, Delivery, EventBus, PendingEntry};
 use deadpool_redis::{Connection, Manager, Pool, Runtime};
-use redis::{AsyncConnectionConfig, Value};
+use redis::{AsyncConnectionConfig, Cmd, Value};
 
 /// `MAXLEN ~` on every publish, as the upstream outbox dispatchers (api.md §4,
-/// `OUTBOX_STREAM_MAXLEN`): streams stay bounded even if a consumer group stalls.
+/// `OUTBOX_STREAM_MAXLEN`): streams stay bounded even if a consumer group stalls. Audit
+/// evidence is never trimmed ([`trims_on_publish`]).
 pub const STREAM_MAX_LEN: u64 = 100_000;
+
+/// The arguments of one `XADD` after the command name: the stream, `MAXLEN ~ 100000` unless
+/// the stream holds audit evidence, an auto id, then the fields in order.
+fn xadd_args<'a>(cmd: &'a mut Cmd, stream: &str, fields: &[(String, String)]) -> &'a mut Cmd {
+    cmd.arg(stream);
+    if trims_on_publish(stream) {
+        cmd.arg("MAXLEN").arg("~").arg(STREAM_MAX_LEN);
+    }
+    cmd.arg("*");
+    for (name, value) in fields {
+        cmd.arg(name).arg(value);
+    }
+    cmd
+}
 
 /// How long opening a connection may take before the bus counts as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -122,14 +138,7 @@ impl EventBus for RedisBus {
             ));
         }
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(STREAM_MAX_LEN)
-            .arg("*");
-        for (name, value) in fields {
-            cmd.arg(name).arg(value);
-        }
+        xadd_args(&mut cmd, stream, fields);
         let mut conn = self.connection().await?;
         let reply: Value = cmd
             .query_async(&mut conn)
@@ -159,16 +168,9 @@ impl EventBus for RedisBus {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for fields in entries {
-            let cmd = pipe
-                .cmd("XADD")
-                .arg(stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_MAX_LEN)
-                .arg("*");
-            for (name, value) in fields {
-                cmd.arg(name).arg(value);
-            }
+            let mut cmd = redis::cmd("XADD");
+            xadd_args(&mut cmd, stream, fields);
+            pipe.add_command(cmd);
         }
         let mut conn = match self.connection().await {
             Ok(conn) => conn,
@@ -282,6 +284,125 @@ impl EventBus for RedisBus {
         claimed(reply)
     }
 
+    async fn read_own_pending(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        after_id: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(group).arg(consumer);
+        if count > 0 {
+            cmd.arg("COUNT").arg(count);
+        }
+        // With an explicit id Redis reads the consumer's history and never blocks.
+        cmd.arg("STREAMS").arg(stream).arg(after_id);
+        let mut conn = self.connection().await?;
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XREADGROUP of pending entries failed", e))?;
+        deliveries(reply)
+    }
+
+    async fn pending(
+        &self,
+        stream: &str,
+        group: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+        consumer: Option<&str>,
+    ) -> Result<Vec<PendingEntry>, BusError> {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(stream).arg(group).arg(start).arg(end).arg(count);
+        if let Some(consumer) = consumer {
+            cmd.arg(consumer);
+        }
+        let mut conn = self.connection().await?;
+        // COUNT 0 still checks the group exists, as the memory bus does.
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XPENDING failed", e))?;
+        pending_entries(reply)
+    }
+
+    async fn pending_count(&self, stream: &str, group: &str) -> Result<u64, BusError> {
+        let mut conn = self.connection().await?;
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XPENDING failed", e))?;
+        match reply {
+            Value::Array(parts) => parts
+                .into_iter()
+                .next()
+                .and_then(integer)
+                .ok_or_else(|| malformed("XPENDING summary without a count")),
+            _ => Err(malformed("XPENDING summary is not an array")),
+        }
+    }
+
+    async fn stream_len(&self, stream: &str) -> Result<u64, BusError> {
+        let mut conn = self.connection().await?;
+        let reply: Value = redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XLEN failed", e))?;
+        integer(reply).ok_or_else(|| malformed("XLEN reply is not an integer"))
+    }
+
+    async fn range(
+        &self,
+        stream: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        // COUNT 0 would mean "no limit" to some Redis versions; asking for nothing is done.
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.connection().await?;
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XRANGE failed", e))?;
+        let Value::Array(entries) = reply else {
+            return Err(malformed("XRANGE reply is not an array"));
+        };
+        entries.into_iter().map(delivery).collect()
+    }
+
+    async fn delete(&self, stream: &str, entry_ids: &[String]) -> Result<u64, BusError> {
+        // XDEL with no ids is a syntax error to Redis; deleting nothing is simply done.
+        if entry_ids.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("XDEL");
+        cmd.arg(stream);
+        for id in entry_ids {
+            cmd.arg(id);
+        }
+        let mut conn = self.connection().await?;
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("XDEL failed", e))?;
+        integer(reply).ok_or_else(|| malformed("XDEL reply is not an integer"))
+    }
+
     async fn ack(&self, stream: &str, group: &str, entry_ids: &[String]) -> Result<(), BusError> {
         // XACK with no ids is a syntax error to Redis; acknowledging nothing is simply done.
         if entry_ids.is_empty() {
@@ -322,7 +443,41 @@ fn text(value: Value) -> Option<String> {
 }
 
 fn malformed(what: &str) -> BusError {
-    BusError::Unavailable(format!("unexpected XREADGROUP or XAUTOCLAIM reply: {what}"))
+    BusError::Unavailable(format!("unexpected stream command reply: {what}"))
+}
+
+/// A non-negative integer reply.
+fn integer(value: Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// Decodes an extended `XPENDING` reply: a list of `[id, consumer, idle-ms, deliveries]`.
+fn pending_entries(reply: Value) -> Result<Vec<PendingEntry>, BusError> {
+    let rows = match reply {
+        Value::Array(rows) => rows,
+        Value::Nil => Vec::new(),
+        _ => return Err(malformed("XPENDING reply is not an array")),
+    };
+    rows.into_iter()
+        .map(|row| {
+            let Value::Array(parts) = row else {
+                return Err(malformed("XPENDING row is not an array"));
+            };
+            let [id, consumer, idle, deliveries] = <[Value; 4]>::try_from(parts)
+                .map_err(|_| malformed("XPENDING row does not have four parts"))?;
+            Ok(PendingEntry {
+                entry_id: text(id).ok_or_else(|| malformed("XPENDING id is not text"))?,
+                consumer: text(consumer)
+                    .ok_or_else(|| malformed("XPENDING consumer is not text"))?,
+                idle_ms: integer(idle).ok_or_else(|| malformed("XPENDING idle time"))?,
+                deliveries: integer(deliveries)
+                    .ok_or_else(|| malformed("XPENDING delivery count"))?,
+            })
+        })
+        .collect()
 }
 
 /// Decodes an `XREADGROUP` reply for one stream: nil when nothing came; otherwise, per stream, a
@@ -484,6 +639,62 @@ mod tests {
         assert_eq!(claimed(redis_6).ok(), Some(Vec::new()));
         assert!(claimed(Value::Int(1)).is_err());
         assert!(claimed(Value::Array(vec![bulk("0-0"), Value::Int(1)])).is_err());
+    }
+
+    fn args(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "<cursor>".to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn audit_evidence_is_published_without_maxlen() {
+        let fields = vec![("data".to_string(), "{}".to_string())];
+        for stream in ["caracal.audit.events", "caracal.audit.events.dlq"] {
+            let mut cmd = redis::cmd("XADD");
+            xadd_args(&mut cmd, stream, &fields);
+            assert_eq!(args(&cmd), ["XADD", stream, "*", "data", "{}"], "{stream}");
+        }
+        let mut cmd = redis::cmd("XADD");
+        xadd_args(&mut cmd, "caracal.sessions.revoke", &fields);
+        assert_eq!(
+            args(&cmd),
+            [
+                "XADD",
+                "caracal.sessions.revoke",
+                "MAXLEN",
+                "~",
+                "100000",
+                "*",
+                "data",
+                "{}"
+            ]
+        );
+    }
+
+    #[test]
+    fn pending_rows_decode_and_malformed_ones_are_errors() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("1-0"),
+            bulk("worker"),
+            Value::Int(1500),
+            Value::Int(3),
+        ])]);
+        assert_eq!(
+            pending_entries(reply).ok(),
+            Some(vec![PendingEntry {
+                entry_id: "1-0".into(),
+                consumer: "worker".into(),
+                idle_ms: 1500,
+                deliveries: 3,
+            }])
+        );
+        let short = Value::Array(vec![Value::Array(vec![bulk("1-0"), bulk("w")])]);
+        assert!(pending_entries(short).is_err());
+        assert!(pending_entries(Value::Int(1)).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::ports::events::{Delivery, EventBus};
+use crate::ports::events::{Delivery, EventBus, PendingEntry};
 
 /// Case names, one stream each; [`streams_used`] derives the full list from it.
 const CASES: &[&str] = &[
@@ -30,6 +30,12 @@ const CASES: &[&str] = &[
     "batch-empty",
     "claim-idle",
     "claim-count",
+    "own-pending",
+    "own-pending-deleted",
+    "pending",
+    "pending-count",
+    "range",
+    "delete",
 ];
 
 /// The stream a contract case writes to: `caracal.contract.<case>.<unique>`.
@@ -69,6 +75,12 @@ pub async fn run_all(bus: &dyn EventBus, unique: &str) {
     publish_batch_counts_what_it_appended(bus, unique).await;
     claim_idle_takes_over_entries_left_pending(bus, unique).await;
     claim_idle_honours_count_and_order(bus, unique).await;
+    read_own_pending_returns_what_the_consumer_left_unacknowledged(bus, unique).await;
+    read_own_pending_returns_deleted_entries_without_fields(bus, unique).await;
+    pending_lists_owner_idle_time_and_delivery_count(bus, unique).await;
+    pending_count_follows_reads_and_acks(bus, unique).await;
+    range_reads_inclusive_bounds_without_delivering(bus, unique).await;
+    delete_removes_entries_and_counts_them(bus, unique).await;
 }
 
 /// Entry ids have the `<ms>-<seq>` shape and grow strictly with each publish on one stream:
@@ -630,4 +642,325 @@ async fn ack(bus: &dyn EventBus, stream: &str, group: &str, entry_ids: &[String]
     bus.ack(stream, group, entry_ids)
         .await
         .unwrap_or_else(|e| panic!("ack {entry_ids:?} in {group} on {stream} failed: {e}"));
+}
+
+/// A consumer restarting under its own name re-reads what it left unacknowledged: only its own
+/// pending entries, after the given id, oldest first, with exact fields, `count` at a time;
+/// never entries not yet delivered, nor other consumers' ones, nor acknowledged ones.
+pub async fn read_own_pending_returns_what_the_consumer_left_unacknowledged(
+    bus: &dyn EventBus,
+    unique: &str,
+) {
+    let stream = stream_name("own-pending", unique);
+    ensure(bus, &stream, "g").await;
+    let mut published = Vec::new();
+    for n in 0..4 {
+        published.push(publish(bus, &stream, &[("n", &n.to_string())]).await);
+    }
+    let mine = read(bus, &stream, "g", "me", 3, 0).await;
+    assert_eq!(ids(&mine), published[..3].to_vec());
+    let theirs = read(bus, &stream, "g", "other", 10, 0).await;
+    assert_eq!(ids(&theirs), published[3..].to_vec());
+    ack(bus, &stream, "g", std::slice::from_ref(&published[1])).await;
+    let never_delivered = publish(bus, &stream, &[("n", "new")]).await;
+
+    let first = own_pending(bus, &stream, "g", "me", "0", 1).await;
+    assert_eq!(
+        first,
+        vec![Delivery {
+            entry_id: published[0].clone(),
+            fields: owned(&[("n", "0")]),
+        }],
+        "count 1 from 0: the oldest own pending entry, fields exact"
+    );
+    let rest = own_pending(bus, &stream, "g", "me", &published[0], 10).await;
+    assert_eq!(
+        ids(&rest),
+        vec![published[2].clone()],
+        "after an id: the later own pending entries only (acked, other consumers' and \
+         undelivered entries excluded)"
+    );
+    let done = own_pending(bus, &stream, "g", "me", &published[2], 10).await;
+    assert!(done.is_empty(), "nothing after the last one, got {done:?}");
+    let fresh = read(bus, &stream, "g", "me", 10, 0).await;
+    assert_eq!(
+        ids(&fresh),
+        vec![never_delivered],
+        "re-reading pending entries does not consume new ones"
+    );
+    assert!(
+        bus.read_own_pending(&stream, "never-created", "me", "0", 10)
+            .await
+            .is_err(),
+        "reading through a group that does not exist must fail"
+    );
+}
+
+/// An own pending entry deleted from the stream meanwhile still comes back, by id, without
+/// fields (the consumer acknowledges or dead-letters it instead of waiting on it forever).
+pub async fn read_own_pending_returns_deleted_entries_without_fields(
+    bus: &dyn EventBus,
+    unique: &str,
+) {
+    let stream = stream_name("own-pending-deleted", unique);
+    ensure(bus, &stream, "g").await;
+    let gone = publish(bus, &stream, &[("n", "0")]).await;
+    let kept = publish(bus, &stream, &[("n", "1")]).await;
+    read(bus, &stream, "g", "me", 10, 0).await;
+    delete(bus, &stream, std::slice::from_ref(&gone)).await;
+    let got = own_pending(bus, &stream, "g", "me", "0", 10).await;
+    assert_eq!(
+        got,
+        vec![
+            Delivery {
+                entry_id: gone,
+                fields: Vec::new(),
+            },
+            Delivery {
+                entry_id: kept,
+                fields: owned(&[("n", "1")]),
+            },
+        ],
+        "a deleted pending entry comes back without fields, the other one with its fields"
+    );
+}
+
+/// The pending list names each entry's consumer, its idle time and how often it was
+/// delivered: the first read counts one, a claim and a re-read of own pending entries each add
+/// one. Bounds are inclusive, `-`/`+` are the ends, `count` caps, a consumer filters; a group
+/// that does not exist fails.
+pub async fn pending_lists_owner_idle_time_and_delivery_count(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("pending", unique);
+    ensure(bus, &stream, "g").await;
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(publish(bus, &stream, &[("n", &n.to_string())]).await);
+    }
+    read(bus, &stream, "g", "a", 2, 0).await;
+    read(bus, &stream, "g", "b", 10, 0).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let all = pending(bus, &stream, "g", "-", "+", 10, None).await;
+    let shape: Vec<(String, String, u64)> = all
+        .iter()
+        .map(|p| (p.entry_id.clone(), p.consumer.clone(), p.deliveries))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (published[0].clone(), "a".to_string(), 1),
+            (published[1].clone(), "a".to_string(), 1),
+            (published[2].clone(), "b".to_string(), 1),
+        ],
+        "every pending entry with its consumer, delivered once"
+    );
+    assert!(
+        all.iter().all(|p| p.idle_ms >= 100),
+        "idle time counts from the delivery, 150 ms ago: {all:?}"
+    );
+
+    let claimed = claim(bus, &stream, "g", "c", 0, 1).await;
+    assert_eq!(ids(&claimed), vec![published[0].clone()]);
+    own_pending(bus, &stream, "g", "c", "0", 10).await;
+    let first = pending(bus, &stream, "g", &published[0], &published[0], 10, None).await;
+    assert_eq!(
+        first
+            .iter()
+            .map(|p| (p.consumer.as_str(), p.deliveries))
+            .collect::<Vec<_>>(),
+        vec![("c", 3)],
+        "read, claimed, re-read: three deliveries, now c's"
+    );
+    let untouched = pending(bus, &stream, "g", &published[1], &published[1], 1, None).await;
+    assert!(
+        first[0].idle_ms < untouched[0].idle_ms,
+        "the re-read restarted the idle time: {first:?} vs the untouched {untouched:?}"
+    );
+
+    let inner = pending(bus, &stream, "g", &published[1], &published[2], 10, None).await;
+    assert_eq!(
+        inner.iter().map(|p| p.entry_id.clone()).collect::<Vec<_>>(),
+        published[1..].to_vec(),
+        "both bounds are inclusive"
+    );
+    let capped = pending(bus, &stream, "g", "-", "+", 2, None).await;
+    assert_eq!(
+        capped
+            .iter()
+            .map(|p| p.entry_id.clone())
+            .collect::<Vec<_>>(),
+        published[..2].to_vec(),
+        "count caps, oldest first"
+    );
+    let of_a = pending(bus, &stream, "g", "-", "+", 10, Some("a")).await;
+    assert_eq!(
+        of_a.iter().map(|p| p.entry_id.clone()).collect::<Vec<_>>(),
+        vec![published[1].clone()],
+        "a consumer filter keeps that consumer's entries only"
+    );
+    assert!(
+        bus.pending(&stream, "never-created", "-", "+", 10, None)
+            .await
+            .is_err(),
+        "a group that does not exist must fail"
+    );
+}
+
+/// The pending count is the number of entries delivered and not acknowledged.
+pub async fn pending_count_follows_reads_and_acks(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("pending-count", unique);
+    ensure(bus, &stream, "g").await;
+    assert_eq!(
+        count_pending(bus, &stream, "g").await,
+        0,
+        "nothing delivered yet"
+    );
+    publish(bus, &stream, &[("n", "0")]).await;
+    publish(bus, &stream, &[("n", "1")]).await;
+    publish(bus, &stream, &[("n", "2")]).await;
+    assert_eq!(
+        count_pending(bus, &stream, "g").await,
+        0,
+        "published but undelivered entries are not pending"
+    );
+    let got = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(count_pending(bus, &stream, "g").await, 3);
+    ack(bus, &stream, "g", &ids(&got)[..2]).await;
+    assert_eq!(count_pending(bus, &stream, "g").await, 1);
+    assert!(
+        bus.pending_count(&stream, "never-created").await.is_err(),
+        "a group that does not exist must fail"
+    );
+}
+
+/// `range` reads entries between inclusive bounds, `count` at a time, without delivering them
+/// to any group; a missing stream is empty, a malformed id an error.
+pub async fn range_reads_inclusive_bounds_without_delivering(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("range", unique);
+    let missing = bus
+        .range(&stream, "-", "+", 10)
+        .await
+        .unwrap_or_else(|e| panic!("range of a missing stream failed: {e}"));
+    assert!(missing.is_empty(), "a missing stream is empty");
+    ensure(bus, &stream, "g").await;
+    let mut published = Vec::new();
+    for n in 0..4 {
+        published.push(publish(bus, &stream, &[("n", &n.to_string())]).await);
+    }
+    let all = range(bus, &stream, "-", "+", 10).await;
+    assert_eq!(ids(&all), published, "every entry, oldest first");
+    assert_eq!(all[2].fields, owned(&[("n", "2")]), "fields exact");
+    let from_second = range(bus, &stream, &published[1], "+", 2).await;
+    assert_eq!(
+        ids(&from_second),
+        published[1..3].to_vec(),
+        "the start is inclusive and count caps"
+    );
+    let one = range(bus, &stream, &published[3], &published[3], 10).await;
+    assert_eq!(
+        ids(&one),
+        vec![published[3].clone()],
+        "start = end reads that entry"
+    );
+    let nothing = range(bus, &stream, "-", "+", 0).await;
+    assert!(nothing.is_empty(), "count 0 reads nothing");
+    assert!(
+        bus.range(&stream, "not-an-id", "+", 10).await.is_err(),
+        "a malformed start must fail"
+    );
+    let delivered = read(bus, &stream, "g", "c", 10, 0).await;
+    assert_eq!(
+        ids(&delivered),
+        published,
+        "ranges delivered nothing: the group still gets every entry"
+    );
+}
+
+/// `delete` removes entries and answers how many it held; the stream length follows; deleting
+/// again, or from a missing stream, removes nothing.
+pub async fn delete_removes_entries_and_counts_them(bus: &dyn EventBus, unique: &str) {
+    let stream = stream_name("delete", unique);
+    assert_eq!(
+        length(bus, &stream).await,
+        0,
+        "a missing stream has no entries"
+    );
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(publish(bus, &stream, &[("n", &n.to_string())]).await);
+    }
+    assert_eq!(length(bus, &stream).await, 3);
+    let target = vec![published[1].clone(), "1-1".to_string()];
+    assert_eq!(
+        delete(bus, &stream, &target).await,
+        1,
+        "one of the two existed"
+    );
+    assert_eq!(length(bus, &stream).await, 2);
+    assert_eq!(delete(bus, &stream, &target).await, 0, "already gone");
+    assert_eq!(delete(bus, &stream, &[]).await, 0, "nothing asked");
+    let left = range(bus, &stream, "-", "+", 10).await;
+    assert_eq!(
+        ids(&left),
+        vec![published[0].clone(), published[2].clone()],
+        "the others stay, in order"
+    );
+    let missing = stream_name("delete", &format!("{unique}-missing"));
+    assert_eq!(delete(bus, &missing, &published).await, 0);
+}
+
+async fn own_pending(
+    bus: &dyn EventBus,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    after_id: &str,
+    count: usize,
+) -> Vec<Delivery> {
+    bus.read_own_pending(stream, group, consumer, after_id, count)
+        .await
+        .unwrap_or_else(|e| panic!("read_own_pending {group}/{consumer} on {stream} failed: {e}"))
+}
+
+async fn pending(
+    bus: &dyn EventBus,
+    stream: &str,
+    group: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+    consumer: Option<&str>,
+) -> Vec<PendingEntry> {
+    bus.pending(stream, group, start, end, count, consumer)
+        .await
+        .unwrap_or_else(|e| panic!("pending {group} on {stream} failed: {e}"))
+}
+
+async fn count_pending(bus: &dyn EventBus, stream: &str, group: &str) -> u64 {
+    bus.pending_count(stream, group)
+        .await
+        .unwrap_or_else(|e| panic!("pending_count {group} on {stream} failed: {e}"))
+}
+
+async fn range(
+    bus: &dyn EventBus,
+    stream: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> Vec<Delivery> {
+    bus.range(stream, start, end, count)
+        .await
+        .unwrap_or_else(|e| panic!("range {start}..{end} on {stream} failed: {e}"))
+}
+
+async fn length(bus: &dyn EventBus, stream: &str) -> u64 {
+    bus.stream_len(stream)
+        .await
+        .unwrap_or_else(|e| panic!("stream_len of {stream} failed: {e}"))
+}
+
+async fn delete(bus: &dyn EventBus, stream: &str, entry_ids: &[String]) -> u64 {
+    bus.delete(stream, entry_ids)
+        .await
+        .unwrap_or_else(|e| panic!("delete {entry_ids:?} from {stream} failed: {e}"))
 }

@@ -224,6 +224,52 @@ impl EventBus for FlakyBus {
         Ok(Vec::new())
     }
 
+    // A publish-only fake: nothing is ever read, so nothing is pending and no stream is read.
+    async fn read_own_pending(
+        &self,
+        _stream: &str,
+        _group: &str,
+        _consumer: &str,
+        _after_id: &str,
+        _count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn pending(
+        &self,
+        _stream: &str,
+        _group: &str,
+        _start: &str,
+        _end: &str,
+        _count: usize,
+        _consumer: Option<&str>,
+    ) -> Result<Vec<caracal_core::ports::events::PendingEntry>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn pending_count(&self, _stream: &str, _group: &str) -> Result<u64, BusError> {
+        Ok(0)
+    }
+
+    async fn stream_len(&self, _stream: &str) -> Result<u64, BusError> {
+        Ok(self.count() as u64)
+    }
+
+    async fn range(
+        &self,
+        _stream: &str,
+        _start: &str,
+        _end: &str,
+        _count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn delete(&self, _stream: &str, _ids: &[String]) -> Result<u64, BusError> {
+        Ok(0)
+    }
+
     async fn ack(&self, _stream: &str, _group: &str, _ids: &[String]) -> Result<(), BusError> {
         Ok(())
     }
