@@ -5,6 +5,8 @@
 //! * [`PgUnitOfWork`] is one transaction on one pooled connection, running as the `caracal_app`
 //!   role with `caracal.zone_id` set, so row-level security confines it to its zone
 //!   (`spec/api.md §5`). Dropping it without `commit` rolls back.
+//! * [`PgLedger`] implements `AuditLedger`: the append-only, hash-chained audit evidence,
+//!   written as the `caracal_audit` role.
 //! * [`migrate`] applies the embedded migrations in `migrations/`.
 //!
 //! The behaviour every adapter must share is pinned by `caracal_core::contract::store`, which
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod audit;
 mod convert;
 mod error;
 mod migrate;
@@ -22,6 +25,7 @@ mod schema;
 mod store;
 mod unit_of_work;
 
+pub use audit::PgLedger;
 pub use migrate::migrate;
 pub use store::PgStore;
 pub use unit_of_work::PgUnitOfWork;
