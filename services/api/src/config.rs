@@ -27,6 +27,9 @@ pub struct ApiConfig {
     pub auth_fail_limit_per_min: u64,
     /// `TRUST_PROXY` (false): take the client IP from `X-Forwarded-For`.
     pub trust_proxy: bool,
+    /// `AUDIT_RETENTION_DAYS` (365): the deployment's ceiling on audit retention; operators
+    /// may only shorten the window below it (`PUT /v1/audit-retention`).
+    pub audit_retention_max_days: u32,
 }
 
 impl ApiConfig {
@@ -48,6 +51,15 @@ impl ApiConfig {
             v1_rate_limit_per_min: env.parsed("API_V1_RATE_LIMIT_PER_MIN", 600)?,
             auth_fail_limit_per_min: env.parsed("ADMIN_AUTH_FAIL_LIMIT_PER_MIN", 60)?,
             trust_proxy: env.flag("TRUST_PROXY", false)?,
+            audit_retention_max_days: match env.parsed("AUDIT_RETENTION_DAYS", 365u32)? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "AUDIT_RETENTION_DAYS",
+                        reason: "must be at least 1".into(),
+                    })
+                }
+                days => days,
+            },
         })
     }
 }
@@ -66,6 +78,7 @@ impl Default for ApiConfig {
             v1_rate_limit_per_min: 600,
             auth_fail_limit_per_min: 60,
             trust_proxy: false,
+            audit_retention_max_days: 365,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 pub mod config;
 mod gate;
 mod reply;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 use caracal_core::manage::Management;
+use caracal_core::ports::audit::AuditLedger;
 use caracal_core::ports::{EventBus, OutboxQueue, RateLimiter, Store};
 use caracal_http::metrics::HttpCounters;
 
@@ -29,8 +31,10 @@ pub struct ApiState {
     pub outbox: Arc<dyn OutboxQueue>,
     /// The event bus (for `/ready`).
     pub bus: Arc<dyn EventBus>,
-    /// The store (for `/ready`).
+    /// The store (for `/ready` and the admin audit reads).
     pub store: Arc<dyn Store>,
+    /// The audit ledger the Audit service writes: zone audit reads and the retention setting.
+    pub audit: Arc<dyn AuditLedger>,
     /// Request counters.
     pub counters: Arc<HttpCounters>,
     /// `/v1` rate-limit counters.

@@ -271,3 +271,58 @@ pub fn approval_decision(
         "approver_subject_id": h.approver_subject_id,
     })
 }
+
+fn stored_json(text: &Option<String>) -> Value {
+    text.as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A decision event as the zone audit reads render it (upstream's `audit_events` row): the
+/// producer's strings as stored, the three JSON columns as values, `metadata_json` redacted,
+/// times in milliseconds.
+pub fn audit_event(row: &caracal_core::audit::StoredEvent) -> Value {
+    let e = &row.event;
+    let metadata = match stored_json(&e.metadata_json) {
+        Value::Null => Value::Null,
+        meta => crate::audit::redact::redact(&meta),
+    };
+    json!({
+        "id": e.id,
+        "zone_id": e.zone_id,
+        "event_type": e.event_type,
+        "request_id": e.request_id,
+        "decision": e.decision,
+        "policy_set_id": e.policy_set_id,
+        "policy_set_version_id": e.policy_set_version_id,
+        "manifest_sha": e.manifest_sha,
+        "evaluation_status": e.evaluation_status,
+        "determining_policies_json": stored_json(&e.determining_policies_json),
+        "diagnostics_json": stored_json(&e.diagnostics_json),
+        "metadata_json": metadata,
+        "occurred_at": Timestamp::from_unix_micros(e.occurred_at_micros),
+        "ingested_at": Timestamp::from_unix_micros(row.ingested_at_micros),
+    })
+}
+
+/// An admin audit record as `GET …/admin-audit` renders it; `signed` says whether the chain
+/// link carries an HMAC.
+pub fn admin_audit_event(r: &AdminAuditRecord) -> Value {
+    json!({
+        "id": r.id,
+        "request_id": r.request_id,
+        "actor_id": r.actor_id,
+        "actor_name": r.actor_name,
+        "actor_scope": r.actor_scope,
+        "action": r.action,
+        "method": r.method,
+        "path": r.path,
+        "entity_type": r.entity_type,
+        "entity_id": r.entity_id,
+        "status_code": r.status_code,
+        "payload_json": crate::audit::redact::redact(&r.payload_json),
+        "occurred_at": r.occurred_at,
+        "chain_seq": r.chain_seq,
+        "signed": r.chain_hmac.is_some(),
+    })
+}

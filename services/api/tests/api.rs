@@ -48,6 +48,7 @@ async fn harness_with(config: ApiConfig) -> Harness {
         outbox: Arc::new(store.clone()),
         bus: Arc::new(MemoryBus::new()),
         store: Arc::new(store.clone()),
+        audit: Arc::new(caracal_memory::MemoryLedger::new(Arc::new(SystemClock))),
         counters: Arc::new(HttpCounters::default()),
         limiter: Arc::new(MemoryRateLimiter::new()),
         config: Arc::new(config),

@@ -37,6 +37,7 @@ async fn state() -> ApiState {
         outbox: Arc::new(store.clone()),
         bus: Arc::new(MemoryBus::new()),
         store: Arc::new(store),
+        audit: Arc::new(caracal_memory::MemoryLedger::new(Arc::new(SystemClock))),
         counters: Arc::new(HttpCounters::default()),
         limiter: Arc::new(MemoryRateLimiter::new()),
         config: Arc::new(ApiConfig::default()),

@@ -10,6 +10,8 @@ use caracal_core::ports::store::{Liveness, Page};
 pub mod admin_tokens;
 pub mod applications;
 pub mod approvals;
+pub mod audit;
+pub mod audit_retention;
 pub mod grants;
 pub mod health;
 pub mod policies;
@@ -54,4 +56,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     subject_issuers::configure(cfg);
     admin_tokens::configure(cfg);
     approvals::configure(cfg);
+    audit::configure(cfg);
+    audit_retention::configure(cfg);
 }
