@@ -65,6 +65,13 @@ const SERVICES: &[Service] = &[
         default_port: 8081,
         url_var: "CARACAL_GATEWAY_URL",
     },
+    Service {
+        name: "audit",
+        label: "Audit",
+        prefix: "AUDIT",
+        default_port: 9090,
+        url_var: "CARACAL_AUDIT_URL",
+    },
 ];
 
 /// How a generated secret looks.
@@ -86,6 +93,7 @@ const SECRETS: &[(&str, Secret)] = &[
     ("IDEMPOTENCY_HMAC_KEY", Secret::Hex),
     ("CARACAL_COORDINATOR_TOKEN", Secret::Token("cct_")),
     ("STS_ADMIN_TOKEN", Secret::Token("sat_")),
+    ("AUDIT_ADMIN_TOKEN", Secret::Token("aat_")),
 ];
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/caracal_local";
@@ -350,7 +358,7 @@ fn check_ports_free(listeners: &[Listen]) -> Result<(), String> {
     Ok(())
 }
 
-/// A clear message when Redis is down, instead of four services failing one by one.
+/// A clear message when Redis is down, instead of every service failing one by one.
 fn check_redis(redis_url: &str) -> Result<(), String> {
     let Some(rest) = redis_url
         .strip_prefix("redis://")

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix_web::HttpServer;
 use caracal_api::{api_app, ApiConfig, ApiState};
+use caracal_audit::{audit_app, AuditConfig, AuditPorts, AuditState};
 use caracal_coordinator::{
     coordinator_app, CoordinatorServiceConfig, CoordinatorState, Stats as CoordinatorStats,
 };
@@ -15,6 +16,7 @@ use caracal_core::coordinator::Coordinator;
 use caracal_core::dispatch::Dispatcher;
 use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::policy::PolicyCache;
+use caracal_core::ports::audit::AuditLedger;
 use caracal_core::ports::{
     Clock, Es256, EventBus, ExpiringKeys, IdGenerator, MessageAuthenticator, OutboxQueue,
     RateLimiter, Store, ZoneKeySource,
@@ -27,7 +29,8 @@ use caracal_gateway::{Gateway, GatewayConfig, GatewayPorts};
 use caracal_http::config::{ConfigError, Env, ProcessEnv};
 use caracal_http::metrics::HttpCounters;
 use caracal_memory::{
-    MemoryBus, MemoryExpiringKeys, MemoryRateLimiter, MemoryStore, SystemClock, UuidV7Ids,
+    MemoryBus, MemoryExpiringKeys, MemoryLedger, MemoryRateLimiter, MemoryStore, SystemClock,
+    UuidV7Ids,
 };
 use caracal_sts::worker::Topic;
 use caracal_sts::{sts_app, StsServiceConfig, StsState};
@@ -60,8 +63,11 @@ fn keys(env: &Env<'_>, dev: bool, sealing: bool) -> Result<Keys, String> {
             .map_err(|e| format!("SECRET_STORE_KEK_PREVIOUS is invalid: {e}"))?],
         None => Vec::new(),
     };
-    let hmac = |name: &'static str| -> Result<Option<Arc<dyn MessageAuthenticator>>, String> {
-        match env.optional(name) {
+    // Each key may also come from a file (`<NAME>_FILE`, container secrets).
+    let hmac = |name: &'static str,
+                file_name: &'static str|
+     -> Result<Option<Arc<dyn MessageAuthenticator>>, String> {
+        match env.secret(name, file_name).map_err(|e| e.to_string())? {
             Some(hex) => {
                 let key = HmacSha256::from_hex(&hex, 32)
                     .map_err(|e| format!("{name} is invalid: {e}"))?;
@@ -70,7 +76,7 @@ fn keys(env: &Env<'_>, dev: bool, sealing: bool) -> Result<Keys, String> {
             None => Ok(None),
         }
     };
-    let gateway = match hmac("GATEWAY_STS_HMAC_KEY")? {
+    let gateway = match hmac("GATEWAY_STS_HMAC_KEY", "GATEWAY_STS_HMAC_KEY_FILE")? {
         Some(key) => Some(key),
         // Dev mode runs every service in one process: a throwaway key lets them sign to each
         // other without the operator inventing one.
@@ -82,8 +88,8 @@ fn keys(env: &Env<'_>, dev: bool, sealing: bool) -> Result<Keys, String> {
     };
     Ok(Keys {
         sealer: Arc::new(EnvelopeSealer::new(kek, previous)),
-        streams: hmac("STREAMS_HMAC_KEY")?,
-        audit: hmac("AUDIT_HMAC_KEY")?,
+        streams: hmac("STREAMS_HMAC_KEY", "STREAMS_HMAC_KEY_FILE")?,
+        audit: hmac("AUDIT_HMAC_KEY", "AUDIT_HMAC_KEY_FILE")?,
         gateway,
     })
 }
@@ -111,14 +117,19 @@ fn management(
 
 /// Runs the API on the given adapters until Ctrl-C / SIGTERM.
 async fn run_api(
-    store: Arc<dyn Store>,
-    queue: Arc<dyn OutboxQueue>,
-    bus: Arc<dyn EventBus>,
-    limiter: Arc<dyn RateLimiter>,
+    adapters: Adapters,
     keys: Keys,
     config: ApiConfig,
     admin_token: String,
 ) -> Result<(), String> {
+    let Adapters {
+        store,
+        queue,
+        bus,
+        limiter,
+        ledger,
+        ..
+    } = adapters;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let management = management(Arc::clone(&store), Arc::clone(&clock), &keys, &config);
     management
@@ -147,6 +158,7 @@ async fn run_api(
         outbox: queue,
         bus,
         store,
+        audit: ledger,
         counters: Arc::new(HttpCounters::default()),
         limiter,
         config: Arc::new(config.clone()),
@@ -180,6 +192,9 @@ struct Adapters {
     bus: Arc<dyn EventBus>,
     limiter: Arc<dyn RateLimiter>,
     expiring: Arc<dyn ExpiringKeys>,
+    /// The audit ledger: the Audit service appends, the API reads (one instance per process,
+    /// so in `dev` the API sees what the in-process Audit service stored).
+    ledger: Arc<dyn AuditLedger>,
     /// `AUDIT_REPLAY_DIR` (none in memory mode: the in-process bus cannot be unreachable).
     replay_dir: Option<PathBuf>,
 }
@@ -195,6 +210,8 @@ pub enum Services {
     Coordinator,
     /// The Gateway only (mandate keys and exchanges at `STS_URL`).
     Gateway,
+    /// The Audit service only.
+    Audit,
     /// Everything built so far.
     All,
 }
@@ -210,6 +227,10 @@ impl Services {
 
     fn coordinator(self) -> bool {
         matches!(self, Self::Coordinator | Self::All)
+    }
+
+    fn audit(self) -> bool {
+        matches!(self, Self::Audit | Self::All)
     }
 
     fn gateway(self) -> bool {
@@ -606,6 +627,59 @@ async fn run_gateway(
     result
 }
 
+/// The Audit service's configuration, with its published-mode key: evidence must be verified
+/// and chained under `AUDIT_HMAC_KEY` in `rc`/`stable` (`spec/audit-streams-storage.md §6.1`).
+fn audit_config(env: &Env<'_>, keys: &Keys) -> Result<AuditConfig, String> {
+    let config = AuditConfig::from_env(env).map_err(|e| e.to_string())?;
+    if config.published && keys.audit.is_none() {
+        return Err(format!(
+            "{}; the Audit service verifies producers' signatures and keys the hash chain with it",
+            ConfigError::Missing("AUDIT_HMAC_KEY")
+        ));
+    }
+    Ok(config)
+}
+
+/// Runs the Audit service until Ctrl-C / SIGTERM: its ingest consumer, reaper, stream-figure
+/// poll and retention, and its routes.
+async fn run_audit(adapters: Adapters, keys: Keys, config: AuditConfig) -> Result<(), String> {
+    let state = AuditState::new(
+        AuditPorts {
+            ledger: Arc::clone(&adapters.ledger),
+            bus: Arc::clone(&adapters.bus),
+            clock: Arc::new(SystemClock),
+            mac: keys.audit.clone(),
+        },
+        config.clone(),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = caracal_audit::spawn_workers(&state, &stop_rx);
+    let server = HttpServer::new(move || audit_app!(state.clone()))
+        .bind((config.host.as_str(), config.port))
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}:{} (AUDIT_HOST/AUDIT_PORT): {e}",
+                config.host, config.port
+            )
+        })?
+        .shutdown_timeout(10)
+        .run();
+    eprintln!(
+        "caracal: audit listening on {} (consumer {} of {})",
+        client_url(&config.host, config.port),
+        config.consumer,
+        config.streams.events
+    );
+    let result = server
+        .await
+        .map_err(|e| format!("audit server failed: {e}"));
+    let _ = stop_tx.send(true);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    result
+}
+
 /// Runs the chosen services side by side until shutdown; the first failure ends the process.
 async fn run(
     services: Services,
@@ -623,15 +697,7 @@ async fn run(
             let config = ApiConfig::from_env(env).map_err(|e| e.to_string())?;
             let token = admin_token
                 .ok_or_else(|| ConfigError::Missing("CARACAL_ADMIN_TOKEN").to_string())?;
-            Some(run_api(
-                Arc::clone(&adapters.store),
-                Arc::clone(&adapters.queue),
-                Arc::clone(&adapters.bus),
-                Arc::clone(&adapters.limiter),
-                keys.clone(),
-                config,
-                token,
-            ))
+            Some(run_api(adapters.clone(), keys.clone(), config, token))
         }
     };
     let coordinator = match services.coordinator() {
@@ -685,6 +751,14 @@ async fn run(
             ))
         }
     };
+    let audit = match services.audit() {
+        false => None,
+        true => Some(run_audit(
+            adapters.clone(),
+            keys.clone(),
+            audit_config(env, &keys)?,
+        )),
+    };
     let sts = match (zone_keys, sts_config) {
         (Some(zone_keys), Some(config)) => Some(run_sts(adapters, keys, config, es256, zone_keys)),
         _ => None,
@@ -713,7 +787,13 @@ async fn run(
             None => Ok(()),
         }
     };
-    tokio::try_join!(api, sts, coordinator, gateway).map(|_| ())
+    let audit = async {
+        match audit {
+            Some(audit) => audit.await,
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(api, sts, coordinator, gateway, audit).map(|_| ())
 }
 
 /// `caracal dev`: every service built so far, in one process, on memory adapters. With `demo`
@@ -754,6 +834,7 @@ pub async fn dev(demo: bool) -> Result<(), String> {
         bus: Arc::new(MemoryBus::new()),
         limiter: Arc::new(MemoryRateLimiter::new()),
         expiring: Arc::new(MemoryExpiringKeys::new(Arc::new(SystemClock))),
+        ledger: Arc::new(MemoryLedger::new(Arc::new(SystemClock))),
         replay_dir: None,
     };
     if !demo {
@@ -811,6 +892,9 @@ pub async fn serve(services: Services) -> Result<(), String> {
         }
     }
     let keys = keys(&env, false, services.api() || services.sts())?;
+    if services.audit() {
+        audit_config(&env, &keys)?;
+    }
     if services.gateway() {
         gateway_mac(&keys)?;
     }
@@ -829,6 +913,8 @@ pub async fn serve(services: Services) -> Result<(), String> {
         .map_err(|e| format!("cannot use REDIS_URL: {e}"))?;
     let adapters = Adapters {
         store: Arc::new(store.clone()),
+        // The Audit service appends, the API reads and sets retention: one ledger per process.
+        ledger: Arc::new(caracal_postgres::PgLedger::new(store.clone())),
         queue: Arc::new(store),
         limiter: Arc::new(caracal_redis::RedisRateLimiter::new(bus.pool().clone())),
         expiring: Arc::new(caracal_redis::RedisExpiringKeys::new(bus.pool().clone())),

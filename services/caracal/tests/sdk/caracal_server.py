@@ -155,6 +155,9 @@ class ServerConfig:
             "COORDINATOR_PORT",
             "GATEWAY_HOST",
             "GATEWAY_PORT",
+            "AUDIT_HOST",
+            "AUDIT_PORT",
+            "AUDIT_ADMIN_TOKEN",
             "UPSTREAM_HOST_ALLOWLIST",
             "UPSTREAM_ALLOW_LOOPBACK",
             "UPSTREAM_ALLOW_PRIVATE",
@@ -210,6 +213,8 @@ class CaracalServer:
         self.coordinator_url = f"http://127.0.0.1:{self.coordinator_port}"
         self.gateway_port = free_port()
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.audit_port = free_port()
+        self.audit_url = f"http://127.0.0.1:{self.audit_port}"
         self._log = tempfile.NamedTemporaryFile(
             prefix=f"caracal-{config.mode}-", suffix=".log", delete=False
         )
@@ -250,6 +255,8 @@ class CaracalServer:
         env.setdefault("COORDINATOR_PORT", str(self.coordinator_port))
         env.setdefault("GATEWAY_HOST", "127.0.0.1")
         env.setdefault("GATEWAY_PORT", str(self.gateway_port))
+        env.setdefault("AUDIT_HOST", "127.0.0.1")
+        env.setdefault("AUDIT_PORT", str(self.audit_port))
         if self.config.mode == "postgres":
             # The suite's upstreams listen on loopback; production refuses them by default.
             env.setdefault("UPSTREAM_ALLOW_LOOPBACK", "true")

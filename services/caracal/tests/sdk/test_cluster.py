@@ -25,7 +25,7 @@ from conftest import require_postgres
 from test_gateway import GatewayZone, Upstream, gateway_zone, sdk, upstream  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[4]
-SERVICES = ["api", "sts", "coordinator", "gateway"]
+SERVICES = ["api", "sts", "coordinator", "gateway", "audit"]
 # The first `up` may build the binary; every later step is seconds.
 BUILD_TIMEOUT_SECONDS = 1800
 STEP_TIMEOUT_SECONDS = 120
@@ -127,6 +127,7 @@ def cluster_env() -> Iterator[tuple[dict[str, str], Database]]:
         "STS_PORT": str(free_port()),
         "COORDINATOR_PORT": str(free_port()),
         "GATEWAY_PORT": str(free_port()),
+        "AUDIT_PORT": str(free_port()),
     })
     try:
         yield env, database
@@ -166,7 +167,7 @@ def test_up_runs_the_quickstart_through_separate_processes_and_down_stops_them(
     env, database = cluster_env
     cluster = up(env, BUILD_TIMEOUT_SECONDS)
 
-    # Four processes, one per service, each its own `caracal serve <svc>`.
+    # One process per service, each its own `caracal serve <svc>`.
     started = pids(cluster.state)
     assert sorted(started) == sorted(SERVICES), started
     assert len(set(started.values())) == len(SERVICES)
