@@ -67,8 +67,9 @@ impl Default for PublisherConfig {
 
 /// The §15 series (`caracal_sts_<name>`, or `caracal_gateway_<name>`) with their values, in
 /// the order `/metrics` lists them. `/metrics.json` uses the same names without `_total`.
-pub fn metric_samples(health: &SinkHealth) -> [(&'static str, u64); 7] {
+pub fn metric_samples(health: &SinkHealth) -> [(&'static str, u64); 8] {
     [
+        ("audit_emitted_total", health.emitted),
         ("audit_dropped_total", health.dropped),
         ("audit_replay_pending", health.replay_pending),
         ("audit_replay_files", health.replay_files),
@@ -86,6 +87,7 @@ pub fn metric_samples(health: &SinkHealth) -> [(&'static str, u64); 7] {
 struct Shared {
     spool: Option<Arc<Spool>>,
     mac: Option<Arc<dyn MessageAuthenticator>>,
+    emitted: AtomicU64,
     dropped: AtomicU64,
     replayed: AtomicU64,
     sink_errors: AtomicU64,
@@ -222,6 +224,7 @@ impl AuditPublisher {
         let shared = Arc::new(Shared {
             spool,
             mac,
+            emitted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             sink_errors: AtomicU64::new(0),
@@ -269,13 +272,14 @@ impl AuditPublisher {
     }
 
     /// The §15 series and their values, from [`AuditSink::health`].
-    pub fn metrics(&self) -> [(&'static str, u64); 7] {
+    pub fn metrics(&self) -> [(&'static str, u64); 8] {
         metric_samples(&self.health())
     }
 }
 
 impl AuditSink for AuditPublisher {
     fn emit(&self, event: AuditEvent) {
+        self.shared.emitted.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(event)) => self.shared.spill(event, "audit buffer full", false),
@@ -296,6 +300,7 @@ impl AuditSink for AuditPublisher {
             None => SpoolStats::default(),
         };
         SinkHealth {
+            emitted: shared.emitted.load(Ordering::Relaxed),
             dropped: shared.dropped.load(Ordering::Relaxed),
             replay_pending: shared.pending.load(Ordering::Relaxed),
             replay_files: stats.files,

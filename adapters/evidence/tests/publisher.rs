@@ -526,6 +526,7 @@ async fn metrics_use_the_sts_series_names() {
     assert_eq!(
         names,
         [
+            "audit_emitted_total",
             "audit_dropped_total",
             "audit_replay_pending",
             "audit_replay_files",
@@ -535,8 +536,9 @@ async fn metrics_use_the_sts_series_names() {
             "audit_sink_errors_total"
         ]
     );
-    assert_eq!(metrics[0].1, 1);
-    assert_eq!(metrics[6].1, 1);
+    assert_eq!(metrics[0].1, 1, "one event emitted");
+    assert_eq!(metrics[1].1, 1, "and dropped");
+    assert_eq!(metrics[7].1, 1);
     publisher.shutdown().await;
 }
 

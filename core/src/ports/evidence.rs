@@ -43,6 +43,9 @@ pub struct AuditEvent {
 /// What a sink reports for readiness and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkHealth {
+    /// Events handed to `emit` since start: what the Audit service must eventually hold
+    /// (the fault tests compare the two).
+    pub emitted: u64,
     /// Events lost because neither the stream nor the replay spool accepted them. Any drop
     /// fails readiness (`audit_evidence_lost`).
     pub dropped: u64,

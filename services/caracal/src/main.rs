@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_cli;
 mod demo;
 mod wiring;
 
@@ -23,8 +24,13 @@ USAGE:
     caracal serve coordinator
                              the Coordinator on Postgres + Redis (STS_URL: where the STS is)
     caracal serve gateway    the Gateway on Postgres + Redis (STS_URL, GATEWAY_STS_HMAC_KEY)
+    caracal serve audit      the Audit service on Postgres + Redis (AUDIT_HMAC_KEY)
     caracal serve all        every service in one process on Postgres + Redis
     caracal migrate          apply database migrations to DATABASE_URL and exit
+    caracal audit verify [--zone Z]…
+                             recompute the audit hash chain of every zone (or the given ones)
+                             in DATABASE_URL; checks chain HMACs when AUDIT_HMAC_KEY is set;
+                             names the first broken link and exits 1 if there is one
     caracal help             this text
 
 Configuration is read from environment variables; see the README's configuration table.";
@@ -68,20 +74,25 @@ fn main() -> ExitCode {
             "`--demo` only works as `caracal dev --demo`: it seeds the throwaway in-memory sandbox, never a Postgres deployment"
                 .to_string(),
         ),
-        ["serve", which @ ("api" | "sts" | "coordinator" | "gateway" | "all")] => {
+        ["serve", which @ ("api" | "sts" | "coordinator" | "gateway" | "audit" | "all")] => {
             init_tracing(false);
             let services = match *which {
                 "api" => wiring::Services::Api,
                 "sts" => wiring::Services::Sts,
                 "coordinator" => wiring::Services::Coordinator,
                 "gateway" => wiring::Services::Gateway,
+                "audit" => wiring::Services::Audit,
                 _ => wiring::Services::All,
             };
             runtime.block_on(wiring::serve(services))
         }
         ["serve", other] => Err(format!(
-            "unknown service {other:?}: this build serves `api`, `sts`, `coordinator`, `gateway` or `all`; the Audit service is not built yet"
+            "unknown service {other:?}: this build serves `api`, `sts`, `coordinator`, `gateway`, `audit` or `all`"
         )),
+        ["audit", "verify", rest @ ..] => {
+            init_tracing(false);
+            runtime.block_on(audit_cli::run(rest))
+        }
         ["migrate"] => {
             init_tracing(false);
             runtime.block_on(wiring::migrate())

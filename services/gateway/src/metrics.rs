@@ -160,6 +160,7 @@ impl Metrics {
                 false,
                 g.audit.replay_oldest_age_seconds,
             ),
+            ("audit_emitted".to_owned(), true, g.audit.emitted),
             ("audit_dropped".to_owned(), true, g.audit.dropped),
             ("audit_sink_errors".to_owned(), true, g.audit.sink_errors),
             ("audit_drained".to_owned(), true, g.audit.replayed),

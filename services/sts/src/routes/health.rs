@@ -71,6 +71,11 @@ pub async fn metrics(req: HttpRequest, state: web::Data<StsState>) -> HttpRespon
     state.counters.render("sts", &mut out);
     for (name, help, value) in [
         (
+            "caracal_sts_audit_emitted_total",
+            "Audit events emitted since start.",
+            h.emitted,
+        ),
+        (
             "caracal_sts_audit_dropped_total",
             "Audit events lost (neither stream nor spool).",
             h.dropped,
@@ -110,6 +115,7 @@ pub async fn metrics_json(req: HttpRequest, state: web::Data<StsState>) -> HttpR
     let h = state.audit.health();
     HttpResponse::Ok().json(json!({
         "sts": {
+            "audit_emitted": h.emitted,
             "audit_dropped": h.dropped,
             "audit_replay_pending": h.replay_pending,
             "audit_replay_files": h.replay_files,
