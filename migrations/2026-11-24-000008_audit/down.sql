@@ -6,3 +6,4 @@ DROP TABLE IF EXISTS audit_retention;
 DROP TABLE IF EXISTS audit_ingest_alerts;
 DROP TABLE IF EXISTS audit_chain_anchors;
 DROP TABLE IF EXISTS audit_events;
+DROP DOMAIN IF EXISTS audit_text_not_uuid;

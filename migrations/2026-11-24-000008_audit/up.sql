@@ -3,12 +3,20 @@
 -- security alerts and the API-managed retention setting.
 --
 -- Storage is designed for the issue's budget of bytes per stored event including indexes
--- (upstream: 1,843):
+-- (upstream: 1,843; ours: see docs/performance.md):
+--   * the three JSON fields are stored packed (core/src/audit/pack.rs: a versioned, exact binary
+--     form with one-byte codes for the known metadata keys and uuids/hex digests as bytes)
+--     instead of jsonb, which repeats every key name in every row. The ledger packs the
+--     canonical jsonb text the chain hashed and unpacks it back to the same bytes on read;
+--   * what the reads filter on is extracted into columns of the narrowest lossless type:
+--     a value that is a canonical lowercase uuid (what every producer sends) is stored as uuid
+--     (16 bytes instead of 37), anything else verbatim in the matching `*_text` column, whose
+--     domain refuses uuid-shaped text so every value has exactly one place;
 --   * hashes and HMACs are raw bytea (33 bytes on disk) instead of 64-character hex text;
 --   * empty optional strings are stored as NULL (a bit in the null bitmap): the canonical form
 --     treats absent and "" alike (§6.3), so the encoding is lossless;
 --   * only the indexes the ledger's reads use, each in its smallest form (see below);
---   * the jsonb columns are STORAGE MAIN with lz4 where the server has it and partitions set
+--   * the packed columns are STORAGE MAIN with lz4 where the server has it and partitions set
 --     toast_tuple_target = 128. Postgres compresses only rows above ~2 kB
 --     (TOAST_TUPLE_THRESHOLD; the target only sets how far it shrinks them once it does), so a
 --     typical event is stored raw; a large one (long delegation chains) is compressed in line
@@ -44,25 +52,42 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- Evidence. Column order puts the 8-byte fixed-width columns first (no alignment padding); the
--- rest are short varlenas. Strings other than id, zone_id and event_type are NULL when empty.
+-- Evidence. Column order puts the 8-byte fixed-width columns first (no alignment padding), then
+-- the uuids (no alignment), then short varlenas. Strings other than zone_id and event_type are
+-- NULL when empty.
 -- ---------------------------------------------------------------------------------------------
+
+-- The text form of a uuid-or-text value: never a canonical lowercase uuid, which goes in the
+-- uuid column instead. One place per value keeps uniqueness and equality filters exact.
+CREATE DOMAIN audit_text_not_uuid AS text COLLATE "C"
+    CHECK (VALUE !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$');
+
 CREATE TABLE audit_events (
     occurred_at               timestamptz NOT NULL,
     ingested_at               timestamptz NOT NULL DEFAULT now(),
     chain_seq                 bigint      NOT NULL,
-    id                        text COLLATE "C" NOT NULL,
+    -- The event id (required, non-empty): in `id` when a canonical uuid, else in `id_text`.
+    id                        uuid,
+    request_id                uuid,
+    -- metadata_json's application_id / agent_session_id / session_id when they are strings,
+    -- for the API's filters (spec/api.md §3.13); uuid or `*_text` as above.
+    application_id            uuid,
+    agent_session_id          uuid,
+    session_id                uuid,
     zone_id                   text COLLATE "C" NOT NULL,
     event_type                text COLLATE "C" NOT NULL,
-    request_id                text COLLATE "C",
     decision                  text COLLATE "C",
     policy_set_id             text COLLATE "C",
     policy_set_version_id     text COLLATE "C",
     manifest_sha              text COLLATE "C",
     evaluation_status         text COLLATE "C",
-    determining_policies_json jsonb,
-    diagnostics_json          jsonb,
-    metadata_json             jsonb,
+    -- Packed canonical JSON (format byte first); NULL is the spec's SQL NULL.
+    determining_policies_json bytea,
+    diagnostics_json          bytea,
+    metadata_json             bytea,
+    -- The labels metadata_json.agent_labels matches (spec/api.md §3.13): every string of an
+    -- array; every key of an object and `key:value` for each string member. NULL when none.
+    agent_labels              text[] COLLATE "C",
     content_sha256            bytea       NOT NULL CHECK (length(content_sha256) = 32),
     prev_content_sha256       bytea       CHECK (length(prev_content_sha256) = 32),
     -- NULL when the ingestor had no AUDIT_HMAC_KEY (the spec's "").
@@ -71,8 +96,18 @@ CREATE TABLE audit_events (
     -- every producer sends), else verbatim in ingest_signature_text.
     ingest_signature          bytea,
     ingest_signature_text     text,
+    -- The text forms of the uuid-or-text columns (NULL when the value is a uuid or absent).
+    id_text                   audit_text_not_uuid,
+    request_id_text           audit_text_not_uuid,
+    application_id_text       audit_text_not_uuid,
+    agent_session_id_text     audit_text_not_uuid,
+    session_id_text           audit_text_not_uuid,
     CHECK (chain_seq >= 1),
-    PRIMARY KEY (id, occurred_at)
+    CHECK ((id IS NULL) <> (id_text IS NULL)),
+    CHECK (request_id IS NULL OR request_id_text IS NULL),
+    CHECK (application_id IS NULL OR application_id_text IS NULL),
+    CHECK (agent_session_id IS NULL OR agent_session_id_text IS NULL),
+    CHECK (session_id IS NULL OR session_id_text IS NULL)
 ) PARTITION BY RANGE (occurred_at);
 
 ALTER TABLE audit_events
@@ -91,28 +126,49 @@ EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
 END
 $$;
 
+-- The deduplication key (§6.3: (id, occurred_at), unique), as one unique index per form of the
+-- id; the text form's is partial (nearly every id is a uuid). A PRIMARY KEY needs NOT NULL
+-- columns, so one column would have to hold both forms: as text, 21 more bytes per row and 24
+-- more per key entry than a uuid; as an unambiguous bytea encoding, 8 more per key entry. The
+-- time leads: inserts then land at the right edge whatever the id's shape (uuidv4 ids are
+-- random), so leaf pages fill to ~90% (measured: 41 bytes per event, 59 with the id leading).
+-- Lookups give both columns, so the order costs nothing.
+CREATE UNIQUE INDEX audit_events_key ON audit_events (occurred_at, id);
+CREATE UNIQUE INDEX audit_events_key_text ON audit_events (occurred_at, id_text)
+    WHERE id_text IS NOT NULL;
 -- The zone-keyed indexes use hashtext(zone_id), the chain's lock key, instead of the zone text:
--- 28 bytes an entry instead of 60. Every active zone appends at the end of its own key range, so
--- their leaf pages split half-full and stay so; with the text key that made each of these two
--- indexes ~120 bytes per event. Readers always add `zone_id = $zone` (a hash collision costs a
--- heap recheck, never a wrong row).
+-- 24 bytes an entry instead of 56; each zone appends at the end of its own key range. Readers
+-- always add `zone_id = $zone` (a hash collision costs a heap recheck, never a wrong row).
 --   chain heads, chain pages and the Audit search (keyset on chain_seq):
 CREATE INDEX audit_events_zone_seq ON audit_events (hashtext(zone_id), chain_seq);
 --   the API's zone list, newest first:
 CREATE INDEX audit_events_zone_time ON audit_events (hashtext(zone_id), occurred_at);
--- Correlation lookups are equality only. request_id is nearly unique per event: a hash index
--- (a 4-byte code per row) is smaller than a B-tree of the text. The metadata ids repeat across
--- a session's events, where B-tree deduplication (posting lists) is the smallest.
-CREATE INDEX audit_events_request ON audit_events USING hash (request_id)
+-- Correlation and filter lookups are equality only, all on B-trees: on a 16-byte uuid a B-tree
+-- entry is as small as a hash index's, and it packs better (request_id measured 32 bytes per
+-- event against 60 for a hash index, whose buckets split half-full). The metadata ids repeat
+-- across a session's events, where B-tree deduplication (posting lists) makes them smaller
+-- still. Every index is partial, so absent values cost nothing; the text forms are rare.
+CREATE INDEX audit_events_request ON audit_events (request_id)
     WHERE request_id IS NOT NULL;
-CREATE INDEX audit_events_application ON audit_events ((metadata_json ->> 'application_id'))
-    WHERE metadata_json ? 'application_id';
-CREATE INDEX audit_events_agent_session ON audit_events ((metadata_json ->> 'agent_session_id'))
-    WHERE metadata_json ? 'agent_session_id';
-CREATE INDEX audit_events_authority_record ON audit_events ((metadata_json ->> 'session_id'))
-    WHERE metadata_json ? 'session_id';
-CREATE INDEX audit_events_labels ON audit_events USING gin ((metadata_json -> 'agent_labels'))
-    WHERE metadata_json ? 'agent_labels';
+CREATE INDEX audit_events_request_text ON audit_events (request_id_text)
+    WHERE request_id_text IS NOT NULL;
+CREATE INDEX audit_events_application ON audit_events (application_id)
+    WHERE application_id IS NOT NULL;
+CREATE INDEX audit_events_application_text ON audit_events (application_id_text)
+    WHERE application_id_text IS NOT NULL;
+CREATE INDEX audit_events_agent_session ON audit_events (agent_session_id)
+    WHERE agent_session_id IS NOT NULL;
+CREATE INDEX audit_events_agent_session_text ON audit_events (agent_session_id_text)
+    WHERE agent_session_id_text IS NOT NULL;
+CREATE INDEX audit_events_authority_record ON audit_events (session_id)
+    WHERE session_id IS NOT NULL;
+CREATE INDEX audit_events_authority_record_text ON audit_events (session_id_text)
+    WHERE session_id_text IS NOT NULL;
+-- Label sets: GIN without the pending list (fastupdate), which is never given back once
+-- flushed and made this index 8 bytes per event instead of 1.
+CREATE INDEX audit_events_labels ON audit_events USING gin (agent_labels)
+    WITH (fastupdate = off)
+    WHERE agent_labels IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------------
 -- Retention bookkeeping (§6.5). An anchor is the last link of a zone's chain that retention

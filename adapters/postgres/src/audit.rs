@@ -5,9 +5,18 @@
 //! else; retention runs as that role too, through the two SECURITY DEFINER partition functions;
 //! the retention setting is written as `caracal_app`, the API's role. Reads run as the
 //! connecting role with `caracal.zone_id = '*'`, always with an explicit zone predicate: under
-//! row-level security the planner may not use a non-leakproof expression (`->>`, `?`, `@>`,
-//! `hashtext`) as an index condition, and every zone and metadata index here is such an
-//! expression.
+//! row-level security the planner may not use a non-leakproof expression (`hashtext`, `@>`)
+//! as an index condition, and the zone and label indexes are such expressions.
+//!
+//! Storage. The three JSON fields are stored packed ([`caracal_core::audit::pack`]): the
+//! ledger packs the canonical jsonb text the chain hashed (refusing text that is not
+//! canonical, which could not come back byte for byte) and reads unpack it to the same text, so
+//! the chain verifies exactly as if jsonb were stored. Ids the reads look up (`id`,
+//! `request_id`, and metadata's `application_id`, `agent_session_id`, `session_id`) are `uuid`
+//! columns when the value is a canonical lowercase uuid and verbatim `*_text` columns
+//! otherwise; a filter goes to the one column its value can be in, and the list orders ids by
+//! their text either way. `agent_labels` is extracted into the labels it matches, for a GIN
+//! index. The migration's header explains the storage budget and each choice's measured cost.
 //!
 //! Appends. One transaction per batch: the advisory lock of every zone in the batch (in key
 //! order, so two batches never wait on each other in a cycle), then each zone's head and the
@@ -19,6 +28,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
+use caracal_core::audit::json::Json;
+use caracal_core::audit::pack::{self, uuid_bytes};
 use caracal_core::audit::{Anchor, CanonicalEvent, ChainHead, IncomingEvent, StoredEvent};
 use caracal_core::digest::hex;
 use caracal_core::ports::audit::{
@@ -212,7 +223,71 @@ fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
-/// A stored event row (every column; JSON as its jsonb text).
+/// A uuid-or-text value as its two columns: `(uuid form, text form)`, at most one `Some`. The
+/// uuid form is the canonical lowercase text (cast to `uuid` in SQL, which prints it back the
+/// same); anything else, however uuid-like, is kept verbatim as text.
+fn uuid_or_text(value: Option<&str>) -> (Option<String>, Option<String>) {
+    match value {
+        Some(v) if uuid_bytes(v).is_some() => (Some(v.to_owned()), None),
+        Some(v) => (None, Some(v.to_owned())),
+        None => (None, None),
+    }
+}
+
+/// One JSON field, parsed and packed. Its text must be canonical jsonb text — what the chain
+/// hashed and what unpacking prints — or the stored row could not reproduce it.
+fn packed_json(text: Option<&str>, what: &str) -> Result<Option<(Json, Vec<u8>)>, LedgerError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let refuse = |why: String| LedgerError::Permanent(format!("{what}: {why}"));
+    let json = Json::parse(text).map_err(|e| refuse(e.to_string()))?;
+    if json.jsonb_text() != text {
+        return Err(refuse(format!("not canonical jsonb text: {text:?}")));
+    }
+    let packed = pack::pack(&json).map_err(|e| refuse(e.to_string()))?;
+    Ok(Some((json, packed)))
+}
+
+/// A packed JSON column back to its jsonb text.
+fn unpacked_json(
+    bytes: Option<Vec<u8>>,
+    what: &str,
+    id: &str,
+) -> Result<Option<String>, LedgerError> {
+    bytes
+        .map(|bytes| {
+            pack::unpack(&bytes)
+                .map(|json| json.jsonb_text())
+                .map_err(|e| LedgerError::Permanent(format!("stored {what} of event {id}: {e}")))
+        })
+        .transpose()
+}
+
+/// The labels `metadata_json.agent_labels` matches, as the list filter defines them: every
+/// string of an array; every key of an object, and `key:value` for each string member. Sorted,
+/// without repeats; `None` when there are none (the column and its index stay empty).
+fn label_set(metadata: &Json) -> Option<Vec<String>> {
+    let mut labels: Vec<String> = match metadata.get("agent_labels") {
+        Some(Json::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect(),
+        Some(Json::Object(members)) => members
+            .iter()
+            .flat_map(|(key, value)| {
+                let pair = value.as_str().map(|v| format!("{key}:{v}"));
+                std::iter::once(key.clone()).chain(pair)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    labels.sort();
+    labels.dedup();
+    (!labels.is_empty()).then_some(labels)
+}
+
+/// A stored event row (the uuid-or-text columns as their text; JSON packed).
 #[derive(diesel::QueryableByName)]
 struct EventRow {
     #[diesel(sql_type = Timestamptz)]
@@ -239,12 +314,12 @@ struct EventRow {
     manifest_sha: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     evaluation_status: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    determining_policies_json: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    diagnostics_json: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    metadata_json: Option<String>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    determining_policies_json: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    diagnostics_json: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    metadata_json: Option<Vec<u8>>,
     #[diesel(sql_type = Bytea)]
     content_sha256: Vec<u8>,
     #[diesel(sql_type = Nullable<Bytea>)]
@@ -258,11 +333,15 @@ struct EventRow {
 }
 
 /// The select list of [`EventRow`].
-const EVENT_COLUMNS: &str = "occurred_at, ingested_at, chain_seq, id, zone_id, event_type, \
-    request_id, decision, policy_set_id, policy_set_version_id, manifest_sha, evaluation_status, \
-    determining_policies_json::text AS determining_policies_json, \
-    diagnostics_json::text AS diagnostics_json, metadata_json::text AS metadata_json, \
-    content_sha256, prev_content_sha256, chain_hmac, ingest_signature, ingest_signature_text";
+const EVENT_COLUMNS: &str = "occurred_at, ingested_at, chain_seq, \
+    coalesce(id_text, id::text) AS id, zone_id, event_type, \
+    coalesce(request_id_text, request_id::text) AS request_id, decision, policy_set_id, \
+    policy_set_version_id, manifest_sha, evaluation_status, determining_policies_json, \
+    diagnostics_json, metadata_json, content_sha256, prev_content_sha256, chain_hmac, \
+    ingest_signature, ingest_signature_text";
+
+/// The event id as text, in the order the API's list pages by (bytewise, like the ids).
+const ID_TEXT: &str = "(coalesce(id_text, id::text) COLLATE \"C\")";
 
 impl EventRow {
     fn into_stored(self) -> Result<StoredEvent, LedgerError> {
@@ -273,6 +352,13 @@ impl EventRow {
                 self.content_sha256.len()
             )));
         }
+        let determining_policies_json = unpacked_json(
+            self.determining_policies_json,
+            "determining_policies_json",
+            &self.id,
+        )?;
+        let diagnostics_json = unpacked_json(self.diagnostics_json, "diagnostics_json", &self.id)?;
+        let metadata_json = unpacked_json(self.metadata_json, "metadata_json", &self.id)?;
         Ok(StoredEvent {
             event: CanonicalEvent {
                 id: self.id,
@@ -284,9 +370,9 @@ impl EventRow {
                 policy_set_version_id: self.policy_set_version_id.unwrap_or_default(),
                 manifest_sha: self.manifest_sha.unwrap_or_default(),
                 evaluation_status: self.evaluation_status.unwrap_or_default(),
-                determining_policies_json: self.determining_policies_json,
-                diagnostics_json: self.diagnostics_json,
-                metadata_json: self.metadata_json,
+                determining_policies_json,
+                diagnostics_json,
+                metadata_json,
                 occurred_at_micros: self.occurred_at.timestamp_micros(),
             },
             ingested_at_micros: self.ingested_at.timestamp_micros(),
@@ -364,47 +450,75 @@ const ZONE_HEADS: &str = "SELECT z.zone_id, h.chain_seq AS row_seq, h.content_sh
     LEFT JOIN LATERAL (SELECT c.chain_seq, c.content_sha256 FROM audit_chain_anchors c \
         WHERE c.zone_id = z.zone_id ORDER BY c.chain_seq DESC LIMIT 1) AS a ON true";
 
-/// Stored events with any of the batch's (`id`, `occurred_at`) keys (through the primary key).
-const STORED_KEYS: &str = "SELECT e.id, e.occurred_at, e.content_sha256 \
-    FROM unnest($1::text[], $2::timestamptz[]) AS k(id, occurred_at) \
-    JOIN audit_events e ON e.id = k.id AND e.occurred_at = k.occurred_at";
+/// Stored events with any of the batch's (`id`, `occurred_at`) keys, through the key index of
+/// each id form: $1/$2 the uuid ids, $3/$4 the others.
+const STORED_KEYS: &str = "SELECT e.id::text AS id, e.occurred_at, e.content_sha256 \
+    FROM unnest($1::text[]::uuid[], $2::timestamptz[]) AS k(id, occurred_at) \
+    JOIN audit_events e ON e.id = k.id AND e.occurred_at = k.occurred_at \
+    UNION ALL \
+    SELECT e.id_text::text, e.occurred_at, e.content_sha256 \
+    FROM unnest($3::text[], $4::timestamptz[]) AS k(id, occurred_at) \
+    JOIN audit_events e ON e.id_text = k.id AND e.occurred_at = k.occurred_at \
+    WHERE e.id_text IS NOT NULL";
 
-/// Every new row of a batch in one statement. `ON CONFLICT DO NOTHING` only matters when
-/// another zone's batch stored the same key concurrently (the zone locks do not cover that):
-/// the caller sees fewer rows than it sent and retries.
-const INSERT_ROWS: &str = "INSERT INTO audit_events (occurred_at, chain_seq, id, zone_id, \
-        event_type, request_id, decision, policy_set_id, policy_set_version_id, manifest_sha, \
-        evaluation_status, determining_policies_json, diagnostics_json, metadata_json, \
-        content_sha256, prev_content_sha256, chain_hmac, ingest_signature, ingest_signature_text) \
-    SELECT r.occurred_at, r.chain_seq, r.id, r.zone_id, r.event_type, r.request_id, r.decision, \
-        r.policy_set_id, r.policy_set_version_id, r.manifest_sha, r.evaluation_status, \
-        r.determining::jsonb, r.diagnostics::jsonb, r.metadata::jsonb, r.content, r.prev, \
-        r.hmac, r.sig, r.sig_text \
+/// Every new row of a batch in one statement. `ON CONFLICT DO NOTHING` (on either key index)
+/// only matters when another zone's batch stored the same key concurrently (the zone locks do
+/// not cover that): the caller sees fewer rows than it sent and retries. Label sets arrive as
+/// JSON arrays (an array of arrays cannot be unnested row by row).
+const INSERT_ROWS: &str = "INSERT INTO audit_events (occurred_at, chain_seq, id, id_text, \
+        zone_id, event_type, request_id, request_id_text, decision, policy_set_id, \
+        policy_set_version_id, manifest_sha, evaluation_status, determining_policies_json, \
+        diagnostics_json, metadata_json, application_id, application_id_text, agent_session_id, \
+        agent_session_id_text, session_id, session_id_text, agent_labels, content_sha256, \
+        prev_content_sha256, chain_hmac, ingest_signature, ingest_signature_text) \
+    SELECT r.occurred_at, r.chain_seq, r.id::uuid, r.id_text, r.zone_id, r.event_type, \
+        r.request_id::uuid, r.request_id_text, r.decision, r.policy_set_id, \
+        r.policy_set_version_id, r.manifest_sha, r.evaluation_status, r.determining, \
+        r.diagnostics, r.metadata, r.application_id::uuid, r.application_id_text, \
+        r.agent_session_id::uuid, r.agent_session_id_text, r.session_id::uuid, \
+        r.session_id_text, \
+        CASE WHEN r.labels IS NOT NULL THEN ARRAY(SELECT l.label \
+            FROM jsonb_array_elements_text(r.labels::jsonb) WITH ORDINALITY AS l(label, n) \
+            ORDER BY l.n) END, \
+        r.content, r.prev, r.hmac, r.sig, r.sig_text \
     FROM unnest($1::timestamptz[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-        $14::text[], $15::bytea[], $16::bytea[], $17::bytea[], $18::bytea[], $19::text[]) \
-        AS r(occurred_at, chain_seq, id, zone_id, event_type, request_id, decision, \
-        policy_set_id, policy_set_version_id, manifest_sha, evaluation_status, determining, \
-        diagnostics, metadata, content, prev, hmac, sig, sig_text) \
-    ON CONFLICT (id, occurred_at) DO NOTHING";
+        $14::bytea[], $15::bytea[], $16::bytea[], $17::text[], $18::text[], $19::text[], \
+        $20::text[], $21::text[], $22::text[], $23::text[], $24::bytea[], $25::bytea[], \
+        $26::bytea[], $27::bytea[], $28::text[]) \
+        AS r(occurred_at, chain_seq, id, id_text, zone_id, event_type, request_id, \
+        request_id_text, decision, policy_set_id, policy_set_version_id, manifest_sha, \
+        evaluation_status, determining, diagnostics, metadata, application_id, \
+        application_id_text, agent_session_id, agent_session_id_text, session_id, \
+        session_id_text, labels, content, prev, hmac, sig, sig_text) \
+    ON CONFLICT DO NOTHING";
 
 /// The new rows of a batch, column by column (the shape `INSERT_ROWS` binds).
 #[derive(Default)]
 struct Columns {
     occurred_at: Vec<DateTime<Utc>>,
     chain_seq: Vec<i64>,
-    id: Vec<String>,
+    id: Vec<Option<String>>,
+    id_text: Vec<Option<String>>,
     zone_id: Vec<String>,
     event_type: Vec<String>,
     request_id: Vec<Option<String>>,
+    request_id_text: Vec<Option<String>>,
     decision: Vec<Option<String>>,
     policy_set_id: Vec<Option<String>>,
     policy_set_version_id: Vec<Option<String>>,
     manifest_sha: Vec<Option<String>>,
     evaluation_status: Vec<Option<String>>,
-    determining: Vec<Option<String>>,
-    diagnostics: Vec<Option<String>>,
-    metadata: Vec<Option<String>>,
+    determining: Vec<Option<Vec<u8>>>,
+    diagnostics: Vec<Option<Vec<u8>>>,
+    metadata: Vec<Option<Vec<u8>>>,
+    application_id: Vec<Option<String>>,
+    application_id_text: Vec<Option<String>>,
+    agent_session_id: Vec<Option<String>>,
+    agent_session_id_text: Vec<Option<String>>,
+    session_id: Vec<Option<String>>,
+    session_id_text: Vec<Option<String>>,
+    labels: Vec<Option<String>>,
     content: Vec<Vec<u8>>,
     prev: Vec<Option<Vec<u8>>>,
     hmac: Vec<Option<Vec<u8>>>,
@@ -420,21 +534,62 @@ impl Columns {
         link: caracal_core::audit::Link,
     ) -> Result<(), LedgerError> {
         let e = &incoming.event;
+        let determining = packed_json(
+            e.determining_policies_json.as_deref(),
+            "determining_policies_json",
+        )?;
+        let diagnostics = packed_json(e.diagnostics_json.as_deref(), "diagnostics_json")?;
+        let metadata = packed_json(e.metadata_json.as_deref(), "metadata_json")?;
+        let meta = metadata.as_ref().map(|(json, _)| json);
+        let meta_str = |key: &str| meta.and_then(|m| m.get(key)).and_then(Json::as_str);
         self.occurred_at.push(occurred_at);
         self.chain_seq.push(link.seq);
-        self.id.push(e.id.clone());
+        let (id, id_text) = uuid_or_text(Some(&e.id));
+        self.id.push(id);
+        self.id_text.push(id_text);
         self.zone_id.push(e.zone_id.clone());
         self.event_type.push(e.event_type.clone());
-        self.request_id.push(non_empty(&e.request_id));
+        let (request_id, request_id_text) =
+            uuid_or_text(Some(e.request_id.as_str()).filter(|r| !r.is_empty()));
+        self.request_id.push(request_id);
+        self.request_id_text.push(request_id_text);
         self.decision.push(non_empty(&e.decision));
         self.policy_set_id.push(non_empty(&e.policy_set_id));
         self.policy_set_version_id
             .push(non_empty(&e.policy_set_version_id));
         self.manifest_sha.push(non_empty(&e.manifest_sha));
         self.evaluation_status.push(non_empty(&e.evaluation_status));
-        self.determining.push(e.determining_policies_json.clone());
-        self.diagnostics.push(e.diagnostics_json.clone());
-        self.metadata.push(e.metadata_json.clone());
+        let labels = match meta.and_then(label_set) {
+            Some(labels) => Some(serde_json::to_string(&labels).map_err(|err| {
+                LedgerError::Permanent(format!("agent_labels of event {}: {err}", e.id))
+            })?),
+            None => None,
+        };
+        self.labels.push(labels);
+        for (key, uuids, texts) in [
+            (
+                "application_id",
+                &mut self.application_id,
+                &mut self.application_id_text,
+            ),
+            (
+                "agent_session_id",
+                &mut self.agent_session_id,
+                &mut self.agent_session_id_text,
+            ),
+            (
+                "session_id",
+                &mut self.session_id,
+                &mut self.session_id_text,
+            ),
+        ] {
+            let (uuid, text) = uuid_or_text(meta_str(key));
+            uuids.push(uuid);
+            texts.push(text);
+        }
+        self.determining.push(determining.map(|(_, packed)| packed));
+        self.diagnostics.push(diagnostics.map(|(_, packed)| packed));
+        self.metadata.push(metadata.map(|(_, packed)| packed));
         self.content
             .push(digest_bytes(&link.content_sha256, "content_sha256")?);
         self.prev.push(match &link.prev_content_sha256 {
@@ -540,13 +695,29 @@ impl Builder {
         self.query = query.bind::<Timestamptz, _>(at);
     }
 
-    /// ` AND metadata_json.<key> = value`, in the form of the partial expression index.
-    fn metadata(&mut self, key: &str, value: &str) {
+    /// ` AND <uuid-or-text column> = value`: the uuid column when the value is a canonical
+    /// uuid, else `<column>_text` (a value is only ever stored in that one place).
+    fn uuid_or_text(&mut self, column: &str, value: &str) {
         let p = self.param();
-        self.sql(&format!(
-            " AND metadata_json ? '{key}' AND (metadata_json ->> '{key}') = {p}"
-        ));
-        self.text(value.to_owned());
+        match uuid_or_text(Some(value)) {
+            (Some(uuid), _) => {
+                self.sql(&format!(" AND {column} = {p}::uuid"));
+                self.text(uuid);
+            }
+            (_, text) => {
+                self.sql(&format!(" AND {column}_text = {p}"));
+                self.text(text.unwrap_or_default());
+            }
+        }
+    }
+
+    /// ` AND request_id = value`, where `""` (absent) is stored as NULL in both forms.
+    fn request_id(&mut self, value: &str) {
+        if value.is_empty() {
+            self.sql(" AND request_id IS NULL AND request_id_text IS NULL");
+        } else {
+            self.uuid_or_text("request_id", value);
+        }
     }
 
     fn bigint(&mut self, value: i64) -> String {
@@ -654,7 +825,18 @@ impl AuditLedger for PgLedger {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
+        // The batch's keys, split by id form (each form has its own key index).
+        let (mut uuid_keys, mut text_keys) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for (incoming, at) in events.iter().zip(&occurred) {
+            let id = incoming.event.id.clone();
+            let keys = if uuid_bytes(&id).is_some() {
+                &mut uuid_keys
+            } else {
+                &mut text_keys
+            };
+            keys.0.push(id);
+            keys.1.push(*at);
+        }
 
         // Reads run as the connecting role (the hashtext index is not usable under RLS); the
         // write switches to caracal_audit below.
@@ -669,8 +851,10 @@ impl AuditLedger for PgLedger {
             .bind::<Array<Text>, _>(zones)
             .load::<HeadRow>(&mut &*conn);
         let stored = diesel::sql_query(STORED_KEYS)
-            .bind::<Array<Text>, _>(ids)
-            .bind::<Array<Timestamptz>, _>(occurred.clone())
+            .bind::<Array<Text>, _>(uuid_keys.0)
+            .bind::<Array<Timestamptz>, _>(uuid_keys.1)
+            .bind::<Array<Text>, _>(text_keys.0)
+            .bind::<Array<Timestamptz>, _>(text_keys.1)
             .load::<KeyRow>(&mut &*conn);
         let read = tokio::try_join!(locked, heads, stored);
         uow.end_op();
@@ -724,18 +908,27 @@ impl AuditLedger for PgLedger {
             let insert = diesel::sql_query(INSERT_ROWS)
                 .bind::<Array<Timestamptz>, _>(rows.occurred_at)
                 .bind::<Array<BigInt>, _>(rows.chain_seq)
-                .bind::<Array<Text>, _>(rows.id)
+                .bind::<Array<Nullable<Text>>, _>(rows.id)
+                .bind::<Array<Nullable<Text>>, _>(rows.id_text)
                 .bind::<Array<Text>, _>(rows.zone_id)
                 .bind::<Array<Text>, _>(rows.event_type)
                 .bind::<Array<Nullable<Text>>, _>(rows.request_id)
+                .bind::<Array<Nullable<Text>>, _>(rows.request_id_text)
                 .bind::<Array<Nullable<Text>>, _>(rows.decision)
                 .bind::<Array<Nullable<Text>>, _>(rows.policy_set_id)
                 .bind::<Array<Nullable<Text>>, _>(rows.policy_set_version_id)
                 .bind::<Array<Nullable<Text>>, _>(rows.manifest_sha)
                 .bind::<Array<Nullable<Text>>, _>(rows.evaluation_status)
-                .bind::<Array<Nullable<Text>>, _>(rows.determining)
-                .bind::<Array<Nullable<Text>>, _>(rows.diagnostics)
-                .bind::<Array<Nullable<Text>>, _>(rows.metadata)
+                .bind::<Array<Nullable<Bytea>>, _>(rows.determining)
+                .bind::<Array<Nullable<Bytea>>, _>(rows.diagnostics)
+                .bind::<Array<Nullable<Bytea>>, _>(rows.metadata)
+                .bind::<Array<Nullable<Text>>, _>(rows.application_id)
+                .bind::<Array<Nullable<Text>>, _>(rows.application_id_text)
+                .bind::<Array<Nullable<Text>>, _>(rows.agent_session_id)
+                .bind::<Array<Nullable<Text>>, _>(rows.agent_session_id_text)
+                .bind::<Array<Nullable<Text>>, _>(rows.session_id)
+                .bind::<Array<Nullable<Text>>, _>(rows.session_id_text)
+                .bind::<Array<Nullable<Text>>, _>(rows.labels)
                 .bind::<Array<Bytea>, _>(rows.content)
                 .bind::<Array<Nullable<Bytea>>, _>(rows.prev)
                 .bind::<Array<Nullable<Bytea>>, _>(rows.hmac)
@@ -792,7 +985,7 @@ impl AuditLedger for PgLedger {
             q.equals("decision", decision);
         }
         if let Some(request) = &query.request_id {
-            q.equals("request_id", request);
+            q.request_id(request);
         }
         let after = q.bigint(query.after_seq);
         q.sql(&format!(" AND chain_seq > {after} ORDER BY chain_seq"));
@@ -821,7 +1014,7 @@ impl AuditLedger for PgLedger {
             }
         }
         if let Some(request) = &query.request_id {
-            q.equals("request_id", request);
+            q.request_id(request);
         }
         if let Some(decision) = &query.decision {
             q.equals("decision", decision);
@@ -838,34 +1031,14 @@ impl AuditLedger for PgLedger {
             ("session_id", &query.authority_record_id),
         ] {
             if let Some(value) = value {
-                q.metadata(key, value);
+                q.uuid_or_text(key, value);
             }
         }
         if let Some(label) = &query.label {
-            // An array of strings holding the label, or an object with it as a key (`?`), or
-            // with a `key: "value"` member that reads `key:value` (`@>`, one per split point).
-            // `?` also matches a bare string, which is not a label set: hence the type check.
+            // The labels were extracted on write in the filter's own terms (`label_set`).
             let p = q.param();
-            q.sql(&format!(
-                " AND metadata_json ? 'agent_labels' \
-                 AND jsonb_typeof(metadata_json -> 'agent_labels') IN ('array', 'object') \
-                 AND ((metadata_json -> 'agent_labels') ? {p}"
-            ));
+            q.sql(&format!(" AND agent_labels @> ARRAY[{p}::text]"));
             q.text(label.clone());
-            for (at, _) in label.match_indices(':') {
-                let mut pair = serde_json::Map::new();
-                pair.insert(
-                    label[..at].to_owned(),
-                    serde_json::Value::String(label[at + 1..].to_owned()),
-                );
-                let pair = serde_json::Value::Object(pair).to_string();
-                let p = q.param();
-                q.sql(&format!(
-                    " OR (metadata_json -> 'agent_labels') @> {p}::jsonb"
-                ));
-                q.text(pair);
-            }
-            q.sql(")");
         }
         if let Some((at_micros, id)) = &query.before {
             match pg_instant(*at_micros) {
@@ -877,7 +1050,7 @@ impl AuditLedger for PgLedger {
                     q.query = query_so_far.bind::<Timestamptz, _>(at);
                     let i = q.param();
                     q.sql(&format!(
-                        " AND occurred_at <= {t} AND (occurred_at < {t} OR id < {i})"
+                        " AND occurred_at <= {t} AND (occurred_at < {t} OR {ID_TEXT} < {i})"
                     ));
                     q.text(id.clone());
                 }
@@ -885,7 +1058,7 @@ impl AuditLedger for PgLedger {
                 None => {}
             }
         }
-        q.sql(" ORDER BY occurred_at DESC, id DESC");
+        q.sql(&format!(" ORDER BY occurred_at DESC, {ID_TEXT} DESC"));
         let limit = q.bigint(i64::from(query.limit));
         q.sql(&format!(" LIMIT {limit}"));
         self.read_events(q.query).await
@@ -899,7 +1072,7 @@ impl AuditLedger for PgLedger {
         let mut q = Builder::new(&format!(
             "SELECT {EVENT_COLUMNS} FROM audit_events WHERE true"
         ));
-        q.equals("request_id", request_id);
+        q.request_id(request_id);
         let p = q.param();
         q.sql(&format!(
             " AND zone_id = {p} ORDER BY occurred_at, chain_seq"
@@ -1151,6 +1324,77 @@ mod tests {
         }
         assert!(digest_bytes(&"ab".repeat(32), "x").is_ok());
         assert!(digest_bytes(&"ab".repeat(31), "x").is_err());
+    }
+
+    #[test]
+    fn uuid_or_text_puts_each_value_in_exactly_one_column() {
+        let lower = "0197a000-0000-7000-8000-00000000000a";
+        assert_eq!(uuid_or_text(Some(lower)), (Some(lower.to_owned()), None));
+        for text in [
+            "0197A000-0000-7000-8000-00000000000A",
+            "0197a00000007000800000000000000a",
+            "{0197a000-0000-7000-8000-00000000000a}",
+            "e1",
+            "",
+        ] {
+            assert_eq!(uuid_or_text(Some(text)), (None, Some(text.to_owned())));
+        }
+        assert_eq!(uuid_or_text(None), (None, None));
+    }
+
+    #[test]
+    fn label_sets_hold_what_the_label_filter_matches() {
+        let labels = |metadata: &str| label_set(&Json::parse(metadata).expect("JSON"));
+        assert_eq!(
+            labels(r#"{"agent_labels":["prod","team:x","prod",3,null]}"#),
+            Some(vec!["prod".to_owned(), "team:x".to_owned()])
+        );
+        assert_eq!(
+            labels(r#"{"agent_labels":{"team":"y","canary":true,"a:b":"c"}}"#),
+            Some(vec![
+                "a:b".to_owned(),
+                "a:b:c".to_owned(),
+                "canary".to_owned(),
+                "team".to_owned(),
+                "team:y".to_owned(),
+            ])
+        );
+        for none in [
+            r#"{"agent_labels":[]}"#,
+            r#"{"agent_labels":{}}"#,
+            r#"{"agent_labels":"prod"}"#,
+            r#"{"agent_labels":[1,2]}"#,
+            r#"{"labels":["prod"]}"#,
+            r#"["prod"]"#,
+        ] {
+            assert_eq!(labels(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn only_canonical_json_text_is_packed_and_it_unpacks_to_the_same_text() {
+        let text = r#"{"a": 1, "bb": [true, null, "0197a000-0000-7000-8000-00000000000a"]}"#;
+        let (_, packed) = packed_json(Some(text), "metadata_json")
+            .expect("canonical")
+            .expect("present");
+        assert_eq!(
+            unpacked_json(Some(packed), "metadata_json", "e").expect("unpacks"),
+            Some(text.to_owned())
+        );
+        assert_eq!(packed_json(None, "metadata_json"), Ok(None));
+        for not_canonical in [r#"{"bb": 1, "a": 2}"#, r#"{"a":1}"#, "1e2", "[1,2]", "nope"] {
+            assert!(
+                matches!(
+                    packed_json(Some(not_canonical), "metadata_json"),
+                    Err(LedgerError::Permanent(_))
+                ),
+                "{not_canonical}"
+            );
+        }
+        assert!(matches!(
+            unpacked_json(Some(vec![0x01, 0x0a, 0x01]), "metadata_json", "e"),
+            Err(LedgerError::Permanent(_))
+        ));
     }
 
     #[test]

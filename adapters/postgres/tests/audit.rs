@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caracal_core::audit::json::Json;
+use caracal_core::audit::pack;
 use caracal_core::audit::{parse_entry, BreakKind, IncomingEvent, StoredEvent, ZoneVerifier};
 use caracal_core::contract::audit::{run_audit_ledger_contract, ContractMac};
-use caracal_core::ports::audit::{AppendOutcome, AuditLedger, LedgerError};
+use caracal_core::ports::audit::{AppendOutcome, AuditLedger, LedgerError, ListQuery};
 use caracal_core::ports::MessageAuthenticator;
 use caracal_core::time::Timestamp;
 use caracal_postgres::{PgLedger, PgStore};
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Bytea, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use support::TestDb;
@@ -99,6 +100,12 @@ struct TextRow {
 }
 
 #[derive(QueryableByName)]
+struct BytesRow {
+    #[diesel(sql_type = Bytea)]
+    bytes: Vec<u8>,
+}
+
+#[derive(QueryableByName)]
 struct Named {
     #[diesel(sql_type = Text)]
     name: String,
@@ -118,7 +125,11 @@ async fn print_breakdown(conn: &mut AsyncPgConnection, table: &str, rows: i64) {
     .await
     .expect("index sizes");
     for index in indexes {
-        println!("  index {:<48} {:>5} bytes/event", index.name, index.n / rows);
+        println!(
+            "  index {:<48} {:>5} bytes/event",
+            index.name,
+            index.n / rows
+        );
     }
     let columns: Vec<TextRow> = diesel::sql_query(
         "SELECT attname::text AS text FROM pg_attribute \
@@ -136,7 +147,11 @@ async fn print_breakdown(conn: &mut AsyncPgConnection, table: &str, rows: i64) {
         .get_result(conn)
         .await
         .expect("column size");
-        println!("  column {:<47} {:>5.1} bytes/event", column.text, size.n as f64 / rows as f64);
+        println!(
+            "  column {:<47} {:>5.1} bytes/event",
+            column.text,
+            size.n as f64 / rows as f64
+        );
     }
 }
 
@@ -160,29 +175,7 @@ async fn canonical_json_is_postgres_jsonb_text() {
         return;
     };
     let mut conn = superuser(&db).await;
-    let corpus = [
-        // Key order: by length, then bytes (multi-byte keys count their UTF-8 length).
-        r#"{"trace_id":"t","app":"a","b":1,"aa":2,"é":3,"z":4,"":5}"#,
-        r#"{"b":1,"a":2,"b":3,"a":{"y":1,"x":2,"y":[3]}}"#,
-        r#"{"zz":{"b":{"d":1,"c":2},"a":[{"k":1,"j":2},{"j":3,"j":4}]}}"#,
-        // Numbers in numeric's output form.
-        "[1e2, 1.0e2, 1.50, -0, -0.0, 0.000e2, 1E-3, 1.5e-3, 12.345e1, -12.5e+1, 0e5, 1e-7]",
-        "[123456789012345678901234567890, -98765432109876543210.0001, 1e300, 5e-20, 0.1]",
-        "[0, -1, 3.14159265358979323846264338327950288419716939937510, 1E+2, 2e0, 10e-1]",
-        // Escapes and control characters.
-        r#"["\"", "\\", "\/", "\b\f\n\r\t", "\u0001\u001f\u007f", "\u2028\u2029", "a\u0020b"]"#,
-        // Unicode, raw and escaped (a surrogate pair).
-        r#"{"ключ":"значение","emoji":"😀","escaped":"\ud83d\ude00","mixed":"é\u00e9e\u0301"}"#,
-        // Nesting, empties, literals, whitespace.
-        " { \"a\" : [ [ [ ] ] , { } , null , true , false ] , \"b\" : \"\" } ",
-        r#"[[[[[[[[[[{"deep":[[[[[["x"]]]]]]}]]]]]]]]]]"#,
-        r#""just a string""#,
-        "42",
-        "null",
-        // A realistic Gateway metadata document.
-        r#"{"application_id":"0197a000-0000-7000-8000-000000000001","resource":"resource://billing","subject_fingerprint":"ba7816bf8f01cfea","method":"GET","gateway_status":200,"latency_ms":12,"response_bytes":1834,"upstream_host":"billing.example","upstream_status":200,"result_class":"success","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#,
-    ];
-    for doc in corpus {
+    for doc in JSON_CORPUS {
         let ours = Json::parse(doc)
             .unwrap_or_else(|e| panic!("{doc}: {e}"))
             .jsonb_text();
@@ -197,6 +190,13 @@ async fn canonical_json_is_postgres_jsonb_text() {
             .expect("canonical text parses")
             .jsonb_text();
         assert_eq!(again, ours, "canonical text is stable for {doc}");
+        // What the ledger stores instead of jsonb gives back Postgres' text exactly.
+        let packed = pack::pack(&Json::parse(doc).expect("parses")).expect("packs");
+        assert_eq!(
+            pack::unpack(&packed).expect("unpacks").jsonb_text(),
+            theirs.text,
+            "packed form of {doc}"
+        );
     }
     // NUL cannot be stored in jsonb at all; the parser strips it so the event stays storable.
     let refused = diesel::sql_query("SELECT $1::jsonb::text AS text")
@@ -211,6 +211,33 @@ async fn canonical_json_is_postgres_jsonb_text() {
         r#"{"a": "xy"}"#
     );
 }
+
+/// JSON documents covering what jsonb canonicalisation and the packed form treat specially.
+const JSON_CORPUS: [&str; 16] = [
+    // Key order: by length, then bytes (multi-byte keys count their UTF-8 length).
+    r#"{"trace_id":"t","app":"a","b":1,"aa":2,"é":3,"z":4,"":5}"#,
+    r#"{"b":1,"a":2,"b":3,"a":{"y":1,"x":2,"y":[3]}}"#,
+    r#"{"zz":{"b":{"d":1,"c":2},"a":[{"k":1,"j":2},{"j":3,"j":4}]}}"#,
+    // Numbers in numeric's output form.
+    "[1e2, 1.0e2, 1.50, -0, -0.0, 0.000e2, 1E-3, 1.5e-3, 12.345e1, -12.5e+1, 0e5, 1e-7]",
+    "[123456789012345678901234567890, -98765432109876543210.0001, 1e300, 5e-20, 0.1]",
+    "[0, -1, 3.14159265358979323846264338327950288419716939937510, 1E+2, 2e0, 10e-1]",
+    // Escapes and control characters.
+    r#"["\"", "\\", "\/", "\b\f\n\r\t", "\u0001\u001f\u007f", "\u2028\u2029", "a\u0020b"]"#,
+    // Unicode, raw and escaped (a surrogate pair).
+    r#"{"ключ":"значение","emoji":"😀","escaped":"\ud83d\ude00","mixed":"é\u00e9e\u0301"}"#,
+    // Nesting, empties, literals, whitespace.
+    " { \"a\" : [ [ [ ] ] , { } , null , true , false ] , \"b\" : \"\" } ",
+    r#"[[[[[[[[[[{"deep":[[[[[["x"]]]]]]}]]]]]]]]]]"#,
+    r#""just a string""#,
+    "42",
+    "null",
+    // A realistic Gateway metadata document.
+    r#"{"application_id":"0197a000-0000-7000-8000-000000000001","resource":"resource://billing","subject_fingerprint":"ba7816bf8f01cfea","method":"GET","gateway_status":200,"latency_ms":12,"response_bytes":1834,"upstream_host":"billing.example","upstream_status":200,"result_class":"success","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#,
+    // Strings the packed form compacts, next to look-alikes it must keep as text.
+    r#"["0197a000-0000-7000-8000-00000000000a","0197A000-0000-7000-8000-00000000000A","0197a00000007000800000000000000a","abcdef","ABCDEF","abc","",18446744073709551615,18446744073709551616,-5]"#,
+    r#"{"agent_labels":{"team":"payments","prod":true},"unknown":{"application_id":"x"}}"#,
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_worked_example_is_stored_and_read_back_with_its_hashes() {
@@ -258,8 +285,9 @@ async fn the_spec_worked_example_is_stored_and_read_back_with_its_hashes() {
     let mut conn = superuser(&db).await;
     let stored: TextRow = diesel::sql_query(
         "SELECT encode(content_sha256, 'hex') || ' ' || encode(chain_hmac, 'hex') || ' ' \
-         || determining_policies_json::text || ' ' || (metadata_json IS NULL)::text AS text \
-         FROM audit_events WHERE id = 'e1'",
+         || (id IS NULL)::text || ' ' || request_id_text || ' ' \
+         || (metadata_json IS NULL)::text AS text \
+         FROM audit_events WHERE id_text = 'e1'",
     )
     .get_result(&mut conn)
     .await
@@ -267,7 +295,18 @@ async fn the_spec_worked_example_is_stored_and_read_back_with_its_hashes() {
     assert_eq!(
         stored.text,
         "7086267f2ffd35554c784a3d3938a8a5a5391e87069cf8c6a2f8b00025658fda \
-         e8b943c9953f1d4d2953dde5c087290aa1ea4ea29eedffb553b8dc6f92f1af73 [] true"
+         e8b943c9953f1d4d2953dde5c087290aa1ea4ea29eedffb553b8dc6f92f1af73 true r1 true",
+        "ids that are not uuids are kept as text; absent metadata is NULL"
+    );
+    let packed: BytesRow = diesel::sql_query(
+        "SELECT determining_policies_json AS bytes FROM audit_events WHERE id_text = 'e1'",
+    )
+    .get_result(&mut conn)
+    .await
+    .expect("raw row");
+    assert_eq!(
+        pack::unpack(&packed.bytes).expect("packed").jsonb_text(),
+        "[]"
     );
 
     // A signature that is not lowercase hex is kept verbatim too.
@@ -284,6 +323,328 @@ async fn the_spec_worked_example_is_stored_and_read_back_with_its_hashes() {
         rows[1].prev_content_sha256.as_deref(),
         Some("7086267f2ffd35554c784a3d3938a8a5a5391e87069cf8c6a2f8b00025658fda")
     );
+}
+
+/// An event from raw `data`, signed with `mac`, parsed the way the ingestor parses it.
+fn from_data(data: String, mac: &ContractMac) -> IncomingEvent {
+    let fields = vec![
+        ("sig".to_string(), mac.sign_hex(data.as_bytes())),
+        ("data".to_string(), data),
+    ];
+    parse_entry(&fields, Some(mac)).unwrap_or_else(|e| panic!("valid event: {e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_json_fields_read_back_byte_for_byte_and_the_chain_verifies() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let ledger = ledger(&db).await;
+    let mac = ContractMac::spec_key();
+    let batch: Vec<IncomingEvent> = JSON_CORPUS
+        .iter()
+        .enumerate()
+        .map(|(i, doc)| {
+            from_data(
+                format!(
+                    r#"{{"id":"p{i}","zone_id":"packed","event_type":"token_exchange","occurred_at":"2026-05-21T12:00:{i:02}Z","determining_policies_json":{doc},"diagnostics_json":{doc},"metadata_json":{doc}}}"#
+                ),
+                &mac,
+            )
+        })
+        .collect();
+    ledger.append(&batch, Some(&mac)).await.expect("append");
+    let rows = whole_chain(&ledger, "packed").await;
+    assert_eq!(rows.len(), batch.len());
+    for (row, incoming) in rows.iter().zip(&batch) {
+        assert_eq!(row.event, incoming.event, "{}", incoming.event.id);
+        assert_eq!(row.content_sha256, incoming.content_sha256);
+    }
+    assert_eq!(first_break(&ledger, "packed", &mac).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_keep_their_exact_form_and_filters_find_them_in_either_column() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let ledger = ledger(&db).await;
+    let mac = ContractMac::spec_key();
+    let at = "2026-05-21T12:00:00Z";
+    let lower = |tail: &str| format!("0197a000-0000-7000-8000-0000000000{tail}");
+    let upper = |tail: &str| format!("0197A000-0000-7000-8000-0000000000{tail}");
+    let event = |id: String, request: String, metadata: serde_json::Value, decision: &str| {
+        signed(
+            &serde_json::json!({
+                "id": id, "zone_id": "forms", "event_type": "token_exchange",
+                "request_id": request, "decision": decision, "evaluation_status": "complete",
+                "metadata_json": metadata, "occurred_at": at,
+            }),
+            &mac,
+        )
+    };
+    // A canonical uuid everywhere; the same in upper case (text, and a different value); text.
+    let u1 = event(
+        lower("a1"),
+        lower("f1"),
+        serde_json::json!({"application_id": lower("b1"), "agent_session_id": lower("c1"),
+            "session_id": lower("d1"), "agent_labels": ["team:x"]}),
+        "allow",
+    );
+    let big_u1 = event(
+        upper("A1"),
+        upper("F1"),
+        serde_json::json!({"application_id": upper("B1"), "agent_session_id": upper("C1"),
+            "session_id": upper("D1"), "agent_labels": {"team": "x"}}),
+        "allow",
+    );
+    let t1 = event(
+        "z-text".into(),
+        lower("f1"),
+        serde_json::json!({"application_id": "", "agent_session_id": 7}),
+        "allow",
+    );
+    let batch = vec![u1.clone(), big_u1.clone(), t1.clone()];
+    ledger.append(&batch, Some(&mac)).await.expect("append");
+
+    let rows = whole_chain(&ledger, "forms").await;
+    let events: Vec<_> = rows.iter().map(|r| r.event.clone()).collect();
+    assert_eq!(
+        events,
+        batch.iter().map(|e| e.event.clone()).collect::<Vec<_>>(),
+        "every id and JSON value reads back exactly as written"
+    );
+    let mut conn = superuser(&db).await;
+    let forms: TextRow = diesel::sql_query(
+        "SELECT count(id) || ' ' || count(id_text) || ' ' || count(request_id) || ' ' \
+         || count(request_id_text) || ' ' || count(application_id) || ' ' \
+         || count(application_id_text) || ' ' || count(agent_session_id_text) AS text \
+         FROM audit_events WHERE zone_id = 'forms'",
+    )
+    .get_result(&mut conn)
+    .await
+    .expect("column forms");
+    assert_eq!(
+        forms.text, "1 2 2 1 1 2 1",
+        "only canonical lowercase uuids take the uuid columns; a number is not extracted"
+    );
+
+    let base = ListQuery {
+        zone_id: "forms".into(),
+        limit: 100,
+        ..ListQuery::default()
+    };
+    let ids = |rows: Vec<StoredEvent>| rows.into_iter().map(|r| r.event.id).collect::<Vec<_>>();
+    let list = |query: ListQuery| {
+        let ledger = ledger.clone();
+        async move { ids(ledger.list(&query).await.expect("list")) }
+    };
+    // One instant: newest-first ties go by id, bytewise descending, across both forms.
+    assert_eq!(
+        list(base.clone()).await,
+        ["z-text".to_string(), lower("a1"), upper("A1")]
+    );
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = ledger
+            .list(&ListQuery {
+                limit: 1,
+                before: before.clone(),
+                ..base.clone()
+            })
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        before = Some((last.event.occurred_at_micros, last.event.id.clone()));
+        paged.extend(ids(page));
+    }
+    assert_eq!(
+        paged,
+        list(base.clone()).await,
+        "keyset paging crosses forms"
+    );
+    for (query, expected) in [
+        (
+            ListQuery {
+                application_id: Some(lower("b1")),
+                ..base.clone()
+            },
+            vec![lower("a1")],
+        ),
+        (
+            ListQuery {
+                application_id: Some(upper("B1")),
+                ..base.clone()
+            },
+            vec![upper("A1")],
+        ),
+        (
+            ListQuery {
+                application_id: Some(String::new()),
+                ..base.clone()
+            },
+            vec!["z-text".to_string()],
+        ),
+        (
+            ListQuery {
+                agent_session_id: Some(lower("c1")),
+                ..base.clone()
+            },
+            vec![lower("a1")],
+        ),
+        (
+            ListQuery {
+                agent_session_id: Some(upper("C1")),
+                ..base.clone()
+            },
+            vec![upper("A1")],
+        ),
+        (
+            ListQuery {
+                agent_session_id: Some("7".into()),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            ListQuery {
+                authority_record_id: Some(lower("d1")),
+                ..base.clone()
+            },
+            vec![lower("a1")],
+        ),
+        (
+            ListQuery {
+                authority_record_id: Some(upper("D1")),
+                ..base.clone()
+            },
+            vec![upper("A1")],
+        ),
+        (
+            ListQuery {
+                label: Some("team:x".into()),
+                ..base.clone()
+            },
+            vec![lower("a1"), upper("A1")],
+        ),
+        (
+            ListQuery {
+                label: Some("team".into()),
+                ..base.clone()
+            },
+            vec![upper("A1")],
+        ),
+        (
+            ListQuery {
+                label: Some("x".into()),
+                ..base.clone()
+            },
+            vec![],
+        ),
+        (
+            ListQuery {
+                request_id: Some(lower("f1")),
+                ..base.clone()
+            },
+            vec!["z-text".to_string(), lower("a1")],
+        ),
+        (
+            ListQuery {
+                request_id: Some(upper("F1")),
+                ..base.clone()
+            },
+            vec![upper("A1")],
+        ),
+    ] {
+        assert_eq!(list(query.clone()).await, expected, "{query:?}");
+    }
+    assert_eq!(
+        ids(ledger
+            .by_request("forms", &lower("f1"))
+            .await
+            .expect("by request")),
+        [lower("a1"), "z-text".to_string()]
+    );
+    assert_eq!(
+        ids(ledger
+            .by_request("forms", &upper("F1"))
+            .await
+            .expect("by request")),
+        [upper("A1")]
+    );
+
+    // Deduplication finds each form's key; changed content under a stored key is tampering.
+    let outcomes = ledger.append(&batch, Some(&mac)).await.expect("replay");
+    assert_eq!(outcomes, vec![AppendOutcome::Duplicate; 3]);
+    let forged = vec![
+        event(lower("a1"), lower("f1"), serde_json::json!({}), "deny"),
+        event(upper("A1"), upper("F1"), serde_json::json!({}), "deny"),
+        event("z-text".into(), lower("f1"), serde_json::json!({}), "deny"),
+    ];
+    let outcomes = ledger.append(&forged, Some(&mac)).await.expect("forged");
+    assert_eq!(
+        outcomes,
+        batch
+            .iter()
+            .map(|e| AppendOutcome::Tampered {
+                stored_sha256: e.content_sha256.clone()
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(whole_chain(&ledger, "forms").await.len(), 3);
+    assert_eq!(first_break(&ledger, "forms", &mac).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_that_is_not_canonical_text_is_refused_and_the_batch_stores_nothing() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let ledger = ledger(&db).await;
+    let mac = ContractMac::spec_key();
+    let valid = simple("nc", "ok", "2026-05-21T12:00:00Z", &mac);
+    // A hand-built event whose metadata text is not what jsonb prints: stored packed, it could
+    // not come back as the text its hash covers.
+    let mut bad = simple("nc", "bad", "2026-05-21T12:00:01Z", &mac);
+    bad.event.metadata_json = Some(r#"{"b": 1, "a": 2}"#.to_string());
+    bad.content_sha256 = caracal_core::audit::chain::content_sha256(&bad.event);
+    let outcome = ledger.append(&[valid, bad], Some(&mac)).await;
+    match outcome {
+        Err(LedgerError::Permanent(message)) => {
+            assert!(message.contains("metadata_json"), "{message}")
+        }
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
+    assert!(whole_chain(&ledger, "nc").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_packed_column_is_an_error_never_other_evidence() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let ledger = ledger(&db).await;
+    let mac = ContractMac::spec_key();
+    let event = from_data(
+        r#"{"id":"c1","zone_id":"corrupt","occurred_at":"2026-05-21T12:00:00Z","metadata_json":{"latency_ms":12}}"#
+            .to_string(),
+        &mac,
+    );
+    ledger.append(&[event], Some(&mac)).await.expect("append");
+    let mut conn = superuser(&db).await;
+    // The owner flips the stored integer's tag: 12 would read as a 12-byte string.
+    conn.batch_execute(
+        "UPDATE audit_events SET metadata_json = set_byte(metadata_json, 4, 6) WHERE id_text = 'c1'",
+    )
+    .await
+    .expect("superuser update");
+    match ledger.chain_page("corrupt", 0, 10).await {
+        Err(LedgerError::Permanent(message)) => {
+            assert!(message.contains("metadata_json of event c1"), "{message}")
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -386,7 +747,7 @@ async fn the_audit_role_can_append_but_never_rewrite_evidence() {
         as_role(
             &mut conn,
             "caracal_audit",
-            "INSERT INTO audit_events (occurred_at, chain_seq, id, zone_id, event_type, content_sha256) \
+            "INSERT INTO audit_events (occurred_at, chain_seq, id_text, zone_id, event_type, content_sha256) \
              VALUES (now(), 1, 'raw', 'raw_zone', '', decode(repeat('00', 32), 'hex'))"
         )
         .await,
@@ -402,7 +763,7 @@ async fn the_audit_role_can_append_but_never_rewrite_evidence() {
         None
     );
     for sql in [
-        "INSERT INTO audit_events (occurred_at, chain_seq, id, zone_id, event_type, content_sha256) \
+        "INSERT INTO audit_events (occurred_at, chain_seq, id_text, zone_id, event_type, content_sha256) \
          VALUES (now(), 1, 'raw', 'raw_zone', '', decode(repeat('00', 32), 'hex'))",
         "UPDATE audit_events SET decision = 'deny'",
         "DELETE FROM audit_events",
@@ -516,7 +877,7 @@ async fn retention_anchors_keep_the_chain_verifiable_and_other_deletions_are_cau
 
     // Off schedule: the owner deletes a row in the middle of zone a's chain.
     let mut conn = superuser(&db).await;
-    conn.batch_execute("DELETE FROM audit_events WHERE id = 'a4'")
+    conn.batch_execute("DELETE FROM audit_events WHERE id_text = 'a4'")
         .await
         .expect("superuser delete");
     let found = first_break(&ledger, "a", &mac)
@@ -693,6 +1054,33 @@ async fn stored_events_cost_less_than_upstreams_1843_bytes_each() {
             .collect();
         ledger.append(&batch, Some(&mac)).await.expect("append");
     }
+    // Everything written reads back exactly and every zone's chain verifies.
+    let mut read = 0;
+    for zone in 0..5 {
+        let zone = realistic(zone, "2025-03-02T00:00:00Z", &mac).event.zone_id;
+        read += whole_chain(&ledger, &zone).await.len();
+        assert_eq!(first_break(&ledger, &zone, &mac).await, None, "{zone}");
+    }
+    assert_eq!(read as u64, events);
+    for n in [0, 1, 5, 9_998, 19_999] {
+        let at = caracal_core::audit::event::micros_rfc3339(base + n as i64 * 10_000);
+        let expected = realistic(n, &at, &mac);
+        let stored = ledger
+            .list(&ListQuery {
+                zone_id: expected.event.zone_id.clone(),
+                since_micros: Some(expected.event.occurred_at_micros),
+                until_micros: Some(expected.event.occurred_at_micros + 1),
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(
+            stored.iter().map(|r| &r.event).collect::<Vec<_>>(),
+            [&expected.event],
+            "event {n}"
+        );
+    }
     let mut conn = superuser(&db).await;
     conn.batch_execute("VACUUM ANALYZE audit_events_y2025m03")
         .await
@@ -751,7 +1139,7 @@ async fn a_month_created_late_takes_over_its_rows_from_the_default_partition() {
         .expect("july");
     assert_eq!(july.n, 2, "July's rows live in July's partition");
     let in_default: Count =
-        diesel::sql_query("SELECT count(*) AS n FROM audit_events_default WHERE id LIKE 'l%'")
+        diesel::sql_query("SELECT count(*) AS n FROM audit_events_default WHERE id_text LIKE 'l%'")
             .get_result(&mut conn)
             .await
             .expect("default");

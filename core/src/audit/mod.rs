@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod event;
 pub mod ingest;
 pub mod json;
+pub mod pack;
 pub mod verify;
 
 pub use chain::{Anchor, Break, BreakKind, ChainHead, Link, StoredEvent, ZoneVerifier};
