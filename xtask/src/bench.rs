@@ -348,7 +348,7 @@ pub fn machine() -> String {
 /// Runs every benchmark: the STS micro-benchmarks, then the API and the STS over HTTP with the
 /// release binary under `target_dir`. `cargo` makes a cargo command run from the workspace root.
 pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path, parts: &[String]) -> Result<(), String> {
-    const PARTS: [&str; 4] = ["api", "sts", "coordinator", "governed"];
+    const PARTS: [&str; 5] = ["api", "sts", "coordinator", "governed", "audit"];
     if let Some(unknown) = parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
         return Err(format!(
             "unknown bench part `{unknown}`; the parts are {}",
@@ -381,6 +381,16 @@ pub fn run(cargo: &dyn Fn() -> Command, target_dir: &Path, parts: &[String]) -> 
     if wanted("governed") {
         println!("\n== Gateway: governed requests over HTTP (issue #5) ==");
         bench_governed::http(&binary)?;
+    }
+    if wanted("audit") {
+        println!("\n== Audit: ingest, storage and search on Postgres + Redis (issue #6) ==");
+        let status = cargo()
+            .args(["bench", "-p", "caracal-audit", "--bench", "ingest"])
+            .status()
+            .map_err(|e| format!("cannot start cargo bench: {e}"))?;
+        if !status.success() {
+            return Err("cargo bench -p caracal-audit --bench ingest failed".into());
+        }
     }
     Ok(())
 }
