@@ -162,9 +162,7 @@ pub struct AgentSession {
     pub heartbeat_deadline_at: Option<Timestamp>,
     /// Lease generation (service; 0 for task).
     pub lease_generation: i64,
-    /// Children whose status is `active` or `suspended` (they count against the Coordinator's
-    /// ten-children limit). Derived by the store on every read, never stored: a save ignores
-    /// it, so ending a child never has to write its parent.
+    /// Live children.
     pub child_count: i32,
     /// Caller metadata.
     pub metadata: Map<String, Value>,

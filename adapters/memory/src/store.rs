@@ -44,34 +44,6 @@ struct State {
     invocations: BTreeMap<String, Invocation>,
 }
 
-impl State {
-    /// Children of `parent` with status `active` or `suspended`: what a Session's
-    /// `child_count` holds, derived on every read as Postgres derives it.
-    fn open_children(&self, zone: &ZoneId, parent: &str) -> u64 {
-        self.agent_sessions
-            .values()
-            .filter(|c| {
-                &c.zone_id == zone
-                    && c.parent_id.as_deref() == Some(parent)
-                    && (c.status == "active" || c.status == "suspended")
-            })
-            .count() as u64
-    }
-
-    /// The Session as a read returns it: stored fields plus the derived `child_count`.
-    fn session_out(&self, session: &AgentSession) -> AgentSession {
-        let mut out = session.clone();
-        out.child_count =
-            i32::try_from(self.open_children(&session.zone_id, &session.id)).unwrap_or(i32::MAX);
-        out
-    }
-
-    /// [`Self::session_out`] over a page of rows.
-    fn sessions_out(&self, rows: Vec<AgentSession>) -> Vec<AgentSession> {
-        rows.iter().map(|s| self.session_out(s)).collect()
-    }
-}
-
 /// The in-memory store. Cheap to clone; clones share state.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
@@ -1129,12 +1101,9 @@ impl AgentGraphRepo for MemoryUnitOfWork {
         if let Some(existing) = self.read().agent_sessions.get(&session.id) {
             self.check_write(Some(&existing.zone_id))?;
         }
-        // `child_count` is derived on read, never stored.
-        let mut stored = session.clone();
-        stored.child_count = 0;
         self.write()
             .agent_sessions
-            .insert(session.id.clone(), stored);
+            .insert(session.id.clone(), session.clone());
         Ok(())
     }
 
@@ -1143,13 +1112,8 @@ impl AgentGraphRepo for MemoryUnitOfWork {
         zone: &ZoneId,
         id: &str,
     ) -> Result<Option<AgentSession>, StoreError> {
-        let state = self.read();
-        let found = state
-            .agent_sessions
-            .get(id)
-            .filter(|s| &s.zone_id == zone && self.visible(Some(&s.zone_id)))
-            .map(|s| state.session_out(s));
-        Ok(found)
+        let found = self.read().agent_sessions.get(id).cloned();
+        Ok(found.filter(|s| &s.zone_id == zone && self.visible(Some(&s.zone_id))))
     }
 
     async fn save_delegation_edge(&mut self, edge: &DelegationEdge) -> Result<(), StoreError> {
@@ -1224,8 +1188,7 @@ impl AgentGraphRepo for MemoryUnitOfWork {
                     .as_ref()
                     .is_none_or(|label| s.labels.contains(label))
         });
-        let page = id_page(rows.cloned(), |s| s.id.as_str(), before, limit);
-        Ok(self.read().sessions_out(page))
+        Ok(id_page(rows.cloned(), |s| s.id.as_str(), before, limit))
     }
 
     async fn list_child_sessions(
@@ -1243,71 +1206,7 @@ impl AgentGraphRepo for MemoryUnitOfWork {
             .agent_sessions
             .values()
             .filter(|s| &s.zone_id == zone && s.parent_id.as_deref() == Some(parent));
-        let page = id_page(rows.cloned(), |s| s.id.as_str(), before, limit);
-        Ok(self.read().sessions_out(page))
-    }
-
-    async fn count_open_children(
-        &mut self,
-        zone: &ZoneId,
-        parent: &str,
-    ) -> Result<u64, StoreError> {
-        if !self.visible(Some(zone)) {
-            return Ok(0);
-        }
-        Ok(self.read().open_children(zone, parent))
-    }
-
-    async fn lock_agent_sessions(
-        &mut self,
-        zone: &ZoneId,
-        ids: &[String],
-        parents: &[String],
-        statuses: &[&str],
-    ) -> Result<Vec<AgentSession>, StoreError> {
-        // Units run one at a time here: nothing to lock, only the rows to read.
-        if !self.visible(Some(zone)) {
-            return Ok(Vec::new());
-        }
-        let state = self.read();
-        let mut rows: Vec<AgentSession> = state
-            .agent_sessions
-            .values()
-            .filter(|s| {
-                &s.zone_id == zone
-                    && statuses.contains(&s.status.as_str())
-                    && (ids.contains(&s.id)
-                        || s.parent_id.as_ref().is_some_and(|p| parents.contains(p)))
-            })
-            .map(|s| state.session_out(s))
-            .collect();
-        rows.sort_by(|a, b| (a.depth, &a.id).cmp(&(b.depth, &b.id)));
-        Ok(rows)
-    }
-
-    async fn lock_active_edges(
-        &mut self,
-        zone: &ZoneId,
-        ids: &[String],
-        sessions: &[String],
-    ) -> Result<Vec<DelegationEdge>, StoreError> {
-        if !self.visible(Some(zone)) {
-            return Ok(Vec::new());
-        }
-        // BTreeMap order is id order.
-        Ok(self
-            .read()
-            .delegation_edges
-            .values()
-            .filter(|e| {
-                &e.zone_id == zone
-                    && e.status == "active"
-                    && (ids.contains(&e.id)
-                        || sessions.contains(&e.source_session_id)
-                        || sessions.contains(&e.target_session_id))
-            })
-            .cloned()
-            .collect())
+        Ok(id_page(rows.cloned(), |s| s.id.as_str(), before, limit))
     }
 
     async fn count_live_agent_sessions(
@@ -1429,8 +1328,11 @@ impl AgentGraphRepo for MemoryUnitOfWork {
                 && (s.status == "active" || s.status == "suspended")
                 && task_due_at(s) <= now
         });
-        let due = oldest_first(rows.cloned(), |s| (task_due_at(s), s.id.clone()), limit);
-        Ok(self.read().sessions_out(due))
+        Ok(oldest_first(
+            rows.cloned(),
+            |s| (task_due_at(s), s.id.clone()),
+            limit,
+        ))
     }
 
     async fn lapsed_service_sessions(
@@ -1444,12 +1346,11 @@ impl AgentGraphRepo for MemoryUnitOfWork {
                 && s.status == "active"
                 && s.heartbeat_deadline_at.is_some_and(|d| d <= now)
         });
-        let lapsed = oldest_first(
+        Ok(oldest_first(
             rows.cloned(),
             |s| (s.heartbeat_deadline_at, s.id.clone()),
             limit,
-        );
-        Ok(self.read().sessions_out(lapsed))
+        ))
     }
 
     async fn lapsed_active_edges(

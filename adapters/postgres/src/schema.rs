@@ -280,6 +280,7 @@ diesel::table! {
         last_heartbeat_at -> Nullable<Timestamptz>,
         heartbeat_deadline_at -> Nullable<Timestamptz>,
         lease_generation -> Int8,
+        child_count -> Int4,
         metadata -> Jsonb,
         status_reason -> Nullable<Text>,
         ended_at -> Nullable<Timestamptz>,

@@ -614,13 +614,13 @@ async fn coordinator_queries_never_scan_whole_tables() {
              SELECT 'as-' || lpad(g::text, 6, '0'), CASE WHEN g <= 20 THEN 'zone-a' ELSE 'zone-b' END,
                     'app-a', 'ar', NULL,
                     CASE WHEN g % 2 = 0 THEN 'task' ELSE 'service' END, '{}', 'terminated', 0,
-                    60, now() - interval '2 hours', NULL, NULL, 0, '{}', 'requested',
+                    60, now() - interval '2 hours', NULL, NULL, 0, 0, '{}', 'requested',
                     now() - interval '1 hour', now(), now()
              FROM generate_series(1, 5000) g;
          INSERT INTO agent_sessions
              SELECT 'live-' || g, 'zone-a', 'app-a', 'ar', 'as-000001',
                     CASE WHEN g % 2 = 0 THEN 'task' ELSE 'service' END, '{}', 'active', 1,
-                    600, now(), now(), now() + interval '2 minutes', 1, '{}', NULL, NULL,
+                    600, now(), now(), now() + interval '2 minutes', 1, 0, '{}', NULL, NULL,
                     now(), now()
              FROM generate_series(1, 20) g;
          INSERT INTO delegation_edges
@@ -677,20 +677,6 @@ async fn coordinator_queries_never_scan_whole_tables() {
     uow.list_child_sessions(&za.id, "as-000001", None, 100)
         .await
         .expect("list_child_sessions");
-    uow.count_start_capacity(&za.id, "app-a", Some("as-000001"), now)
-        .await
-        .expect("count_start_capacity");
-    uow.lock_agent_sessions(
-        &za.id,
-        &["live-1".into()],
-        &["as-000001".into()],
-        &["active", "suspended"],
-    )
-    .await
-    .expect("lock_agent_sessions");
-    uow.lock_active_edges(&za.id, &["de-000010".into()], &["as-000011".into()])
-        .await
-        .expect("lock_active_edges");
     uow.list_edges_by_target(&za.id, "as-000010", None, 100)
         .await
         .expect("list_edges_by_target");

@@ -2782,6 +2782,7 @@ async fn agent_sessions_and_delegation_edges(store: &dyn Store, run: &Run) {
     child.last_heartbeat_at = Some(run.at(3));
     child.heartbeat_deadline_at = Some(run.at(4));
     child.lease_generation = 7;
+    child.child_count = 2;
     child.metadata = json!({"purpose": "contract", "nested": {"k": [true, 1]}})
         .as_object()
         .cloned()
@@ -2855,14 +2856,12 @@ async fn agent_sessions_and_delegation_edges(store: &dyn Store, run: &Run) {
 
     let mut renewed = root.clone();
     renewed.lease_generation = 1;
-    // Derived on read, never stored: a saved count is ignored (`child`, the one child, ended).
     renewed.child_count = 1;
     renewed.updated_at = run.at(10);
     ok(
         uow.save_agent_session(&renewed).await,
         "save_agent_session again",
     );
-    renewed.child_count = 0;
     let mut bumped = plain.clone();
     bumped.edge_version = 2;
     bumped.scopes = vec!["read".into()];

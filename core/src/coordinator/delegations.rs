@@ -3,14 +3,14 @@
 //! narrowing, cycle check), revoking with a downstream cascade, and the reads (inbound,
 //! outbound, active, traverse, impact, effective authority).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
-use crate::authority::{AgentSession, DelegationEdge};
+use crate::authority::DelegationEdge;
 use crate::coordinator::graph::{
-    any_root, downstream, edge_live, edges_into, lock_subtree, path_exists, EndStatus, Follow,
-    Reached, Roots,
+    delegation_lock, downstream, edge_live, edges_into, path_exists, session_lock, EndStatus,
+    Follow, Reached,
 };
 use crate::coordinator::idempotency::{self, fingerprint, principal_fingerprint, Prior};
 use crate::coordinator::sessions::input::{self, Issues, ListQuery};
@@ -639,20 +639,7 @@ impl Coordinator {
 
         let now = self.clock.now();
         let mut uow = self.begin(zone).await?;
-        // Both endpoints are locked (one statement, in the `(depth, id)` order every Session
-        // lock follows): a cascade ending either one either runs first, and the endpoint reads
-        // as gone, or waits and then revokes this edge with the other edges touching it. Then
-        // the zone's epoch row: bumping it first serialises Delegation creates, so the receipt
-        // lookup and the cycle check below see every create committed before this one.
-        let mut endpoints = uow
-            .lock_agent_sessions(
-                zone,
-                &[req.source_session_id.clone(), req.target_session_id.clone()],
-                &[],
-                &["active"],
-            )
-            .await?;
-        let epoch = uow.bump_delegation_graph_epoch(zone).await?;
+        uow.lock(&delegation_lock(zone)).await?;
         let scope = idempotency::scope("delegation.create.v2", zone, issuer);
         if let Some(key) = &key {
             if let Prior::Same(receipt) = self
@@ -670,15 +657,14 @@ impl Coordinator {
             }
         }
 
-        let mut endpoint = |id: &str| {
-            endpoints
-                .iter()
-                .position(|s| s.id == id)
-                .map(|i| endpoints.swap_remove(i))
-                .filter(|s| s.is_live(now))
-        };
-        let source = endpoint(&req.source_session_id);
-        let target = endpoint(&req.target_session_id);
+        let source = uow
+            .get_agent_session(zone, &req.source_session_id)
+            .await?
+            .filter(|s| s.is_live(now));
+        let target = uow
+            .get_agent_session(zone, &req.target_session_id)
+            .await?
+            .filter(|s| s.is_live(now));
         let (Some(source), Some(target)) = (source, target) else {
             return Err(Error::not_found("delegation_endpoint_not_found"));
         };
@@ -799,6 +785,7 @@ impl Coordinator {
             created_at: now,
         };
         uow.save_delegation_edge(&edge).await?;
+        let epoch = uow.bump_delegation_graph_epoch(zone).await?;
         self.enqueue(
             &mut *uow,
             TOPIC_DELEGATIONS_INVALIDATE,
@@ -885,6 +872,9 @@ impl Coordinator {
     ) -> Result<Reply> {
         let now = self.clock.now();
         let mut uow = self.begin(zone).await?;
+        // Terminating targets changes Sessions too: the Session lock first (deadlock order).
+        uow.lock_both(&session_lock(zone), &delegation_lock(zone))
+            .await?;
         let edge = uow
             .get_delegation_edge(zone, edge_id)
             .await?
@@ -897,58 +887,39 @@ impl Coordinator {
                 "The caller may not revoke Delegations of this issuer application",
             ));
         }
-        // The walk reads without locks. What it finds is then locked in the order every unit
-        // follows (Sessions top-down, then edges): the live targets with their subtrees, then
-        // the reached edges together with every other active edge touching an ended Session.
-        // An edge created meanwhile from a target is among the latter (its create locked the
-        // target); an edge another unit revoked meanwhile is left out by the lock.
         let reached = downstream(&mut *uow, zone, &edge, Follow::Active, now).await?;
         if reached.is_empty() {
             return Err(delegation_not_found());
         }
-        let mut candidates: Vec<AgentSession> = Vec::new();
+        let mut target_ids: Vec<String> = Vec::new();
         for r in &reached {
-            let id = &r.edge.target_session_id;
-            if candidates.iter().any(|s| &s.id == id) {
-                continue;
+            let mut e = r.edge.clone();
+            e.status = "revoked".to_owned();
+            e.revoked_at = Some(now);
+            e.edge_version += 1;
+            uow.save_delegation_edge(&e).await?;
+            if !target_ids.contains(&e.target_session_id) {
+                target_ids.push(e.target_session_id.clone());
             }
+        }
+        let mut targets = Vec::new();
+        for id in &target_ids {
             if let Some(s) = uow.get_agent_session(zone, id).await? {
-                candidates.push(s);
+                if s.status == "active" || s.status == "suspended" {
+                    targets.push(s);
+                }
             }
         }
-        let tree = lock_subtree(
-            &mut *uow,
-            zone,
-            Roots::Candidates(&candidates),
-            &["active", "suspended"],
-            &any_root,
-        )
-        .await?;
-        let target_ids: HashSet<String> = candidates.iter().map(|s| s.id.clone()).collect();
-        // Targets first, in the order the walk reached them (their anchors are announced in
-        // that order).
-        let mut targets: Vec<AgentSession> = Vec::new();
-        for c in &candidates {
-            if let Some(s) = tree.iter().find(|s| s.id == c.id) {
-                targets.push(s.clone());
-            }
-        }
-        let reached_ids: Vec<String> = reached.iter().map(|r| r.edge.id.clone()).collect();
-        let (ended, revoked) = self
-            .end_locked(
+        let ids: Vec<String> = targets.iter().map(|s| s.id.clone()).collect();
+        let ended = self
+            .terminate_subtree(
                 &mut *uow,
                 zone,
-                tree,
-                &target_ids,
-                &reached_ids,
+                &ids,
                 "delegation_revoked",
                 EndStatus::Terminated,
             )
             .await?;
-        if !revoked.contains(&edge.id) {
-            // Another unit revoked (or expired) it after the walk read it.
-            return Err(delegation_not_found());
-        }
         let epoch = uow.bump_delegation_graph_epoch(zone).await?;
         self.enqueue(
             &mut *uow,
@@ -958,7 +929,7 @@ impl Coordinator {
                 ("event", Some("edge_revoke".to_owned())),
                 ("zone_id", Some(zone.as_str().to_owned())),
                 ("edge_id", Some(edge.id.clone())),
-                ("affected_edges", Some(revoked.len().to_string())),
+                ("affected_edges", Some(reached.len().to_string())),
                 ("epoch", Some(epoch.to_string())),
             ],
         )
@@ -995,7 +966,7 @@ impl Coordinator {
         }
         uow.commit().await?;
         Ok(Reply::ok(json!({
-            "revoked_edges": revoked.len(),
+            "revoked_edges": reached.len(),
             "affected_sessions": anchors.len(),
             "terminated_sessions": ended.len(),
         })))

@@ -3,23 +3,11 @@
 //! slot, the cascades that end or pause a subtree (with their edge revocations, epoch bumps
 //! and outbox rows), and the bounded walks over active edges.
 //!
-//! Every function here runs inside the caller's unit of work. Concurrency control is by row
-//! locks on the Sessions a change touches, not by a lock per zone (A8.6 as built):
-//! - Session rows are locked top-down, one tree depth per statement ([`lock_subtree`]), so
-//!   every unit takes them in `(depth, id)` order and two units never deadlock on them. A
-//!   child start locks its parent, a cascade its roots and then each level of descendants, a
-//!   Delegation create both endpoints. A child can only be inserted under a parent locked by
-//!   its start, so a cascade that locked a Session sees every child committed under it, and a
-//!   start that waited for a cascade sees the parent it ended.
-//! - Edge rows a change revokes or expires are locked after the Sessions, in one statement per
-//!   unit (id order); the zone's epoch row (`bump_delegation_graph_epoch`) after the edges.
-//!   Delegation creates serialise on the epoch row: they bump it first, so each create's cycle
-//!   check and receipt lookup see every create committed before it.
-//! - Only the zone-wide capacity counts need a zone lock ([`capacity_lock`]): starts take it
-//!   last, after their writes, for the count and the commit. Nothing that ends a Session takes
-//!   it, and nothing stored is written upwards (`child_count` is derived on read).
+//! Every function here runs inside the caller's unit of work, after the caller took the zone
+//! locks the change needs: [`session_lock`] for anything that changes Session status, and
+//! additionally [`delegation_lock`] (always second) when edges may change.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use crate::authority::{AgentSession, DelegationEdge, Lifecycle, SessionType};
 use crate::coordinator::records::SessionFilter;
@@ -35,103 +23,17 @@ use crate::time::Timestamp;
 /// Rows per page when a walk reads a listing to its end.
 const WALK_PAGE: u32 = 500;
 
-/// The zone lock Session starts take last, just before their capacity count and commit
-/// (A6.1): `MAX_AGENTS_PER_ZONE` and `MAX_AGENTS_PER_APP` are count-then-insert, and a new lock
-/// holder's count sees every start committed before it. Only starts raise the counts, so
-/// nothing else takes it. (The name is upstream's Session-start lock, A8.6.)
-pub(crate) fn capacity_lock(zone: &ZoneId) -> String {
+/// The zone lock Session start, terminate, heartbeat, lease, suspend, resume and the Session
+/// sweepers serialize on (A8.6): capacity checks are count-then-insert, and a start must never
+/// commit under a subtree a cascade is ending.
+pub(crate) fn session_lock(zone: &ZoneId) -> String {
     format!("coordinator:session_start:{}", zone.as_str())
 }
 
-/// Every status a Session can have: locking a Session whatever its status.
-pub(crate) const ANY_STATUS: [&str; 4] = ["active", "suspended", "terminated", "expired"];
-
-/// Statuses a cascade ends.
-const OPEN: [&str; 2] = ["active", "suspended"];
-
-/// Where a [`lock_subtree`] walk starts.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Roots<'a> {
-    /// Rows this unit already locked (and read under the lock), all at one depth.
-    Locked(&'a [AgentSession]),
-    /// Rows read without a lock: only their ids and depths (which never change) are used, and
-    /// each is locked and read again before anything is decided about it.
-    Candidates(&'a [AgentSession]),
-}
-
-/// Locks and returns `roots` and every descendant reached through Sessions whose status is one
-/// of `statuses` (a Session outside the set stops the walk below it, as upstream's recursive
-/// query does), shallowest first; no duplicates. One statement per depth: the roots at that
-/// depth plus the children of the rows locked one level up, in `(depth, id)` order. A root
-/// reached only as a root (not as a descendant of another) is kept only if `keep_root` accepts
-/// its locked row; a root it refuses stays locked but is not walked.
-pub(crate) async fn lock_subtree(
-    uow: &mut dyn UnitOfWork,
-    zone: &ZoneId,
-    roots: Roots<'_>,
-    statuses: &[&str],
-    keep_root: &(dyn Fn(&AgentSession) -> bool + Sync),
-) -> Result<Vec<AgentSession>> {
-    let mut pending: BTreeMap<i32, Vec<String>> = BTreeMap::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut out = Vec::new();
-    // Ids locked at the previous depth: their children are the next level.
-    let mut parents: Vec<String> = Vec::new();
-    let mut depth = match roots {
-        Roots::Locked(rows) => {
-            for row in rows {
-                if statuses.contains(&row.status.as_str())
-                    && keep_root(row)
-                    && seen.insert(row.id.clone())
-                {
-                    parents.push(row.id.clone());
-                    out.push(row.clone());
-                }
-            }
-            match rows.first() {
-                Some(first) => first.depth + 1,
-                None => return Ok(out),
-            }
-        }
-        Roots::Candidates(rows) => {
-            for row in rows {
-                pending.entry(row.depth).or_default().push(row.id.clone());
-            }
-            match pending.keys().next() {
-                Some(first) => *first,
-                None => return Ok(out),
-            }
-        }
-    };
-    loop {
-        let ids = pending.remove(&depth).unwrap_or_default();
-        if ids.is_empty() && parents.is_empty() {
-            match pending.keys().next() {
-                Some(next) => {
-                    depth = *next;
-                    continue;
-                }
-                None => return Ok(out),
-            }
-        }
-        let level = uow
-            .lock_agent_sessions(zone, &ids, &parents, statuses)
-            .await?;
-        let above: HashSet<String> = parents.drain(..).collect();
-        for row in level {
-            let descendant = row.parent_id.as_ref().is_some_and(|p| above.contains(p));
-            if (descendant || keep_root(&row)) && seen.insert(row.id.clone()) {
-                parents.push(row.id.clone());
-                out.push(row);
-            }
-        }
-        depth += 1;
-    }
-}
-
-/// Accepts every root.
-pub(crate) fn any_root(_: &AgentSession) -> bool {
-    true
+/// The zone lock every edge change takes (A8.6); the STS re-checks delegated mints under it.
+/// Taken after [`session_lock`] when both are needed, so two units never wait on each other.
+pub(crate) fn delegation_lock(zone: &ZoneId) -> String {
+    format!("delegation:{}", zone.as_str())
 }
 
 /// When a task Session's lifetime ends: `started_at + COALESCE(ttl_seconds, 3600) s`.
@@ -248,6 +150,61 @@ pub(crate) async fn edges_into(
     }
 }
 
+/// Every direct child of `parent`, any status.
+async fn children_of(
+    uow: &mut dyn UnitOfWork,
+    zone: &ZoneId,
+    parent: &str,
+) -> Result<Vec<AgentSession>> {
+    let mut out = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = uow
+            .list_child_sessions(zone, parent, before.as_deref(), WALK_PAGE)
+            .await?;
+        let full = page.len() == WALK_PAGE as usize;
+        before = page.last().map(|s| s.id.clone());
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// The roots whose status is one of `statuses`, and every descendant reached through
+/// Sessions whose status is one of them (a Session outside the set stops the walk below it,
+/// as upstream's recursive query does). Roots first, then breadth-first; no duplicates.
+async fn subtree(
+    uow: &mut dyn UnitOfWork,
+    zone: &ZoneId,
+    roots: &[String],
+    statuses: &[&str],
+) -> Result<Vec<AgentSession>> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    let mut queue: VecDeque<AgentSession> = VecDeque::new();
+    for id in roots {
+        if seen.contains(id) {
+            continue;
+        }
+        if let Some(s) = uow.get_agent_session(zone, id).await? {
+            if statuses.contains(&s.status.as_str()) {
+                seen.insert(s.id.clone());
+                queue.push_back(s);
+            }
+        }
+    }
+    while let Some(session) = queue.pop_front() {
+        for child in children_of(uow, zone, &session.id).await? {
+            if statuses.contains(&child.status.as_str()) && seen.insert(child.id.clone()) {
+                queue.push_back(child);
+            }
+        }
+        out.push(session);
+    }
+    Ok(out)
+}
+
 /// Anchors whose revocation a suspend, terminate or Delegation revoke must not announce (A12): an
 /// `application` record (the application simply re-mints it; revoking it would break
 /// unrelated calls), or a record still anchoring an `active`/`suspended` Session outside
@@ -302,57 +259,32 @@ pub(crate) async fn exempt_anchors(
 }
 
 impl Coordinator {
-    /// Ends `roots` and every `active`/`suspended` descendant (A6.5), locking them top-down
-    /// ([`lock_subtree`]; `keep_root` re-checks each root once locked): see
-    /// [`Coordinator::end_locked`]. Returns the Sessions ended, as they now are.
+    /// Ends `roots` and every `active`/`suspended` descendant (A6.5): roots get `root_status`
+    /// with `reason`, descendants `terminated` with `parent_terminated`; `ended_at` is set;
+    /// parents outside the set lose the children they had; every `active` edge touching an
+    /// ended Session is revoked (epoch bumped once when any was). Outbox: `edge_revoke` per
+    /// revoked edge, `terminate` per Session, and `sessions.revoke` per Session whose anchor is
+    /// not exempt. Roots that are not `active`/`suspended` are skipped. Returns the Sessions
+    /// ended, as they now are.
     pub(crate) async fn terminate_subtree(
         &self,
         uow: &mut dyn UnitOfWork,
         zone: &ZoneId,
-        roots: Roots<'_>,
-        keep_root: &(dyn Fn(&AgentSession) -> bool + Sync),
+        roots: &[String],
         reason: &str,
         root_status: EndStatus,
     ) -> Result<Vec<AgentSession>> {
-        let root_ids: HashSet<String> = match roots {
-            Roots::Locked(rows) | Roots::Candidates(rows) => {
-                rows.iter().map(|s| s.id.clone()).collect()
-            }
-        };
-        let tree = lock_subtree(uow, zone, roots, &OPEN, keep_root).await?;
+        let now = self.clock.now();
+        let tree = subtree(uow, zone, roots, &["active", "suspended"]).await?;
         if tree.is_empty() {
             return Ok(Vec::new());
         }
-        let (sessions, _) = self
-            .end_locked(uow, zone, tree, &root_ids, &[], reason, root_status)
-            .await?;
-        Ok(sessions)
-    }
-
-    /// Ends `tree`, Sessions this unit locked with [`lock_subtree`]: those in `root_ids` get
-    /// `root_status` with `reason`, the others `terminated` with `parent_terminated`;
-    /// `ended_at` is set. Parents are never written (their `child_count` is derived). Every
-    /// `active` edge touching an ended Session is locked and revoked, in one statement with
-    /// the edges named in `also_revoke` (revoked too, without an event of their own: the caller
-    /// announces them). Outbox: `edge_revoke` per touching edge (epoch bumped once when there
-    /// was any), `terminate` per Session, and `sessions.revoke` per Session whose anchor is not
-    /// exempt. Returns the Sessions ended and the ids of the `also_revoke` edges that were
-    /// still active.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn end_locked(
-        &self,
-        uow: &mut dyn UnitOfWork,
-        zone: &ZoneId,
-        tree: Vec<AgentSession>,
-        root_ids: &HashSet<String>,
-        also_revoke: &[String],
-        reason: &str,
-        root_status: EndStatus,
-    ) -> Result<(Vec<AgentSession>, Vec<String>)> {
-        let now = self.clock.now();
+        let ended: HashSet<String> = tree.iter().map(|s| s.id.clone()).collect();
+        let root_set: HashSet<&String> = roots.iter().collect();
         let mut sessions = Vec::with_capacity(tree.len());
+        let mut decrements: BTreeMap<String, i32> = BTreeMap::new();
         for mut s in tree {
-            if root_ids.contains(&s.id) {
+            if root_set.contains(&s.id) {
                 s.status = root_status.as_str().to_owned();
                 s.status_reason = Some(reason.to_owned());
             } else {
@@ -362,26 +294,34 @@ impl Coordinator {
             s.ended_at = Some(now);
             s.updated_at = now;
             uow.save_agent_session(&s).await?;
+            if let Some(parent) = &s.parent_id {
+                if !ended.contains(parent) {
+                    *decrements.entry(parent.clone()).or_default() += 1;
+                }
+            }
             sessions.push(s);
+        }
+        for (parent_id, n) in decrements {
+            if let Some(mut parent) = uow.get_agent_session(zone, &parent_id).await? {
+                parent.child_count = (parent.child_count - n).max(0);
+                parent.updated_at = now;
+                uow.save_agent_session(&parent).await?;
+            }
         }
 
         // An ended Session must not stay a delegation endpoint: revoking its edges stops
-        // delegated minting now rather than at edge expiry. Locked after the Sessions, all in
-        // one statement, so two cascades never wait on each other's edges.
+        // delegated minting now rather than at edge expiry.
         let ids: Vec<String> = sessions.iter().map(|s| s.id.clone()).collect();
-        let named: HashSet<&String> = also_revoke.iter().collect();
         let mut revoked_edges = Vec::new();
-        let mut revoked_named = Vec::new();
-        for mut edge in uow.lock_active_edges(zone, also_revoke, &ids).await? {
+        for mut edge in uow.active_edges_touching(zone, &ids).await? {
+            if edge.status != "active" {
+                continue;
+            }
             edge.status = "revoked".to_owned();
             edge.revoked_at = Some(now);
             edge.edge_version += 1;
             uow.save_delegation_edge(&edge).await?;
-            if named.contains(&edge.id) {
-                revoked_named.push(edge.id);
-            } else {
-                revoked_edges.push(edge);
-            }
+            revoked_edges.push(edge);
         }
         if !revoked_edges.is_empty() {
             let epoch = uow.bump_delegation_graph_epoch(zone).await?.to_string();
@@ -400,9 +340,6 @@ impl Coordinator {
                 )
                 .await?;
             }
-        }
-        if sessions.is_empty() {
-            return Ok((sessions, revoked_named));
         }
 
         let exempt = exempt_anchors(uow, zone, &sessions).await?;
@@ -436,23 +373,21 @@ impl Coordinator {
             )
             .await?;
         }
-        Ok((sessions, revoked_named))
+        Ok(sessions)
     }
 
-    /// Suspends the `active` Sessions of the subtrees under `roots` (A6.2, A6.6), locked
-    /// top-down ([`lock_subtree`]; `keep_root` re-checks each root once locked). Outbox:
+    /// Suspends the `active` Sessions of the subtrees under `roots` (A6.2, A6.6). Outbox:
     /// `suspend` per Session and `sessions.revoke` unless its anchor is exempt; both keyed by
     /// the transition instant, since a Session may be suspended many times. Returns how many.
     pub(crate) async fn suspend_subtree(
         &self,
         uow: &mut dyn UnitOfWork,
         zone: &ZoneId,
-        roots: Roots<'_>,
-        keep_root: &(dyn Fn(&AgentSession) -> bool + Sync),
+        roots: &[String],
         reason: &str,
     ) -> Result<u64> {
         let now = self.clock.now();
-        let tree = lock_subtree(uow, zone, roots, &["active"], keep_root).await?;
+        let tree = subtree(uow, zone, roots, &["active"]).await?;
         if tree.is_empty() {
             return Ok(0);
         }
@@ -500,23 +435,15 @@ impl Coordinator {
 
     /// Resumes a `suspended` Session and its `suspended` descendants (the walk stops at any
     /// child that is not suspended); service leases restart at now + the lease length.
-    /// `root` is locked by the caller. Outbox: `resume` per Session, keyed by the transition
-    /// instant. Returns how many.
+    /// Outbox: `resume` per Session, keyed by the transition instant. Returns how many.
     pub(crate) async fn resume_subtree(
         &self,
         uow: &mut dyn UnitOfWork,
         zone: &ZoneId,
-        root: &AgentSession,
+        root: &str,
     ) -> Result<u64> {
         let now = self.clock.now();
-        let tree = lock_subtree(
-            uow,
-            zone,
-            Roots::Locked(std::slice::from_ref(root)),
-            &["suspended"],
-            &any_root,
-        )
-        .await?;
+        let tree = subtree(uow, zone, &[root.to_owned()], &["suspended"]).await?;
         let occurrence = now.to_iso_millis();
         let lease = now.plus_millis(self.config.service_lease_seconds.saturating_mul(1_000));
         for mut s in tree.iter().cloned() {

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::authority::{AgentSession, DelegationEdge, Lifecycle, SessionType};
 use crate::coordinator::graph::{
-    any_root, capacity_lock, edge_live, edges_into, holds_slot, EndStatus, Roots, ANY_STATUS,
+    delegation_lock, edge_live, edges_into, holds_slot, session_lock, EndStatus,
 };
 use crate::coordinator::idempotency::{self, fingerprint, principal_fingerprint, Prior};
 use crate::coordinator::records::{IdempotencyReceipt, SessionFilter};
@@ -18,7 +18,7 @@ use crate::coordinator::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{ApplicationId, ZoneId};
 use crate::model::RegistrationMethod;
-use crate::ports::{StartCapacity, UnitOfWork};
+use crate::ports::UnitOfWork;
 use crate::time::Timestamp;
 
 /// Reading JSON bodies and query strings the way upstream's schemas do: every offending field
@@ -696,12 +696,14 @@ impl Coordinator {
 
         let now = self.clock.now();
         let mut uow = self.begin(zone).await?;
-        // No zone lock up front. A child start locks its parent's row instead (in
-        // `admit_parent`), which a cascade ending the parent also locks: the start either sees
-        // the parent ended, or commits its child before the cascade looks for children. The
-        // capacity counts are the only zone-wide rule; every start takes the zone lock for them
-        // last, after its writes (see `admit_capacity`), and holds it for one statement and the
-        // commit.
+        // A child start takes the zone lock first: its parent checks must hold until commit
+        // against a cascade ending the parent. A root start has only the capacity check to
+        // serialize, so it takes the lock last, after its writes (see `admit_capacity`), and
+        // holds it for two statements and the commit instead of the whole request.
+        let early_lock = req.parent_id.is_some();
+        if early_lock {
+            uow.lock(&session_lock(zone)).await?;
+        }
         let scope = idempotency::scope("session.start.v2", zone, &req.application_id);
         if let Some(key) = &key {
             if let Prior::Same(receipt) = self
@@ -740,8 +742,10 @@ impl Coordinator {
 
         let mut parent = None;
         if let Some(parent_id) = &req.parent_id {
+            self.admit_capacity(&mut *uow, zone, &req.application_id, dcr, 0, now)
+                .await?;
             parent = Some(
-                self.admit_parent(&mut *uow, p, zone, parent_id, &req, dcr, now)
+                self.admit_parent(&mut *uow, p, zone, parent_id, &req, now)
                     .await?,
             );
         }
@@ -771,12 +775,16 @@ impl Coordinator {
             updated_at: now,
         };
         uow.save_agent_session(&session).await?;
+        if let Some(mut parent) = parent {
+            parent.child_count += 1;
+            parent.updated_at = now;
+            uow.save_agent_session(&parent).await?;
+        }
 
-        // The parent is locked: no cascade can revoke its inbound edges (it would end the
-        // parent, and so lock it first) before this unit commits.
         let mut mirrored = None;
         if let Some(parent_id) = &req.parent_id {
             if req.parent_authority == ParentAuthority::Inherit {
+                uow.lock(&delegation_lock(zone)).await?;
                 if let Some(edge) = inherited_edge(&mut *uow, zone, parent_id, &req, now).await? {
                     mirrored = Some(
                         self.mirror_edge(&mut *uow, zone, &edge, &session, now)
@@ -800,22 +808,22 @@ impl Coordinator {
         )
         .await?;
         let reply = Reply::created(started_body(&session, mirrored.as_deref()));
-        uow.lock(&capacity_lock(zone)).await?;
-        // A twin request with the same key may have committed while this one worked.
-        if let Some(key) = &key {
-            if let Prior::Same(receipt) = self
-                .committed_twin(&mut *uow, &scope, key, &request_fingerprint, now)
-                .await?
-            {
-                return self
-                    .replay_start(&mut *uow, zone, &req.application_id, &receipt, now)
-                    .await;
+        if !early_lock {
+            uow.lock(&session_lock(zone)).await?;
+            // A twin request with the same key may have committed while this one worked.
+            if let Some(key) = &key {
+                if let Prior::Same(receipt) = self
+                    .committed_twin(&mut *uow, &scope, key, &request_fingerprint, now)
+                    .await?
+                {
+                    return self
+                        .replay_start(&mut *uow, zone, &req.application_id, &receipt, now)
+                        .await;
+                }
             }
+            self.admit_capacity(&mut *uow, zone, &req.application_id, dcr, 1, now)
+                .await?;
         }
-        let counts = uow
-            .count_start_capacity(zone, &req.application_id, req.parent_id.as_deref(), now)
-            .await?;
-        self.admit_capacity(counts, 1, dcr, parent.as_ref())?;
         if let Some(key) = &key {
             self.remember(
                 &mut *uow,
@@ -854,23 +862,26 @@ impl Coordinator {
         Ok(Prior::reply(receipt))
     }
 
-    /// The capacity checks of a start (A6.1), in the contract's order: the zone's and the
-    /// application's live Sessions against `MAX_AGENTS_PER_ZONE` / `MAX_AGENTS_PER_APP`, a DCR
-    /// application's single binding, then (child starts) the parent's open children against
-    /// the ten-children limit and the depth limit. `own` is how many of the counted Sessions
-    /// this unit wrote itself (1 once it inserted its Session). Exact when `counts` were read
-    /// under [`capacity_lock`] after the insert, and (child starts) with the parent locked:
-    /// the lock holder's count sees every start committed before it, and every other child of
-    /// the parent was inserted by a start that held the parent's lock until it committed.
-    fn admit_capacity(
+    /// The capacity checks of a start (A6.1), under the zone session lock: the zone's and the
+    /// application's live Sessions against `MAX_AGENTS_PER_ZONE` / `MAX_AGENTS_PER_APP`, and a
+    /// DCR application's single binding. `own` is how many of the counted Sessions this unit
+    /// wrote itself (1 when the lock is taken after the insert): a new lock holder's first
+    /// statement sees every start committed before it, so count-then-commit under the lock
+    /// never admits more than the limit.
+    async fn admit_capacity(
         &self,
-        counts: StartCapacity,
-        own: u64,
+        uow: &mut dyn UnitOfWork,
+        zone: &ZoneId,
+        application_id: &str,
         dcr: bool,
-        parent: Option<&AgentSession>,
+        own: u64,
+        now: Timestamp,
     ) -> Result<()> {
-        let zone_live = counts.zone_live.saturating_sub(own);
-        let app_live = counts.app_live.saturating_sub(own);
+        let (zone_live, app_live) = uow
+            .count_live_agent_sessions_split(zone, application_id, now)
+            .await?;
+        let zone_live = zone_live.saturating_sub(own);
+        let app_live = app_live.saturating_sub(own);
         if zone_live >= self.config.max_agents_per_zone {
             return Err(too_many("session_zone_limit_exceeded"));
         }
@@ -880,21 +891,10 @@ impl Coordinator {
         if app_live >= self.config.max_agents_per_app {
             return Err(too_many("session_limit_exceeded"));
         }
-        if let Some(parent) = parent {
-            if counts.children.saturating_sub(own) >= MAX_CHILDREN as u64 {
-                return Err(too_many("session_children_limit_exceeded"));
-            }
-            if parent.depth + 1 > MAX_DEPTH {
-                return Err(too_many("session_depth_limit_exceeded"));
-            }
-        }
         Ok(())
     }
 
-    /// Locks the parent of a child start and runs the parent checks, in the contract's order
-    /// (A6.1). The capacity refusals come first in that order, so a refused parent is reported
-    /// only after an (unlocked) capacity count found no capacity refusal to report instead.
-    #[allow(clippy::too_many_arguments)]
+    /// The parent checks of a start, in the contract's order (A6.1).
     async fn admit_parent(
         &self,
         uow: &mut dyn UnitOfWork,
@@ -902,50 +902,14 @@ impl Coordinator {
         zone: &ZoneId,
         parent_id: &str,
         req: &StartRequest,
-        dcr: bool,
-        now: Timestamp,
-    ) -> Result<AgentSession> {
-        let parent = uow
-            .lock_agent_sessions(zone, &[parent_id.to_owned()], &[], &["active"])
-            .await?
-            .pop();
-        let verdict = self.parent_verdict(uow, p, zone, parent, req, now).await;
-        let refusal = match verdict {
-            Ok(parent) if parent.depth < MAX_DEPTH => return Ok(parent),
-            // Only the children count can still outrank the depth refusal: let the ordered
-            // checks decide.
-            Ok(parent) => {
-                let counts = uow
-                    .count_start_capacity(zone, &req.application_id, Some(parent_id), now)
-                    .await?;
-                self.admit_capacity(counts, 0, dcr, Some(&parent))?;
-                return Err(too_many("session_depth_limit_exceeded"));
-            }
-            Err(e) => e,
-        };
-        let counts = uow
-            .count_start_capacity(zone, &req.application_id, None, now)
-            .await?;
-        self.admit_capacity(counts, 0, dcr, None)?;
-        Err(refusal)
-    }
-
-    /// The parent checks that need no count: present, active and live, not a DCR
-    /// application's, no service under a task, and `coordinator.spawn_under` for another
-    /// application's parent.
-    async fn parent_verdict(
-        &self,
-        uow: &mut dyn UnitOfWork,
-        p: &Principal,
-        zone: &ZoneId,
-        parent: Option<AgentSession>,
-        req: &StartRequest,
         now: Timestamp,
     ) -> Result<AgentSession> {
         let parent_not_found = || Error::not_found("parent_not_found");
         // A parent past its TTL or lease is as gone as a terminated one: a child started
         // under it would only be swept away with it.
-        let parent = parent
+        let parent = uow
+            .get_agent_session(zone, parent_id)
+            .await?
             .filter(|s| s.status == "active" && s.is_live(now))
             .ok_or_else(parent_not_found)?;
         let parent_app = match ApplicationId::parse(&parent.application_id) {
@@ -966,6 +930,12 @@ impl Coordinator {
                 "parent_ownership_required",
                 "Starting a child under another application's Session requires coordinator.spawn_under",
             ));
+        }
+        if parent.child_count >= MAX_CHILDREN {
+            return Err(too_many("session_children_limit_exceeded"));
+        }
+        if parent.depth + 1 > MAX_DEPTH {
+            return Err(too_many("session_depth_limit_exceeded"));
         }
         Ok(parent)
     }
@@ -1030,7 +1000,11 @@ impl Coordinator {
         let req = HeartbeatRequest::parse(body)?;
         let now = self.clock.now();
         let mut uow = self.begin(zone).await?;
-        let mut session = lock_session(&mut *uow, zone, session_id).await?;
+        uow.lock(&session_lock(zone)).await?;
+        let mut session = uow
+            .get_agent_session(zone, session_id)
+            .await?
+            .ok_or_else(session_not_found)?;
         if !p.may_manage_sessions_of(&session.application_id) {
             return Err(ownership_required());
         }
@@ -1097,7 +1071,11 @@ impl Coordinator {
     ) -> Result<Reply> {
         let now = self.clock.now();
         let mut uow = self.begin(zone).await?;
-        let mut session = lock_session(&mut *uow, zone, session_id).await?;
+        uow.lock(&session_lock(zone)).await?;
+        let mut session = uow
+            .get_agent_session(zone, session_id)
+            .await?
+            .ok_or_else(session_not_found)?;
         if !p.may_manage_sessions_of(&session.application_id) {
             return Err(ownership_required());
         }
@@ -1170,11 +1148,11 @@ impl Coordinator {
         zone: &ZoneId,
         session: &AgentSession,
     ) -> Result<Reply> {
+        uow.lock(&delegation_lock(zone)).await?;
         self.terminate_subtree(
             &mut *uow,
             zone,
-            Roots::Locked(std::slice::from_ref(session)),
-            &any_root,
+            std::slice::from_ref(&session.id),
             "subject_authority_inactive",
             EndStatus::Terminated,
         )
@@ -1194,8 +1172,7 @@ impl Coordinator {
         self.suspend_subtree(
             &mut *uow,
             zone,
-            Roots::Locked(std::slice::from_ref(session)),
-            &any_root,
+            std::slice::from_ref(&session.id),
             "service_heartbeat_lost",
         )
         .await?;
@@ -1239,7 +1216,12 @@ impl Coordinator {
             }
         };
         let mut uow = self.begin(zone).await?;
-        let session = lock_session(&mut *uow, zone, session_id).await?;
+        uow.lock_both(&session_lock(zone), &delegation_lock(zone))
+            .await?;
+        let session = uow
+            .get_agent_session(zone, session_id)
+            .await?
+            .ok_or_else(session_not_found)?;
         if !p.may_manage_sessions_of(&session.application_id) {
             return Err(ownership_required());
         }
@@ -1262,8 +1244,7 @@ impl Coordinator {
             .terminate_subtree(
                 &mut *uow,
                 zone,
-                Roots::Locked(std::slice::from_ref(&session)),
-                &any_root,
+                std::slice::from_ref(&session.id),
                 reason,
                 EndStatus::Terminated,
             )
@@ -1345,7 +1326,11 @@ impl Coordinator {
         session_id: &str,
     ) -> Result<Reply> {
         let mut uow = self.begin(zone).await?;
-        let session = lock_session(&mut *uow, zone, session_id).await?;
+        uow.lock(&session_lock(zone)).await?;
+        let session = uow
+            .get_agent_session(zone, session_id)
+            .await?
+            .ok_or_else(session_not_found)?;
         if !p.may_manage_sessions_of(&session.application_id) {
             return Err(ownership_required());
         }
@@ -1353,8 +1338,7 @@ impl Coordinator {
             .suspend_subtree(
                 &mut *uow,
                 zone,
-                Roots::Locked(std::slice::from_ref(&session)),
-                &any_root,
+                std::slice::from_ref(&session.id),
                 "requested",
             )
             .await?;
@@ -1374,11 +1358,15 @@ impl Coordinator {
         session_id: &str,
     ) -> Result<Reply> {
         let mut uow = self.begin(zone).await?;
-        let session = lock_session(&mut *uow, zone, session_id).await?;
+        uow.lock(&session_lock(zone)).await?;
+        let session = uow
+            .get_agent_session(zone, session_id)
+            .await?
+            .ok_or_else(session_not_found)?;
         if !p.may_manage_sessions_of(&session.application_id) {
             return Err(ownership_required());
         }
-        let n = self.resume_subtree(&mut *uow, zone, &session).await?;
+        let n = self.resume_subtree(&mut *uow, zone, &session.id).await?;
         if n == 0 {
             return Err(conflict("session_not_found_or_not_suspended"));
         }
@@ -1416,19 +1404,6 @@ async fn inherited_edge(
         1 => Ok(Some(live.swap_remove(0))),
         _ => Err(conflict("inherit_parent_edge_ambiguous")),
     }
-}
-
-/// Locks the Session (whatever its status) for a change that starts at it, and reads it under
-/// the lock, else `404 session_not_found`. Anything below it is locked afterwards, top-down.
-async fn lock_session(
-    uow: &mut dyn UnitOfWork,
-    zone: &ZoneId,
-    session_id: &str,
-) -> Result<AgentSession> {
-    uow.lock_agent_sessions(zone, &[session_id.to_owned()], &[], &ANY_STATUS)
-        .await?
-        .pop()
-        .ok_or_else(session_not_found)
 }
 
 /// The heartbeat and lease identity check: the mandate's `sid` must be an active, unexpired

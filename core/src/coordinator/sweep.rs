@@ -4,16 +4,16 @@
 //!
 //! Each pass is one unit of work that first try-takes a pass-wide lock, so two Coordinator
 //! replicas never run the same pass at once (the loser returns 0 at once rather than queue
-//! behind the winner), then, zone by zone in zone order, locks the candidate rows it found and
-//! re-checks them under the lock: a row may have changed between the scan and the lock (a
-//! caller terminated it, a heartbeat renewed it).
+//! behind the winner), then takes the per-zone locks of the zones it touches, in zone order,
+//! and re-reads every candidate row under them: a row may have changed between the scan and
+//! the lock (a caller terminated it, a heartbeat renewed it).
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use crate::authority::{AgentSession, DelegationEdge, Lifecycle};
-use crate::coordinator::graph::{task_deadline, EndStatus, Roots};
+use crate::coordinator::graph::{delegation_lock, session_lock, task_deadline, EndStatus};
 use crate::coordinator::{Coordinator, TOPIC_DELEGATIONS_INVALIDATE};
 use crate::error::Result;
 use crate::ids::ZoneId;
@@ -49,21 +49,25 @@ impl Coordinator {
             .due_task_sessions(now, self.config.sweeper_batch_size)
             .await?;
         let mut ended = 0u64;
-        let still_due = |s: &AgentSession| {
-            s.lifecycle == Lifecycle::Task
-                && (s.status == "active" || s.status == "suspended")
-                && task_deadline(s) <= now
-        };
         for (zone, sessions) in by_zone(due, |s: &AgentSession| &s.zone_id) {
+            uow.lock(&session_lock(&zone)).await?;
+            uow.lock(&delegation_lock(&zone)).await?;
+            let mut roots = Vec::with_capacity(sessions.len());
+            for candidate in sessions {
+                let still_due = uow
+                    .get_agent_session(&zone, &candidate.id)
+                    .await?
+                    .is_some_and(|s| {
+                        s.lifecycle == Lifecycle::Task
+                            && (s.status == "active" || s.status == "suspended")
+                            && task_deadline(&s) <= now
+                    });
+                if still_due {
+                    roots.push(candidate.id);
+                }
+            }
             let done = self
-                .terminate_subtree(
-                    &mut *uow,
-                    &zone,
-                    Roots::Candidates(&sessions),
-                    &still_due,
-                    "ttl",
-                    EndStatus::Expired,
-                )
+                .terminate_subtree(&mut *uow, &zone, &roots, "ttl", EndStatus::Expired)
                 .await?;
             ended += done.len() as u64;
         }
@@ -84,20 +88,24 @@ impl Coordinator {
             .lapsed_service_sessions(now, self.config.sweeper_batch_size)
             .await?;
         let mut suspended = 0u64;
-        let still_lapsed = |s: &AgentSession| {
-            s.lifecycle == Lifecycle::Service
-                && s.status == "active"
-                && s.heartbeat_deadline_at.is_some_and(|d| d <= now)
-        };
         for (zone, sessions) in by_zone(lapsed, |s: &AgentSession| &s.zone_id) {
+            uow.lock(&session_lock(&zone)).await?;
+            let mut roots = Vec::with_capacity(sessions.len());
+            for candidate in sessions {
+                let still_lapsed = uow
+                    .get_agent_session(&zone, &candidate.id)
+                    .await?
+                    .is_some_and(|s| {
+                        s.lifecycle == Lifecycle::Service
+                            && s.status == "active"
+                            && s.heartbeat_deadline_at.is_some_and(|d| d <= now)
+                    });
+                if still_lapsed {
+                    roots.push(candidate.id);
+                }
+            }
             suspended += self
-                .suspend_subtree(
-                    &mut *uow,
-                    &zone,
-                    Roots::Candidates(&sessions),
-                    &still_lapsed,
-                    "service_heartbeat_lost",
-                )
+                .suspend_subtree(&mut *uow, &zone, &roots, "service_heartbeat_lost")
                 .await?;
         }
         uow.commit().await?;
@@ -118,10 +126,13 @@ impl Coordinator {
         let lapsed = uow.lapsed_active_edges(now, batch).await?;
         let mut processed = 0u64;
         for (zone, edges) in by_zone(lapsed, |e: &DelegationEdge| &e.zone_id) {
-            let ids: Vec<String> = edges.into_iter().map(|e| e.id).collect();
-            let mut expired = Vec::with_capacity(ids.len());
-            for mut edge in uow.lock_active_edges(&zone, &ids, &[]).await? {
-                if edge.expires_at > now {
+            uow.lock(&delegation_lock(&zone)).await?;
+            let mut expired = Vec::with_capacity(edges.len());
+            for candidate in edges {
+                let Some(mut edge) = uow.get_delegation_edge(&zone, &candidate.id).await? else {
+                    continue;
+                };
+                if edge.status != "active" || edge.expires_at > now {
                     continue;
                 }
                 edge.status = "expired".to_owned();

@@ -388,22 +388,10 @@ pub struct RevokedAnchors {
     pub edges: Vec<String>,
 }
 
-/// What [`AgentGraphRepo::count_start_capacity`] returns: the counts a Session start checks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StartCapacity {
-    /// The zone's live Sessions ([`AgentGraphRepo::count_live_agent_sessions`]).
-    pub zone_live: u64,
-    /// The application's live Sessions.
-    pub app_live: u64,
-    /// The parent's open children ([`AgentGraphRepo::count_open_children`]); 0 for a root.
-    pub children: u64,
-}
-
 /// Governed agent Sessions and Delegation edges (written by the Coordinator, read by the STS).
 #[async_trait]
 pub trait AgentGraphRepo {
-    /// Inserts or replaces the Session with this id (its `child_count` is derived on read and
-    /// not written).
+    /// Inserts or replaces the Session with this id.
     async fn save_agent_session(&mut self, session: &AgentSession) -> Result<(), StoreError>;
     /// The Session of this zone.
     async fn get_agent_session(
@@ -466,57 +454,6 @@ pub trait AgentGraphRepo {
             .await?;
         Ok((zone_live, app_live))
     }
-    /// Children of `parent` whose status is `active` or `suspended`: the children that count
-    /// against `MAX_CHILDREN` (A6.1). Derived, never stored, so that ending a child never
-    /// writes (or locks) its parent.
-    async fn count_open_children(&mut self, zone: &ZoneId, parent: &str)
-        -> Result<u64, StoreError>;
-    /// The counts a start checks (A6.1): [`Self::count_live_agent_sessions_split`] and, for a
-    /// child start, [`Self::count_open_children`] of `parent`, read from one snapshot where the
-    /// adapter can (one statement in Postgres).
-    async fn count_start_capacity(
-        &mut self,
-        zone: &ZoneId,
-        application_id: &str,
-        parent: Option<&str>,
-        now: Timestamp,
-    ) -> Result<StartCapacity, StoreError> {
-        let (zone_live, app_live) = self
-            .count_live_agent_sessions_split(zone, application_id, now)
-            .await?;
-        let children = match parent {
-            Some(parent) => self.count_open_children(zone, parent).await?,
-            None => 0,
-        };
-        Ok(StartCapacity {
-            zone_live,
-            app_live,
-            children,
-        })
-    }
-    /// Locks, until the unit ends, the Sessions of `zone` whose status is one of `statuses`
-    /// and whose id is one of `ids` or whose parent is one of `parents`, and returns them as
-    /// they are once locked, ordered by `(depth, id)`: the order they are locked in. A row
-    /// another unit holds is waited for, then read again, and returned only if its new status
-    /// still qualifies. The Coordinator locks trees top-down, one depth per call, so every
-    /// unit takes Session locks in `(depth, id)` order and two units never deadlock on them.
-    /// Adapters whose units already run one at a time (memory) just read.
-    async fn lock_agent_sessions(
-        &mut self,
-        zone: &ZoneId,
-        ids: &[String],
-        parents: &[String],
-        statuses: &[&str],
-    ) -> Result<Vec<AgentSession>, StoreError>;
-    /// Locks, until the unit ends, the edges of `zone` with status `active` whose id is one of
-    /// `ids` or whose source or target is one of `sessions`, and returns them as they are once
-    /// locked, ordered by id (an edge another unit revoked meanwhile is left out).
-    async fn lock_active_edges(
-        &mut self,
-        zone: &ZoneId,
-        ids: &[String],
-        sessions: &[String],
-    ) -> Result<Vec<DelegationEdge>, StoreError>;
     /// Edges whose target is `session`, any status.
     async fn list_edges_by_target(
         &mut self,

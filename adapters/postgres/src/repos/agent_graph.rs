@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use caracal_core::authority::{AgentSession, DelegationEdge, Lifecycle};
 use caracal_core::coordinator::records::SessionFilter;
 use caracal_core::ids::ZoneId;
-use caracal_core::ports::store::{AgentGraphRepo, RevokedAnchors, StartCapacity};
+use caracal_core::ports::store::{AgentGraphRepo, RevokedAnchors};
 use caracal_core::time::Timestamp;
 use caracal_core::StoreError;
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use diesel::expression::{
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
@@ -45,14 +45,6 @@ pub(crate) struct AgentSessionRow {
     last_heartbeat_at: Option<DateTime<Utc>>,
     heartbeat_deadline_at: Option<DateTime<Utc>>,
     lease_generation: i64,
-    /// Derived on read ([`OpenChildren`]), never written.
-    #[diesel(
-        select_expression = OpenChildren,
-        select_expression_type = OpenChildren,
-        sql_type = Integer,
-        skip_insertion,
-        skip_update
-    )]
     child_count: i32,
     metadata: Value,
     status_reason: Option<String>,
@@ -325,94 +317,6 @@ text_constant!(
     EdgeKind = "'edge'::text"
 );
 
-text_constant!(
-    /// The status of a live edge.
-    Active = "'active'"
-);
-
-/// The open children of the row's Session (status `active` or `suspended`), as a scalar
-/// subquery correlated with the outer `agent_sessions` row: every read derives `child_count`
-/// with it (an index probe of `agent_sessions_open_children`, migration 000007, whose predicate
-/// the text repeats). Static text and query id, so statements selecting it stay prepared.
-#[derive(Debug, Clone, Copy, QueryId)]
-pub(crate) struct OpenChildren;
-
-/// [`OpenChildren`]'s text, also spliced into the raw sweeper statements.
-const OPEN_CHILDREN: &str = "(SELECT count(*)::int4 FROM agent_sessions c \
-     WHERE c.zone_id = agent_sessions.zone_id AND c.parent_id = agent_sessions.id \
-     AND c.status IN ('active', 'suspended'))";
-
-impl Expression for OpenChildren {
-    type SqlType = Integer;
-}
-
-impl AppearsOnTable<s::table> for OpenChildren {}
-
-impl SelectableExpression<s::table> for OpenChildren {}
-
-impl<GB> ValidGrouping<GB> for OpenChildren {
-    type IsAggregate = is_aggregate::Never;
-}
-
-impl QueryFragment<Pg> for OpenChildren {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(OPEN_CHILDREN);
-        Ok(())
-    }
-}
-
-/// The counts of a Session start (`count_start_capacity`) in one statement: the zone's and the
-/// application's live Sessions (the [`COUNT_LIVE_SPLIT`] scan) and the parent's open children
-/// (`agent_sessions_open_children`; 0 when `parent` is `NULL`). A fixed text with a static query
-/// id, so Diesel keeps it prepared: one round trip, where `sql_query` would parse it again on
-/// every start.
-struct StartCapacityQuery<'a> {
-    zone: &'a str,
-    application_id: &'a str,
-    parent: Option<&'a str>,
-    now: DateTime<Utc>,
-}
-
-/// The static query id of [`StartCapacityQuery`].
-struct StartCapacityQueryId;
-
-impl QueryId for StartCapacityQuery<'_> {
-    type QueryId = StartCapacityQueryId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl diesel::query_builder::Query for StartCapacityQuery<'_> {
-    type SqlType = (BigInt, BigInt, BigInt);
-}
-
-impl QueryFragment<Pg> for StartCapacityQuery<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        // An aggregate without GROUP BY answers exactly one row, zeros included.
-        out.push_sql("SELECT count(*), count(*) FILTER (WHERE application_id = ");
-        out.push_bind_param::<Text, _>(&self.application_id)?;
-        out.push_sql("), (SELECT count(*) FROM agent_sessions c WHERE c.zone_id = ");
-        out.push_bind_param::<Text, _>(&self.zone)?;
-        out.push_sql(" AND c.parent_id = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.parent)?;
-        out.push_sql(
-            " AND c.status IN ('active', 'suspended')) \
-             FROM agent_sessions WHERE zone_id = ",
-        );
-        out.push_bind_param::<Text, _>(&self.zone)?;
-        out.push_sql(
-            " AND status IN ('active', 'suspended') AND CASE lifecycle \
-             WHEN 'service' THEN status = 'suspended' OR heartbeat_deadline_at > ",
-        );
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
-        out.push_sql(" ELSE ");
-        out.push_sql(TASK_END);
-        out.push_sql(" > ");
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
-        out.push_sql(" END");
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl AgentGraphRepo for PgUnitOfWork {
     async fn save_agent_session(&mut self, session: &AgentSession) -> Result<(), StoreError> {
@@ -572,89 +476,6 @@ impl AgentGraphRepo for PgUnitOfWork {
         ))
     }
 
-    async fn count_open_children(
-        &mut self,
-        zone: &ZoneId,
-        parent: &str,
-    ) -> Result<u64, StoreError> {
-        let n: i64 = op!(self, |conn| s::table
-            .filter(s::zone_id.eq(zone.as_str()).and(s::parent_id.eq(parent)))
-            .filter(s::status.eq_any(["active", "suspended"]))
-            .count()
-            .get_result(conn))?;
-        count(n, "count of open child sessions")
-    }
-
-    async fn count_start_capacity(
-        &mut self,
-        zone: &ZoneId,
-        application_id: &str,
-        parent: Option<&str>,
-        now: Timestamp,
-    ) -> Result<StartCapacity, StoreError> {
-        let query = StartCapacityQuery {
-            zone: zone.as_str(),
-            application_id,
-            parent,
-            now: now.as_datetime(),
-        };
-        let (n, m, k): (i64, i64, i64) = op!(self, |conn| query.get_result(conn))?;
-        Ok(StartCapacity {
-            zone_live: count(n, "count of live agent sessions")?,
-            app_live: count(m, "count of live agent sessions")?,
-            children: count(k, "count of open child sessions")?,
-        })
-    }
-
-    /// `SELECT … FOR UPDATE` ordered by `(depth, id)`: the lock node sits above the sort, so
-    /// rows are locked in that order, and a row updated by another unit meanwhile is re-checked
-    /// against the status filter once that unit ends (READ COMMITTED).
-    async fn lock_agent_sessions(
-        &mut self,
-        zone: &ZoneId,
-        ids: &[String],
-        parents: &[String],
-        statuses: &[&str],
-    ) -> Result<Vec<AgentSession>, StoreError> {
-        if (ids.is_empty() && parents.is_empty()) || statuses.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<AgentSessionRow> = op!(self, |conn| s::table
-            .filter(s::zone_id.eq(zone.as_str()))
-            .filter(s::status.eq_any(statuses))
-            .filter(s::id.eq_any(ids).or(s::parent_id.eq_any(parents)))
-            .select(AgentSessionRow::as_select())
-            .order((s::depth, s::id))
-            .for_update()
-            .load(conn))?;
-        rows.into_iter().map(AgentSession::try_from).collect()
-    }
-
-    async fn lock_active_edges(
-        &mut self,
-        zone: &ZoneId,
-        ids: &[String],
-        sessions: &[String],
-    ) -> Result<Vec<DelegationEdge>, StoreError> {
-        if ids.is_empty() && sessions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<DelegationEdgeRow> = op!(self, |conn| d::table
-            .filter(d::zone_id.eq(zone.as_str()))
-            .filter(d::status.eq(Active))
-            .filter(
-                d::id
-                    .eq_any(ids)
-                    .or(d::source_session_id.eq_any(sessions))
-                    .or(d::target_session_id.eq_any(sessions)),
-            )
-            .select(DelegationEdgeRow::as_select())
-            .order(d::id)
-            .for_update()
-            .load(conn))?;
-        rows.into_iter().map(DelegationEdge::try_from).collect()
-    }
-
     async fn list_edges_by_target(
         &mut self,
         zone: &ZoneId,
@@ -765,7 +586,7 @@ impl AgentGraphRepo for PgUnitOfWork {
         limit_to: u32,
     ) -> Result<Vec<AgentSession>, StoreError> {
         let query = format!(
-            "SELECT *, {OPEN_CHILDREN} AS child_count FROM agent_sessions \
+            "SELECT * FROM agent_sessions \
              WHERE lifecycle = 'task' AND status IN ('active', 'suspended') AND {TASK_END} <= $1 \
              ORDER BY {TASK_END}, id LIMIT $2"
         );
