@@ -129,14 +129,10 @@ impl AuditLedger for MemoryLedger {
         for incoming in events {
             let key = (incoming.event.id.clone(), incoming.event.occurred_at_micros);
             if let Some(&index) = inner.keys.get(&key) {
-                let stored = &inner.rows[index].content_sha256;
-                outcomes.push(if *stored == incoming.content_sha256 {
-                    AppendOutcome::Duplicate
-                } else {
-                    AppendOutcome::Tampered {
-                        stored_sha256: stored.clone(),
-                    }
-                });
+                outcomes.push(AppendOutcome::already_stored(
+                    &inner.rows[index].content_sha256,
+                    &incoming.content_sha256,
+                ));
                 continue;
             }
             let link = inner

@@ -879,13 +879,10 @@ impl AuditLedger for PgLedger {
         for (incoming, at) in events.iter().zip(occurred) {
             let key = (incoming.event.id.clone(), incoming.event.occurred_at_micros);
             if let Some(stored) = taken.get(&key) {
-                outcomes.push(if *stored == incoming.content_sha256 {
-                    AppendOutcome::Duplicate
-                } else {
-                    AppendOutcome::Tampered {
-                        stored_sha256: stored.clone(),
-                    }
-                });
+                outcomes.push(AppendOutcome::already_stored(
+                    stored,
+                    &incoming.content_sha256,
+                ));
                 continue;
             }
             let link = heads

@@ -48,6 +48,20 @@ pub enum AppendOutcome {
     },
 }
 
+impl AppendOutcome {
+    /// The outcome for an event whose (`id`, `occurred_at`) is already stored with
+    /// `stored_sha256`: the same content is a harmless redelivery, other content is tampering.
+    pub fn already_stored(stored_sha256: &str, incoming_sha256: &str) -> AppendOutcome {
+        if stored_sha256 == incoming_sha256 {
+            AppendOutcome::Duplicate
+        } else {
+            AppendOutcome::Tampered {
+                stored_sha256: stored_sha256.to_string(),
+            }
+        }
+    }
+}
+
 /// A security signal the ingestor records (`audit_ingest_alerts`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestAlert {
