@@ -3,15 +3,15 @@
 //! dead after the attempt bound and never claimed again.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use caracal_core::contract::events::GatedBus;
 use caracal_core::dispatch::{stream_signature, Dispatcher, MAX_ATTEMPTS};
 use caracal_core::ids::OutboxId;
 use caracal_core::model::OutboxMessage;
 use caracal_core::ports::store::{OutboxQueue, Store, ZoneScope};
-use caracal_core::ports::{BusError, Clock, Delivery, EventBus, MessageAuthenticator};
+use caracal_core::ports::{Clock, MessageAuthenticator};
 use caracal_core::time::Timestamp;
 use caracal_memory::{FixedClock, MemoryBus, MemoryStore};
 
@@ -24,90 +24,6 @@ impl MessageAuthenticator for TestMac {
     }
     fn verify_hex(&self, message: &[u8], tag_hex: &str) -> bool {
         self.sign_hex(message) == tag_hex
-    }
-}
-
-/// A bus that fails while `down` is set, else forwards to an in-memory bus.
-struct FlakyBus {
-    down: AtomicBool,
-    inner: MemoryBus,
-}
-
-#[async_trait]
-impl EventBus for FlakyBus {
-    async fn publish(&self, stream: &str, fields: &[(String, String)]) -> Result<String, BusError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(BusError::Unavailable("redis is down".into()));
-        }
-        self.inner.publish(stream, fields).await
-    }
-    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
-        self.inner.ensure_group(stream, group).await
-    }
-    async fn read_group(
-        &self,
-        s: &str,
-        g: &str,
-        c: &str,
-        n: usize,
-        b: u64,
-    ) -> Result<Vec<Delivery>, BusError> {
-        self.inner.read_group(s, g, c, n, b).await
-    }
-    async fn claim_idle(
-        &self,
-        s: &str,
-        g: &str,
-        c: &str,
-        idle: u64,
-        n: usize,
-    ) -> Result<Vec<Delivery>, BusError> {
-        self.inner.claim_idle(s, g, c, idle, n).await
-    }
-    async fn read_own_pending(
-        &self,
-        s: &str,
-        g: &str,
-        c: &str,
-        after: &str,
-        n: usize,
-    ) -> Result<Vec<Delivery>, BusError> {
-        self.inner.read_own_pending(s, g, c, after, n).await
-    }
-    async fn pending(
-        &self,
-        s: &str,
-        g: &str,
-        start: &str,
-        end: &str,
-        n: usize,
-        c: Option<&str>,
-    ) -> Result<Vec<caracal_core::ports::events::PendingEntry>, BusError> {
-        self.inner.pending(s, g, start, end, n, c).await
-    }
-    async fn pending_count(&self, s: &str, g: &str) -> Result<u64, BusError> {
-        self.inner.pending_count(s, g).await
-    }
-    async fn stream_len(&self, s: &str) -> Result<u64, BusError> {
-        self.inner.stream_len(s).await
-    }
-    async fn range(
-        &self,
-        s: &str,
-        start: &str,
-        end: &str,
-        n: usize,
-    ) -> Result<Vec<Delivery>, BusError> {
-        self.inner.range(s, start, end, n).await
-    }
-    async fn delete(&self, s: &str, ids: &[String]) -> Result<u64, BusError> {
-        self.inner.delete(s, ids).await
-    }
-    async fn ack(&self, s: &str, g: &str, ids: &[String]) -> Result<(), BusError> {
-        self.inner.ack(s, g, ids).await
-    }
-    async fn ping(&self) -> Result<(), BusError> {
-        Ok(())
     }
 }
 
@@ -137,10 +53,7 @@ async fn publishes_signed_once_then_retries_then_gives_up() {
     let clock = Arc::new(FixedClock::new(Timestamp::from_unix_micros(
         1_700_000_000_000_000,
     )));
-    let bus = Arc::new(FlakyBus {
-        down: AtomicBool::new(false),
-        inner: MemoryBus::new(),
-    });
+    let bus = Arc::new(GatedBus::new(Arc::new(MemoryBus::new())));
     let dispatcher = Dispatcher {
         queue: Arc::new(store.clone()),
         bus: bus.clone(),

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::ports::events::{Delivery, EventBus, PendingEntry};
+use crate::ports::events::{BusError, Delivery, EventBus, PendingEntry};
 
 /// Case names, one stream each; [`streams_used`] derives the full list from it.
 const CASES: &[&str] = &[
@@ -963,4 +963,118 @@ async fn delete(bus: &dyn EventBus, stream: &str, entry_ids: &[String]) -> u64 {
     bus.delete(stream, entry_ids)
         .await
         .unwrap_or_else(|e| panic!("delete {entry_ids:?} from {stream} failed: {e}"))
+}
+
+/// A bus for failure tests: forwards everything to `inner`, except that while [`Self::down`] is
+/// set it refuses publications (to every stream, or only to streams ending with a suffix) as
+/// an unreachable Redis would.
+pub struct GatedBus {
+    /// The bus everything is forwarded to.
+    pub inner: std::sync::Arc<dyn EventBus>,
+    only_suffix: Option<String>,
+    /// While set, matching publications fail with `BusError::Unavailable`.
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl GatedBus {
+    /// Gates publications to every stream.
+    pub fn new(inner: std::sync::Arc<dyn EventBus>) -> GatedBus {
+        GatedBus {
+            inner,
+            only_suffix: None,
+            down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Gates publications to streams whose name ends with `suffix` only.
+    pub fn for_streams_ending_with(inner: std::sync::Arc<dyn EventBus>, suffix: &str) -> GatedBus {
+        GatedBus {
+            only_suffix: Some(suffix.to_string()),
+            ..GatedBus::new(inner)
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for GatedBus {
+    async fn publish(&self, stream: &str, fields: &[(String, String)]) -> Result<String, BusError> {
+        let gated = self
+            .only_suffix
+            .as_deref()
+            .is_none_or(|suffix| stream.ends_with(suffix));
+        if gated && self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BusError::Unavailable(format!(
+                "{stream} is down on purpose"
+            )));
+        }
+        self.inner.publish(stream, fields).await
+    }
+    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
+        self.inner.ensure_group(stream, group).await
+    }
+    async fn read_group(
+        &self,
+        s: &str,
+        g: &str,
+        c: &str,
+        n: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.inner.read_group(s, g, c, n, block_ms).await
+    }
+    async fn claim_idle(
+        &self,
+        s: &str,
+        g: &str,
+        c: &str,
+        idle: u64,
+        n: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.inner.claim_idle(s, g, c, idle, n).await
+    }
+    async fn read_own_pending(
+        &self,
+        s: &str,
+        g: &str,
+        c: &str,
+        after: &str,
+        n: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.inner.read_own_pending(s, g, c, after, n).await
+    }
+    async fn pending(
+        &self,
+        s: &str,
+        g: &str,
+        start: &str,
+        end: &str,
+        n: usize,
+        c: Option<&str>,
+    ) -> Result<Vec<PendingEntry>, BusError> {
+        self.inner.pending(s, g, start, end, n, c).await
+    }
+    async fn pending_count(&self, s: &str, g: &str) -> Result<u64, BusError> {
+        self.inner.pending_count(s, g).await
+    }
+    async fn stream_len(&self, s: &str) -> Result<u64, BusError> {
+        self.inner.stream_len(s).await
+    }
+    async fn range(
+        &self,
+        s: &str,
+        start: &str,
+        end: &str,
+        n: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.inner.range(s, start, end, n).await
+    }
+    async fn delete(&self, s: &str, ids: &[String]) -> Result<u64, BusError> {
+        self.inner.delete(s, ids).await
+    }
+    async fn ack(&self, s: &str, g: &str, ids: &[String]) -> Result<(), BusError> {
+        self.inner.ack(s, g, ids).await
+    }
+    async fn ping(&self) -> Result<(), BusError> {
+        self.inner.ping().await
+    }
 }

@@ -297,7 +297,7 @@ async fn a_batch_that_fails_transiently_is_not_retried_event_by_event() {
 #[tokio::test]
 async fn a_dead_letter_that_cannot_be_published_is_not_acknowledged() {
     let w = World::new(|_| {}).await;
-    w.bus.dlq_down.store(true, Ordering::SeqCst);
+    w.bus.down.store(true, Ordering::SeqCst);
     w.publish(vec![("id".into(), "x".into())]).await;
     let tally = w.ingest().await;
     assert_eq!((tally.acked, tally.pending), (0, 1));
@@ -306,7 +306,7 @@ async fn a_dead_letter_that_cannot_be_published_is_not_acknowledged() {
         1,
         "kept pending until the DLQ has it"
     );
-    w.bus.dlq_down.store(false, Ordering::SeqCst);
+    w.bus.down.store(false, Ordering::SeqCst);
     assert_eq!(w.reap().await.dead_lettered, 1);
     assert_eq!(w.pending_count().await, 0);
     assert_eq!(w.dead_letters().await.len(), 1);

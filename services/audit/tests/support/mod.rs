@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use caracal_audit::{AuditConfig, AuditPorts, AuditState, Ingestor};
 use caracal_core::audit::{Anchor, IncomingEvent, StoredEvent};
+use caracal_core::contract::events::GatedBus;
 use caracal_core::ports::audit::{
     AppendOutcome, AuditLedger, IngestAlert, LedgerError, ListQuery, RetentionReport,
     RetentionSetting, SearchQuery,
 };
-use caracal_core::ports::events::{BusError, Delivery, EventBus, PendingEntry};
+use caracal_core::ports::events::{Delivery, EventBus};
 use caracal_core::ports::{Clock, MessageAuthenticator};
 use caracal_crypto::HmacSha256;
 use caracal_memory::{MemoryBus, MemoryLedger, SystemClock};
@@ -132,94 +133,10 @@ impl AuditLedger for TestLedger {
     }
 }
 
-/// A bus whose publishes to the DLQ can be refused.
-pub struct TestBus {
-    pub inner: Arc<dyn EventBus>,
-    pub dlq_down: AtomicBool,
-}
-
-#[async_trait]
-impl EventBus for TestBus {
-    async fn publish(&self, stream: &str, fields: &[(String, String)]) -> Result<String, BusError> {
-        if stream.ends_with(".dlq") && self.dlq_down.load(Ordering::SeqCst) {
-            return Err(BusError::Unavailable("DLQ down on purpose".into()));
-        }
-        self.inner.publish(stream, fields).await
-    }
-    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
-        self.inner.ensure_group(stream, group).await
-    }
-    async fn read_group(
-        &self,
-        s: &str,
-        g: &str,
-        c: &str,
-        n: usize,
-        block: u64,
-    ) -> Result<Vec<Delivery>, BusError> {
-        self.inner.read_group(s, g, c, n, block).await
-    }
-    async fn claim_idle(
-        &self,
-        s: &str,
-        g: &str,
-        c: &str,
-        idle: u64,
-        n: usize,
-    ) -> Result<Vec<Delivery>, BusError> {
-        self.inner.claim_idle(s, g, c, idle, n).await
-    }
-    async fn read_own_pending(
-        &self,
-        s: &str,
-        g: &str,
-        c: &str,
-        after: &str,
-        n: usize,
-    ) -> Result<Vec<Delivery>, BusError> {
-        self.inner.read_own_pending(s, g, c, after, n).await
-    }
-    async fn pending(
-        &self,
-        s: &str,
-        g: &str,
-        start: &str,
-        end: &str,
-        n: usize,
-        c: Option<&str>,
-    ) -> Result<Vec<PendingEntry>, BusError> {
-        self.inner.pending(s, g, start, end, n, c).await
-    }
-    async fn pending_count(&self, s: &str, g: &str) -> Result<u64, BusError> {
-        self.inner.pending_count(s, g).await
-    }
-    async fn stream_len(&self, s: &str) -> Result<u64, BusError> {
-        self.inner.stream_len(s).await
-    }
-    async fn range(
-        &self,
-        s: &str,
-        start: &str,
-        end: &str,
-        n: usize,
-    ) -> Result<Vec<Delivery>, BusError> {
-        self.inner.range(s, start, end, n).await
-    }
-    async fn delete(&self, s: &str, ids: &[String]) -> Result<u64, BusError> {
-        self.inner.delete(s, ids).await
-    }
-    async fn ack(&self, s: &str, g: &str, ids: &[String]) -> Result<(), BusError> {
-        self.inner.ack(s, g, ids).await
-    }
-    async fn ping(&self) -> Result<(), BusError> {
-        self.inner.ping().await
-    }
-}
-
 /// A service over the test ledger and bus.
 pub struct World {
     pub ledger: Arc<TestLedger>,
-    pub bus: Arc<TestBus>,
+    pub bus: Arc<GatedBus>,
     pub mac: Arc<dyn MessageAuthenticator>,
     pub state: AuditState,
 }
@@ -242,10 +159,7 @@ impl World {
         tune: impl FnOnce(&mut AuditConfig),
     ) -> World {
         let ledger = Arc::new(TestLedger::new(Arc::clone(&clock)));
-        let bus = Arc::new(TestBus {
-            inner: bus,
-            dlq_down: AtomicBool::new(false),
-        });
+        let bus = Arc::new(GatedBus::for_streams_ending_with(bus, ".dlq"));
         let mac = spec_mac();
         let mut config = AuditConfig::defaults();
         config.claim_idle = std::time::Duration::ZERO;
