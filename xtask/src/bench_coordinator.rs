@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::bench::{
-    self, connect_healthy, free_port, hex_key, json_field, measure_with, percentile, psql, row, us,
-    Cleanup, Conn, Stats, ROUNDS,
+    self, autovacuum_standin, connect_healthy, free_port, hex_key, json_field, measure_with,
+    percentile, psql, row, us, Cleanup, Conn, Stats, ROUNDS,
 };
 use crate::bench_sts::{cpu_time, mint, postgres_probe, seed};
 
@@ -203,6 +203,15 @@ pub fn http(binary: &Path) -> Result<(), String> {
     drop(sts);
 
     let start_body = format!(r#"{{"application_id":"{app}","ttl_seconds":600}}"#);
+    // Warm the tables up to a realistic shape, then let the planner see it, as autovacuum
+    // would in a deployment (and again before each throughput phase).
+    for _ in 0..bench::WARMUP {
+        let (status, text) = cycle(&mut coordinator, &mandate, &zone, &start_body)?;
+        if status != 200 {
+            return Err(format!("warm-up cycle answered {status}: {text}"));
+        }
+    }
+    let vacuumed = autovacuum_standin(&database)?;
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
@@ -243,6 +252,7 @@ pub fn http(binary: &Path) -> Result<(), String> {
         r#"{{"source_session_id":"{}","target_session_id":"{}","issuer_application_id":"{app}","receiver_application_id":"{app}","resource_id":"resource://bench-svc","scopes":["svc:read"],"ttl_seconds":3600}}"#,
         endpoints[0], endpoints[1]
     );
+    autovacuum_standin(&database)?;
     let delegations = measure_with(&mut coordinator, "Delegation create", |c| {
         let (status, text) = c.request(
             "POST",
@@ -265,6 +275,7 @@ pub fn http(binary: &Path) -> Result<(), String> {
         while conns.len() < connections {
             conns.push(Conn::open(coordinator_port)?);
         }
+        autovacuum_standin(&database)?;
         runs.push(throughput(
             &mut conns,
             &mandate,
@@ -288,6 +299,7 @@ pub fn http(binary: &Path) -> Result<(), String> {
         &commits,
         cores,
         &load,
+        vacuumed,
     );
     Ok(())
 }
@@ -302,6 +314,7 @@ fn report(
     commits: &[std::time::Duration],
     cores: usize,
     load: &str,
+    vacuumed: bool,
 ) {
     let mid = ROUNDS / 2;
     println!(
@@ -309,8 +322,14 @@ fn report(
         bench::machine()
     );
     println!(
-        "`caracal serve all`, release build, Postgres + Redis on loopback; closed loop, keep-alive\n"
+        "`caracal serve all`, release build, Postgres + Redis on loopback; closed loop, keep-alive"
     );
+    if vacuumed {
+        println!(
+            "this Postgres runs with autovacuum off: the bench ran VACUUM ANALYZE after the warm-up and before each phase, as autovacuum would have"
+        );
+    }
+    println!();
     println!("| request (one connection) | p50 (spread across rounds) | p95 (spread) | p99 |");
     println!("| --- | --- | --- | --- |");
     println!(

@@ -565,19 +565,28 @@ impl AgentGraphRepo for PgUnitOfWork {
             return Ok(Vec::new());
         }
         // One statement for the whole set (`= ANY($n)` on both endpoint indexes), never one
-        // per Session.
+        // per Session. The status is checked here, not in SQL, and the order is made here too:
+        // with `status = 'active'` in the query, a planner whose statistics predate the zone's
+        // live edges estimates one active edge in all and scans a whole partial index on
+        // status (measured at 0.6–1.3 ms per Session end at 6k edges, under the zone lock).
+        // Without it only the endpoint indexes fit, whatever the statistics say; the price is
+        // reading the ended edges of these Sessions too, which retention bounds.
         let rows: Vec<DelegationEdgeRow> = op!(self, |conn| d::table
             .filter(d::zone_id.eq(zone.as_str()))
-            .filter(sql::<Bool>("status = 'active'"))
             .filter(
                 d::source_session_id
                     .eq_any(sessions)
                     .or(d::target_session_id.eq_any(sessions)),
             )
             .select(DelegationEdgeRow::as_select())
-            .order(d::id.desc())
             .load(conn))?;
-        rows.into_iter().map(DelegationEdge::try_from).collect()
+        let mut edges = rows
+            .into_iter()
+            .filter(|row| row.status == "active")
+            .map(DelegationEdge::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        edges.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        Ok(edges)
     }
 
     async fn due_task_sessions(
