@@ -243,6 +243,19 @@ impl Coordinator {
         }
     }
 
+    /// The same Coordinator over another store: same clock, ids, keys and tunables. The shell
+    /// gives each HTTP worker thread its own connection pool this way (see `caracal`'s wiring).
+    pub fn with_store(&self, store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            clock: Arc::clone(&self.clock),
+            ids: Arc::clone(&self.ids),
+            idempotency_mac: Arc::clone(&self.idempotency_mac),
+            idempotency_mac_previous: self.idempotency_mac_previous.clone(),
+            config: self.config.clone(),
+        }
+    }
+
     /// The tunables in force.
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config

@@ -197,7 +197,15 @@ struct Adapters {
     ledger: Arc<dyn AuditLedger>,
     /// `AUDIT_REPLAY_DIR` (none in memory mode: the in-process bus cannot be unreachable).
     replay_dir: Option<PathBuf>,
+    /// A fresh pool per HTTP worker thread (Postgres mode). A pooled connection's I/O task runs
+    /// on the thread that opened it; with one pool shared by every worker, each statement hops
+    /// between threads twice (an eventfd wake-up each way). A pool made and first used on a
+    /// worker keeps a request and its statements on one thread. `None`: share `store`.
+    worker_store: Option<WorkerStore>,
 }
+
+/// Makes one HTTP worker's own store.
+type WorkerStore = Arc<dyn Fn() -> Arc<dyn Store> + Send + Sync>;
 
 /// Which services a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,7 +483,14 @@ async fn run_coordinator(
         stats,
         config: Arc::new(config.clone()),
     };
-    let server = HttpServer::new(move || coordinator_app!(state.clone()))
+    let worker_store = adapters.worker_store.clone();
+    let server = HttpServer::new(move || {
+        let mut state = state.clone();
+        if let Some(make) = &worker_store {
+            state.coordinator = Arc::new(state.coordinator.with_store(make()));
+        }
+        coordinator_app!(state)
+    })
         .keep_alive(config.keep_alive)
         .client_request_timeout(config.request_timeout)
         .bind((config.host.as_str(), config.port))
@@ -829,6 +844,7 @@ pub async fn dev(demo: bool) -> Result<(), String> {
     eprintln!("caracal: dev mode — in-memory store and bus, throwaway keys; nothing survives exit");
     let store = MemoryStore::new();
     let adapters = Adapters {
+        worker_store: None,
         store: Arc::new(store.clone()),
         queue: Arc::new(store),
         bus: Arc::new(MemoryBus::new()),
@@ -911,7 +927,23 @@ pub async fn serve(services: Services) -> Result<(), String> {
         .map_err(|e| format!("cannot use DATABASE_URL: {e}"))?;
     let bus = caracal_redis::RedisBus::connect(&redis_url)
         .map_err(|e| format!("cannot use REDIS_URL: {e}"))?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_worker = pool_size.div_ceil(workers).max(2);
+    let worker_url = database_url.clone();
+    let fallback = store.clone();
+    let worker_store: WorkerStore = Arc::new(move || -> Arc<dyn Store> {
+        match caracal_postgres::PgStore::connect(&worker_url, per_worker) {
+            Ok(store) => Arc::new(store),
+            // Building a pool opens nothing, and the same URL already built one: this cannot
+            // fail in practice; if it does, the worker shares the process pool.
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot build a worker pool; sharing the process pool");
+                Arc::new(fallback.clone())
+            }
+        }
+    });
     let adapters = Adapters {
+        worker_store: Some(worker_store),
         store: Arc::new(store.clone()),
         // The Audit service appends, the API reads and sets retention: one ledger per process.
         ledger: Arc::new(caracal_postgres::PgLedger::new(store.clone())),
