@@ -757,6 +757,11 @@ pub fn http(binary: &Path) -> Result<(), String> {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        // What autovacuum would have done by now, when this Postgres runs without it.
+        let vacuumed = crate::bench::autovacuum_standin(&database)?;
+        if vacuumed {
+            println!("  (autovacuum is off here: ran VACUUM ANALYZE first, as it would have)");
+        }
         let transactions = pg_transactions(&database)?;
         let commands = redis_commands()?;
         let perf = start_perf(server, workers)?;

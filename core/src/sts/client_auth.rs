@@ -58,6 +58,11 @@ impl SecretVerifier {
         }
     }
 
+    /// A verifier over the same hasher with an empty cache of its own.
+    pub fn fresh(&self) -> Self {
+        Self::new(Arc::clone(&self.hasher))
+    }
+
     /// Whether `secret` matches `stored` (`argon2id$<salt>$<hash>`). A missing stored hash
     /// still costs one derivation, so timing does not reveal which applications have secrets.
     pub async fn verify(&self, secret: &str, stored: Option<&str>, now: Timestamp) -> bool {
@@ -85,6 +90,7 @@ impl SecretVerifier {
 }
 
 /// The failure counter and block for one application id.
+#[derive(Clone)]
 pub struct FailureGate {
     limiter: Arc<dyn RateLimiter>,
     flags: Arc<dyn ExpiringKeys>,

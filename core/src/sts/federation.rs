@@ -56,6 +56,16 @@ pub(crate) struct Federation {
     key_sets: ExpiryCache<(SubjectIssuerId, String), Arc<KeySet>>,
 }
 
+impl Federation {
+    /// The same fetcher with an empty key-set cache of its own.
+    pub(crate) fn fresh(&self) -> Self {
+        Self {
+            fetcher: self.fetcher.clone(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Federation {
     fn default() -> Self {
         Self {

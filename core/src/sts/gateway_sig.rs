@@ -43,6 +43,7 @@ pub fn canonical(unix: &str, nonce: &str, method: &str, path: &str, body: &[u8])
 }
 
 /// Verifies Gateway envelopes.
+#[derive(Clone)]
 pub struct GatewayVerifier {
     mac: Option<Arc<dyn MessageAuthenticator>>,
     nonces: Arc<dyn ExpiringKeys>,

@@ -100,6 +100,32 @@ pub struct Sts {
 }
 
 impl Sts {
+    /// The same STS over another store, for one HTTP worker thread: the signing keys and the
+    /// policy cache are shared (their invalidation consumers act on every worker at once); the
+    /// row, verified-secret and issuer-key caches, which are trusted for a bounded time and
+    /// never invalidated by events, are the worker's own.
+    pub fn with_store(&self, store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            clock: Arc::clone(&self.clock),
+            ids: Arc::clone(&self.ids),
+            sealer: Arc::clone(&self.sealer),
+            es256: Arc::clone(&self.es256),
+            limiter: Arc::clone(&self.limiter),
+            expiring: Arc::clone(&self.expiring),
+            audit: Arc::clone(&self.audit),
+            secrets: self.secrets.fresh(),
+            apps: ExpiryCache::new(ROW_CACHE_MAX),
+            resources: ExpiryCache::new(ROW_CACHE_MAX),
+            failures: self.failures.clone(),
+            gateway: self.gateway.clone(),
+            keys: Arc::clone(&self.keys),
+            policies: Arc::clone(&self.policies),
+            config: self.config.clone(),
+            federation: self.federation.fresh(),
+        }
+    }
+
     /// Wires the STS.
     pub fn new(
         ports: StsPorts,

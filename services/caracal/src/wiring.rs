@@ -338,16 +338,23 @@ async fn run_sts(
         counters: Arc::new(HttpCounters::default()),
         config: Arc::new(config.clone()),
     };
-    let server = HttpServer::new(move || sts_app!(state.clone()))
-        .bind((config.host.as_str(), config.port))
-        .map_err(|e| {
-            format!(
-                "cannot listen on {}:{} (STS_HOST/STS_PORT): {e}",
-                config.host, config.port
-            )
-        })?
-        .shutdown_timeout(10)
-        .run();
+    let worker_store = adapters.worker_store.clone();
+    let server = HttpServer::new(move || {
+        let mut state = state.clone();
+        if let Some(make) = &worker_store {
+            state.sts = Arc::new(state.sts.with_store(make()));
+        }
+        sts_app!(state)
+    })
+    .bind((config.host.as_str(), config.port))
+    .map_err(|e| {
+        format!(
+            "cannot listen on {}:{} (STS_HOST/STS_PORT): {e}",
+            config.host, config.port
+        )
+    })?
+    .shutdown_timeout(10)
+    .run();
     eprintln!(
         "caracal: sts listening on http://{}:{} (issuer {})",
         config.host, config.port, config.issuer
@@ -491,17 +498,17 @@ async fn run_coordinator(
         }
         coordinator_app!(state)
     })
-        .keep_alive(config.keep_alive)
-        .client_request_timeout(config.request_timeout)
-        .bind((config.host.as_str(), config.port))
-        .map_err(|e| {
-            format!(
-                "cannot listen on {}:{} (COORDINATOR_HOST/COORDINATOR_PORT): {e}",
-                config.host, config.port
-            )
-        })?
-        .shutdown_timeout(10)
-        .run();
+    .keep_alive(config.keep_alive)
+    .client_request_timeout(config.request_timeout)
+    .bind((config.host.as_str(), config.port))
+    .map_err(|e| {
+        format!(
+            "cannot listen on {}:{} (COORDINATOR_HOST/COORDINATOR_PORT): {e}",
+            config.host, config.port
+        )
+    })?
+    .shutdown_timeout(10)
+    .run();
     eprintln!(
         "caracal: coordinator listening on {} (issuer {})",
         client_url(&config.host, config.port),
