@@ -12,11 +12,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
 
-use crate::coordinator::{Coordinator, Principal};
+use crate::authority::AuthorityRecord;
+use crate::coordinator::{Coordinator, IdentityGate, Principal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{is_path_id, ApplicationId, ZoneId};
 use crate::mandate::{peek_kid, verify_mandate, Expectations, MandateClaims, MandateUse};
-use crate::ports::{Es256, ZoneKeySource};
+use crate::model::Application;
+use crate::ports::{Es256, UnitOfWork, ZoneKeySource};
 
 /// Longest bearer accepted, in bytes (A2 step 2). A Coordinator mandate is well under 2 KiB.
 pub const MAX_BEARER_BYTES: usize = 4096;
@@ -176,7 +178,8 @@ impl Coordinator {
     ) -> Result<Principal> {
         let scopes = check_claims(claims, path_zone.as_str(), lifecycle_scope)?;
         let sid = (!claims.sid.is_empty()).then(|| claims.sid.clone());
-        self.check_identity(path_zone, &claims.client_id, sid.as_deref())
+        let mut uow = self.begin(path_zone).await?;
+        self.check_identity_in(&mut *uow, path_zone, &claims.client_id, sid.as_deref())
             .await?;
         Ok(Principal {
             sub: claims.sub.clone(),
@@ -185,41 +188,87 @@ impl Coordinator {
             zone: path_zone.clone(),
             sid,
             operator: false,
+            identity: IdentityGate::default(),
         })
     }
 
-    /// Step 8: the calling application and authority record still stand. Read-only; the unit
-    /// is dropped (rolled back) without writing.
-    async fn check_identity(
+    /// [`Coordinator::authenticate`] without its store read: the signature, claims and zone
+    /// are checked now, step 8 is left pending on the principal ([`IdentityGate`]) for the
+    /// request's first unit of work, or [`Coordinator::settle_identity`], to run. The HTTP
+    /// shell uses this and settles before every answer.
+    pub async fn authenticate_deferred(
         &self,
+        token: &str,
+        keys: &dyn ZoneKeySource,
+        es256: &dyn Es256,
+        issuer: &str,
+        path_zone: &str,
+        lifecycle_scope: &str,
+    ) -> Result<Principal> {
+        let now = self.clock.now().unix_seconds();
+        let claims = verify_bearer(token, keys, es256, issuer, now).await?;
+        let scopes = check_claims(&claims, path_zone, lifecycle_scope)?;
+        let zone = ZoneId::parse(path_zone)
+            .map_err(|_| Error::new(ErrorKind::Forbidden, "zone_mismatch"))?;
+        Ok(Principal {
+            sub: claims.sub.clone(),
+            client_id: claims.client_id.clone(),
+            scopes,
+            zone,
+            sid: (!claims.sid.is_empty()).then(|| claims.sid.clone()),
+            operator: false,
+            identity: IdentityGate::pending(),
+        })
+    }
+
+    /// Step 8 in `uow`: the calling application and authority record still stand. Reads
+    /// only; answers the rows it read, which the caller's use case may reuse.
+    pub(crate) async fn check_identity_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
         zone: &ZoneId,
         client_id: &str,
         sid: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<IdentityRows> {
         let now = self.clock.now();
         let Ok(app_id) = ApplicationId::parse(client_id) else {
             return Err(identity_revoked("client_id is not an application id"));
         };
-        let mut uow = self.begin(zone).await?;
-        let app = uow.get_application(zone, &app_id).await?;
-        let app_live = app.is_some_and(|app| {
-            app.zone_id == *zone
-                && app.archived_at.is_none()
-                && app.expires_at.is_none_or(|at| at > now)
-        });
-        if !app_live {
-            return Err(identity_revoked("application missing, archived or expired"));
-        }
-        if let Some(sid) = sid {
-            let record = uow.get_authority_record(zone, sid).await?;
-            if !record.is_some_and(|r| r.zone_id == *zone && r.is_live(now)) {
-                return Err(identity_revoked(
-                    "authority record missing, revoked or expired",
-                ));
-            }
-        }
-        Ok(())
+        let application = uow
+            .get_application(zone, &app_id)
+            .await?
+            .filter(|app| {
+                app.zone_id == *zone
+                    && app.archived_at.is_none()
+                    && app.expires_at.is_none_or(|at| at > now)
+            })
+            .ok_or_else(|| identity_revoked("application missing, archived or expired"))?;
+        let record = match sid {
+            Some(sid) => Some(
+                uow.get_authority_record(zone, sid)
+                    .await?
+                    .filter(|r| r.zone_id == *zone && r.is_live(now))
+                    .ok_or_else(|| {
+                        identity_revoked("authority record missing, revoked or expired")
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(IdentityRows {
+            application,
+            record,
+        })
     }
+}
+
+/// The rows an identity check read in a unit of work, live at the time: the calling
+/// application and the mandate's authority record (when it carries a `sid`).
+#[derive(Debug, Clone)]
+pub(crate) struct IdentityRows {
+    /// The calling application.
+    pub application: Application,
+    /// The mandate's authority record.
+    pub record: Option<AuthorityRecord>,
 }
 
 /// What `POST /v1/verify` requires of a token (A10), beyond a good signature from the zone.

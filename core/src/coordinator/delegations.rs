@@ -638,7 +638,7 @@ impl Coordinator {
         }));
 
         let now = self.clock.now();
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         uow.lock(&delegation_lock(zone)).await?;
         let scope = idempotency::scope("delegation.create.v2", zone, issuer);
         if let Some(key) = &key {
@@ -871,7 +871,7 @@ impl Coordinator {
         edge_id: &str,
     ) -> Result<Reply> {
         let now = self.clock.now();
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         // Terminating targets changes Sessions too: the Session lock first (deadlock order).
         uow.lock_both(&session_lock(zone), &delegation_lock(zone))
             .await?;
@@ -1007,7 +1007,7 @@ impl Coordinator {
         let q = ListQuery::parse(query, false)?;
         let now = self.clock.now();
         let reader = reader(p);
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         if let Some(app) = reader {
             let owned = uow
                 .get_agent_session(zone, session_id)
@@ -1061,7 +1061,7 @@ impl Coordinator {
     ) -> Result<Reply> {
         let now = self.clock.now();
         let reader = reader(p);
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         let edge = uow
             .get_delegation_edge(zone, edge_id)
             .await?
@@ -1085,7 +1085,7 @@ impl Coordinator {
         let q = ListQuery::parse(query, false)?;
         let now = self.clock.now();
         let reader = reader(p);
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         if let Some(cursor) = &q.cursor {
             let ok = uow
                 .get_delegation_edge(zone, cursor)
@@ -1160,7 +1160,7 @@ impl Coordinator {
                 sessions.push(r.edge.target_session_id.clone());
             }
         }
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         let mut records: Vec<String> = Vec::new();
         for id in &sessions {
             if let Some(s) = uow.get_agent_session(zone, id).await? {
@@ -1198,7 +1198,7 @@ impl Coordinator {
         session_id: &str,
     ) -> Result<Reply> {
         let now = self.clock.now();
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         if let Some(app) = reader(p) {
             let owned = uow
                 .get_agent_session(zone, session_id)

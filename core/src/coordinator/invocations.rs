@@ -741,7 +741,7 @@ impl Coordinator {
                 "application_ownership_required",
             ));
         }
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(principal, zone).await?;
         uow.lock(&service_lock(zone)).await?;
         let now = self.clock.now();
         let application = match ApplicationId::parse(&input.application_id) {
@@ -792,12 +792,12 @@ impl Coordinator {
     /// (`400 invalid_query`, `400 invalid_cursor`).
     pub async fn list_agent_services(
         &self,
-        _principal: &Principal,
+        principal: &Principal,
         zone: &ZoneId,
         query: &[(String, String)],
     ) -> Result<Reply> {
         let query = parse_list_query(query, &[])?;
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(principal, zone).await?;
         if let Some(cursor) = &query.cursor {
             if uow.get_agent_service(zone, cursor).await?.is_none() {
                 return Err(invalid_cursor());
@@ -827,7 +827,7 @@ impl Coordinator {
     ) -> Result<Reply> {
         let input = parse_new_invocation(body)?;
         let key = idempotency::validate_body_key(&input.idempotency_key)?;
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(principal, zone).await?;
         uow.lock(&invocation_lock(zone)).await?;
         let now = self.clock.now();
         let service = uow
@@ -910,7 +910,7 @@ impl Coordinator {
     /// optional filters `status`, `service_id` and `session_id` (source or target).
     pub async fn list_invocations(
         &self,
-        _principal: &Principal,
+        principal: &Principal,
         zone: &ZoneId,
         query: &[(String, String)],
     ) -> Result<Reply> {
@@ -920,7 +920,7 @@ impl Coordinator {
                 return Err(invalid_query());
             }
         }
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(principal, zone).await?;
         if let Some(cursor) = &query.cursor {
             if uow.get_invocation(zone, cursor).await?.is_none() {
                 return Err(invalid_cursor());
@@ -974,12 +974,12 @@ impl Coordinator {
     /// `GET …/invocations/:id` (A9): the row, or `404 invocation_not_found`.
     pub async fn get_invocation(
         &self,
-        _principal: &Principal,
+        principal: &Principal,
         zone: &ZoneId,
         id: &str,
     ) -> Result<Reply> {
         let id = path_id(id)?;
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(principal, zone).await?;
         let invocation = uow
             .get_invocation(zone, id)
             .await?
@@ -1155,7 +1155,7 @@ impl Coordinator {
         zone: &ZoneId,
         id: &str,
     ) -> Result<(Box<dyn UnitOfWork>, Invocation)> {
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(principal, zone).await?;
         uow.lock(&invocation_lock(zone)).await?;
         let invocation = uow
             .get_invocation(zone, id)

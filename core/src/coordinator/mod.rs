@@ -110,7 +110,53 @@ pub struct Principal {
     pub sid: Option<String>,
     /// Whether this is the operator token rather than a mandate.
     pub operator: bool,
+    /// Whether A2 step 8 (the application and authority record still stand) is still to be
+    /// checked, and by whom: see [`IdentityGate`].
+    pub identity: IdentityGate,
 }
+
+/// A2 step 8, deferred into the request's own unit of work.
+///
+/// Checking the calling application and authority record in a transaction of its own costs a
+/// request two extra round trips (its `BEGIN` and `ROLLBACK`). A mandate's principal therefore
+/// leaves authentication with the check pending; the first unit a use case opens with
+/// [`Coordinator::begin_for`] runs it before anything else, so nothing is read for or written by
+/// an identity that no longer stands. A refusal that came before any unit (bad input, a
+/// missing scope) must still lose to `401 identity_revoked`, as when the check ran first: the
+/// shell calls [`Coordinator::settle_identity`] before sending any answer, which runs the check
+/// on its own when no unit did. The default is "nothing to check" (the operator token, and
+/// principals tests build by hand).
+#[derive(Debug, Clone, Default)]
+pub struct IdentityGate(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl IdentityGate {
+    /// A check still to run.
+    pub fn pending() -> Self {
+        Self(Some(Arc::new(std::sync::atomic::AtomicBool::new(false))))
+    }
+
+    /// Whether the check is still to run.
+    pub fn is_pending(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|done| !done.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    fn mark_done(&self) {
+        if let Some(done) = &self.0 {
+            done.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// Two principals are the same caller whatever their checks' progress.
+impl PartialEq for IdentityGate {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for IdentityGate {}
 
 impl Principal {
     /// The operator token's principal for `zone` (A2 step 3).
@@ -122,6 +168,7 @@ impl Principal {
             zone,
             sid: None,
             operator: true,
+            identity: IdentityGate::default(),
         }
     }
 
@@ -274,6 +321,47 @@ impl Coordinator {
         let mut uow = self.store.begin(&ZoneScope::Zone(zone.clone())).await?;
         uow.abandon_on_write_error();
         Ok(uow)
+    }
+
+    /// Starts a unit of work for `p`'s request, running `p`'s pending identity check (A2 step 8)
+    /// in it first: a `401 identity_revoked` leaves before the use case reads anything.
+    pub(crate) async fn begin_for(
+        &self,
+        p: &Principal,
+        zone: &ZoneId,
+    ) -> Result<Box<dyn UnitOfWork>> {
+        Ok(self.begin_with_identity(p, zone).await?.0)
+    }
+
+    /// [`Coordinator::begin_for`], also answering the rows the identity check read when it ran
+    /// in this unit (a start reuses them instead of reading the same two rows again).
+    pub(crate) async fn begin_with_identity(
+        &self,
+        p: &Principal,
+        zone: &ZoneId,
+    ) -> Result<(Box<dyn UnitOfWork>, Option<auth::IdentityRows>)> {
+        let mut uow = self.begin(zone).await?;
+        let mut rows = None;
+        if p.identity.is_pending() {
+            rows = Some(
+                self.check_identity_in(&mut *uow, zone, &p.client_id, p.sid.as_deref())
+                    .await?,
+            );
+            p.identity.mark_done();
+        }
+        Ok((uow, rows))
+    }
+
+    /// Runs `p`'s identity check (A2 step 8) in a unit of its own if no unit of the request ran
+    /// it; a no-op otherwise. The shell calls this before sending any answer.
+    pub async fn settle_identity(&self, p: &Principal) -> Result<()> {
+        if p.identity.is_pending() {
+            let mut uow = self.begin(&p.zone).await?;
+            self.check_identity_in(&mut *uow, &p.zone, &p.client_id, p.sid.as_deref())
+                .await?;
+            p.identity.mark_done();
+        }
+        Ok(())
     }
 
     /// Starts a unit of work over every zone (sweepers).

@@ -695,7 +695,7 @@ impl Coordinator {
         }));
 
         let now = self.clock.now();
-        let mut uow = self.begin(zone).await?;
+        let (mut uow, identity) = self.begin_with_identity(p, zone).await?;
         // A child start takes the zone lock first: its parent checks must hold until commit
         // against a cascade ending the parent. A root start has only the capacity check to
         // serialize, so it takes the lock last, after its writes (see `admit_capacity`), and
@@ -716,9 +716,18 @@ impl Coordinator {
             }
         }
 
-        let app = match ApplicationId::parse(&req.application_id) {
-            Ok(id) => uow.get_application(zone, &id).await?,
-            Err(_) => None,
+        // The identity check of this unit read the caller's application and record a moment
+        // ago; a start for itself under its own record (the usual case) reuses those rows.
+        let (own_app, own_record) = match identity {
+            Some(rows) => (Some(rows.application), rows.record),
+            None => (None, None),
+        };
+        let app = match own_app.filter(|a| a.id.as_str() == req.application_id) {
+            Some(app) => Some(app),
+            None => match ApplicationId::parse(&req.application_id) {
+                Ok(id) => uow.get_application(zone, &id).await?,
+                Err(_) => None,
+            },
         };
         let app = app
             .filter(|a| a.archived_at.is_none() && a.expires_at.is_none_or(|e| e > now))
@@ -730,10 +739,11 @@ impl Coordinator {
         if dcr && req.parent_id.is_some() {
             return Err(conflict("dcr_application_cannot_be_child"));
         }
-        let anchor_live = uow
-            .get_authority_record(zone, &anchor)
-            .await?
-            .is_some_and(|r| r.is_live(now));
+        let anchor_record = match own_record.filter(|r| r.id == anchor) {
+            Some(record) => Some(record),
+            None => uow.get_authority_record(zone, &anchor).await?,
+        };
+        let anchor_live = anchor_record.is_some_and(|r| r.is_live(now));
         if !anchor_live {
             return Err(session_not_found().with_extra(json!({
                 "detail": "subject_session_id must reference an STS authority_records.id; for business correlation use metadata"
@@ -999,7 +1009,7 @@ impl Coordinator {
     ) -> Result<Reply> {
         let req = HeartbeatRequest::parse(body)?;
         let now = self.clock.now();
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         uow.lock(&session_lock(zone)).await?;
         let mut session = uow
             .get_agent_session(zone, session_id)
@@ -1070,7 +1080,7 @@ impl Coordinator {
         session_id: &str,
     ) -> Result<Reply> {
         let now = self.clock.now();
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         uow.lock(&session_lock(zone)).await?;
         let mut session = uow
             .get_agent_session(zone, session_id)
@@ -1215,7 +1225,7 @@ impl Coordinator {
                 generation
             }
         };
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         uow.lock_both(&session_lock(zone), &delegation_lock(zone))
             .await?;
         let session = uow
@@ -1259,11 +1269,11 @@ impl Coordinator {
     /// `GET …/agents/:id` (A6.6).
     pub async fn get_session(
         &self,
-        _p: &Principal,
+        p: &Principal,
         zone: &ZoneId,
         session_id: &str,
     ) -> Result<Reply> {
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         let session = uow
             .get_agent_session(zone, session_id)
             .await?
@@ -1274,12 +1284,12 @@ impl Coordinator {
     /// `GET …/agents` (A6.6): the zone's Sessions, newest first, filtered.
     pub async fn list_sessions(
         &self,
-        _p: &Principal,
+        p: &Principal,
         zone: &ZoneId,
         query: &[(String, String)],
     ) -> Result<Reply> {
         let q = ListQuery::parse(query, true)?;
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         check_session_cursor(&mut *uow, zone, &q).await?;
         let filter = SessionFilter {
             status: q.status.clone(),
@@ -1300,13 +1310,13 @@ impl Coordinator {
     /// `GET …/agents/:id/children` (A6.6): direct children, newest first.
     pub async fn list_child_sessions(
         &self,
-        _p: &Principal,
+        p: &Principal,
         zone: &ZoneId,
         session_id: &str,
         query: &[(String, String)],
     ) -> Result<Reply> {
         let q = ListQuery::parse(query, true)?;
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         check_session_cursor(&mut *uow, zone, &q).await?;
         let rows = uow
             .list_child_sessions(zone, session_id, q.cursor.as_deref(), q.limit)
@@ -1325,7 +1335,7 @@ impl Coordinator {
         zone: &ZoneId,
         session_id: &str,
     ) -> Result<Reply> {
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         uow.lock(&session_lock(zone)).await?;
         let session = uow
             .get_agent_session(zone, session_id)
@@ -1357,7 +1367,7 @@ impl Coordinator {
         zone: &ZoneId,
         session_id: &str,
     ) -> Result<Reply> {
-        let mut uow = self.begin(zone).await?;
+        let mut uow = self.begin_for(p, zone).await?;
         uow.lock(&session_lock(zone)).await?;
         let session = uow
             .get_agent_session(zone, session_id)

@@ -3,13 +3,15 @@
 //! ids, in upstream's order (body parsing precedes its auth hook; params are parsed in the
 //! handler, after auth).
 
+use std::sync::Arc;
+
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use caracal_core::coordinator::auth::{bearer_token, operator_token_required};
-use caracal_core::coordinator::{path_id, IdempotencyHeaders, Principal, Reply};
+use caracal_core::coordinator::{path_id, Coordinator, IdempotencyHeaders, Principal, Reply};
 use caracal_core::digest::constant_time_eq;
 use caracal_core::error::{Error, ErrorKind};
 use caracal_core::ids::ZoneId;
@@ -99,6 +101,8 @@ pub struct Call {
     body: Option<Value>,
     params: Vec<(&'static str, String)>,
     query: Vec<(String, String)>,
+    /// Settles the principal's deferred identity check before any answer goes out.
+    coordinator: Arc<Coordinator>,
 }
 
 impl Call {
@@ -121,14 +125,29 @@ impl Call {
             .await
             .map_err(fail)?;
         let zone = principal.zone.clone();
-        let mut checked = Vec::with_capacity(params.len());
-        for name in params {
-            let value = req.match_info().get(name).unwrap_or("");
-            checked.push((*name, path_id(value).map_err(fail)?.to_owned()));
-        }
-        let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .map(web::Query::into_inner)
-            .map_err(|_| fail(Error::invalid("invalid_query", "query string is malformed")))?;
+        let coordinator = Arc::clone(&state.coordinator);
+        let checked_query = (|| {
+            let mut checked = Vec::with_capacity(params.len());
+            for name in params {
+                let value = req.match_info().get(name).unwrap_or("");
+                checked.push((*name, path_id(value)?.to_owned()));
+            }
+            let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+                .map(web::Query::into_inner)
+                .map_err(|_| Error::invalid("invalid_query", "query string is malformed"))?;
+            Ok::<_, Error>((checked, query))
+        })();
+        let (checked, query) = match checked_query {
+            Ok(parts) => parts,
+            Err(e) => {
+                // A revoked identity hears 401 before it hears about its path or query.
+                let e = match coordinator.settle_identity(&principal).await {
+                    Ok(()) => e,
+                    Err(revoked) => revoked,
+                };
+                return Err(fail(e));
+            }
+        };
         Ok(Call {
             request_id,
             principal,
@@ -136,6 +155,7 @@ impl Call {
             body,
             params: checked,
             query,
+            coordinator,
         })
     }
 
@@ -176,13 +196,21 @@ impl Call {
         Ok(first)
     }
 
-    /// Renders a use case's outcome.
-    pub fn respond(&self, result: &Result<Reply, Error>) -> HttpResponse {
+    /// Renders a use case's outcome, after the caller's identity check (A2 step 8) if no unit
+    /// of work ran it: a refusal that came before any store read must still lose to
+    /// `401 identity_revoked`.
+    pub async fn respond(&self, result: &Result<Reply, Error>) -> HttpResponse {
+        if let Err(revoked) = self.coordinator.settle_identity(&self.principal).await {
+            return reply::error(&revoked, &self.request_id);
+        }
         reply::outcome(result, &self.request_id)
     }
 
-    /// Renders a refusal.
-    pub fn fail(&self, err: &Error) -> HttpResponse {
+    /// Renders a refusal, after the caller's identity check as [`Call::respond`] does.
+    pub async fn fail(&self, err: &Error) -> HttpResponse {
+        if let Err(revoked) = self.coordinator.settle_identity(&self.principal).await {
+            return reply::error(&revoked, &self.request_id);
+        }
         reply::error(err, &self.request_id)
     }
 
@@ -228,7 +256,7 @@ async fn authenticate(
     }
     state
         .coordinator
-        .authenticate(
+        .authenticate_deferred(
             token,
             state.keys.as_ref(),
             state.es256.as_ref(),

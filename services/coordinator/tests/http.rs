@@ -422,6 +422,32 @@ async fn scope_and_zone_are_checked_in_order() {
     assert_eq!(a.status, 200, "{}", a.body);
 }
 
+/// Requests that fail, or succeed, at different points of a request: invalid body (before any
+/// unit), malformed path id and query (in the shell), a read (in a unit).
+fn revoked_identity_probes() -> Vec<(&'static str, TestRequest)> {
+    vec![
+        (
+            "invalid body",
+            TestRequest::post()
+                .uri("/zones/z1/agents")
+                .set_json(json!({"application_id": 5})),
+        ),
+        (
+            "invalid path id",
+            TestRequest::get().uri("/zones/z1/agents/bad%21id"),
+        ),
+        (
+            "invalid reason (in the use case, before its unit)",
+            TestRequest::delete().uri("/zones/z1/agents/s1?reason="),
+        ),
+        (
+            "repeated query parameter",
+            TestRequest::delete().uri("/zones/z1/agents/s1?reason=a&reason=b"),
+        ),
+        ("a read", TestRequest::get().uri("/zones/z1/agents")),
+    ]
+}
+
 #[actix_web::test]
 async fn a_revoked_identity_is_refused() {
     let h = harness().await;
@@ -453,6 +479,23 @@ async fn a_revoked_identity_is_refused() {
             (401, json!({"error": "identity_revoked"})),
             "{what}"
         );
+        // The check runs in the request's own unit of work, or on its own before any answer
+        // when the request fails before opening one: bad input, a bad path id or query, a
+        // read, all lose to 401 as when the check ran first.
+        for (kind, request) in revoked_identity_probes() {
+            let a = call(&app, request.insert_header(bearer(&h.mint(&c)))).await;
+            assert_eq!(
+                (a.status, a.body),
+                (401, json!({"error": "identity_revoked"})),
+                "{what}: {kind}"
+            );
+        }
+    }
+    // The same probes from a standing identity get their own answers, so the 401s above are
+    // the identity check's.
+    for (kind, request) in revoked_identity_probes() {
+        let a = call(&app, request.insert_header(bearer(&h.token()))).await;
+        assert_ne!(a.status, 401, "{kind}: {}", a.body);
     }
     assert_eq!(session_count(&h.store).await, 0);
     // No sid at all: the application check alone applies.

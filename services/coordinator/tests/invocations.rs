@@ -274,6 +274,7 @@ fn principal(zone: &ZoneId, client: &str, extra: &[&str]) -> Principal {
         zone: zone.clone(),
         sid: None,
         operator: false,
+        identity: Default::default(),
     }
 }
 

@@ -1665,3 +1665,73 @@ async fn foreign_zone_sessions_are_not_found() {
     );
     assert_eq!(w.session(&mine).await.status, "active");
 }
+
+/// A start whose identity check runs in its own unit (the HTTP path) reuses the caller's
+/// application and record rows only when the body names exactly those; any other application
+/// or anchor is read and judged as before.
+#[tokio::test]
+async fn a_start_reuses_only_the_identity_rows_it_names() {
+    let w = World::new().await;
+    let pending = |extra: &[&str]| {
+        let mut p = w.principal(&w.app, Some(&w.sid), extra);
+        p.identity = caracal_core::coordinator::IdentityGate::pending();
+        p
+    };
+    let mut uow = w.store.begin(&ZoneScope::All).await.expect("begin");
+    let mut archived = app_row(
+        &w.zone,
+        "old",
+        caracal_core::model::RegistrationMethod::Managed,
+        w.now(),
+    );
+    archived.archived_at = Some(w.now());
+    uow.save_application(&archived).await.expect("save");
+    uow.commit().await.expect("commit");
+    let mut revoked = record_row(&w.zone, "revoked", SessionType::Application, "app", w.now());
+    revoked.status = RecordStatus::Revoked;
+    w.save_record(&revoked).await;
+
+    // Another application, by spawn_for: read, and archived.
+    let p = pending(&["coordinator.spawn_for:old"]);
+    assert_code(
+        w.start(&p, json!({"application_id": "old"})).await,
+        "application_not_found",
+    );
+    assert!(!p.identity.is_pending(), "the start's unit ran the check");
+    // Another anchor than the mandate's record: read, and revoked.
+    assert_code(
+        w.start(
+            &pending(&[]),
+            json!({"application_id": w.app, "subject_session_id": "revoked"}),
+        )
+        .await,
+        "session_not_found",
+    );
+    assert!(w.outbox().await.is_empty(), "nothing written");
+    // Its own application under its own record: the rows the check read.
+    let p = pending(&[]);
+    let reply = w
+        .start(&p, json!({"application_id": w.app}))
+        .await
+        .expect("own start");
+    assert_eq!(reply.body["subject_authority_record_id"], w.sid.as_str());
+    assert_eq!(w.outbox().await.len(), 1);
+
+    // A pending principal whose own record was revoked is refused before anything is read
+    // for the start, whatever the body asks.
+    let mut gone = record_row(&w.zone, "gone", SessionType::Application, "app", w.now());
+    gone.status = RecordStatus::Revoked;
+    w.save_record(&gone).await;
+    let mut p = w.principal(&w.app, Some("gone"), &[]);
+    p.identity = caracal_core::coordinator::IdentityGate::pending();
+    assert_code(
+        w.start(
+            &p,
+            json!({"application_id": w.app, "subject_session_id": w.sid}),
+        )
+        .await,
+        "identity_revoked",
+    );
+    assert!(p.identity.is_pending(), "a failed check stays pending");
+    assert_eq!(w.outbox().await.len(), 1, "nothing more written");
+}

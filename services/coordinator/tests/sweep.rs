@@ -378,6 +378,7 @@ fn app_principal(zone: &ZoneId) -> caracal_core::coordinator::Principal {
         zone: zone.clone(),
         sid: Some("sid".into()),
         operator: false,
+        identity: Default::default(),
     }
 }
 

@@ -17,7 +17,7 @@ pub async fn create(req: HttpRequest, payload: web::Payload, state: State) -> Ht
         .create_delegation(&call.principal, &call.zone, &idem, call.body())
         .await;
     state.stats.observe_creation(!idem.keys.is_empty(), &result);
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `PATCH …/delegations/{id}/revoke` (A8.5).
@@ -27,7 +27,7 @@ pub async fn revoke(req: HttpRequest, payload: web::Payload, state: State) -> Ht
         .coordinator
         .revoke_delegation(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/delegations/inbound/{session_id}` (A8.4).
@@ -48,7 +48,7 @@ pub async fn inbound(req: HttpRequest, payload: web::Payload, state: State) -> H
             call.query(),
         )
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/delegations/inbound/{session_id}/{id}` (A8.4).
@@ -69,7 +69,7 @@ pub async fn inbound_one(req: HttpRequest, payload: web::Payload, state: State) 
             call.param("id"),
         )
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/delegations/outbound/{session_id}` (A8.4).
@@ -90,7 +90,7 @@ pub async fn outbound(req: HttpRequest, payload: web::Payload, state: State) -> 
             call.query(),
         )
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/delegations/active` (A8.4).
@@ -100,7 +100,7 @@ pub async fn active(req: HttpRequest, payload: web::Payload, state: State) -> Ht
         .coordinator
         .list_active_delegations(&call.principal, &call.zone, call.query())
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/delegations/{id}/traverse` (A8.4; admin).
@@ -110,7 +110,7 @@ pub async fn traverse(req: HttpRequest, payload: web::Payload, state: State) -> 
         .coordinator
         .traverse_delegation(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/delegations/{id}/impact` (A8.4; admin).
@@ -120,5 +120,5 @@ pub async fn impact(req: HttpRequest, payload: web::Payload, state: State) -> Ht
         .coordinator
         .delegation_impact(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }

@@ -21,7 +21,7 @@ pub async fn register_service(
         .coordinator
         .register_agent_service(&call.principal, &call.zone, call.body())
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/agent-services`.
@@ -31,21 +31,21 @@ pub async fn list_services(req: HttpRequest, payload: web::Payload, state: State
         .coordinator
         .list_agent_services(&call.principal, &call.zone, call.query())
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `POST …/invocations`.
 pub async fn create(req: HttpRequest, payload: web::Payload, state: State) -> HttpResponse {
     let call = open!(req, payload, state, Access::Runtime, []);
     if let Err(e) = call.invocation_limit(&state).await {
-        return call.fail(&e);
+        return call.fail(&e).await;
     }
     let result = state
         .coordinator
         .create_invocation(&call.principal, &call.zone, call.body())
         .await;
     state.stats.observe_creation(true, &result);
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/invocations`.
@@ -55,7 +55,7 @@ pub async fn list(req: HttpRequest, payload: web::Payload, state: State) -> Http
         .coordinator
         .list_invocations(&call.principal, &call.zone, call.query())
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/invocations/{id}`.
@@ -65,27 +65,27 @@ pub async fn get(req: HttpRequest, payload: web::Payload, state: State) -> HttpR
         .coordinator
         .get_invocation(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `PATCH …/invocations/{id}/start`.
 pub async fn start(req: HttpRequest, payload: web::Payload, state: State) -> HttpResponse {
     let call = open!(req, payload, state, Access::Runtime, ["id"]);
     if let Err(e) = call.invocation_limit(&state).await {
-        return call.fail(&e);
+        return call.fail(&e).await;
     }
     let result = state
         .coordinator
         .start_invocation(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `PATCH …/invocations/{id}/cancel`.
 pub async fn cancel(req: HttpRequest, payload: web::Payload, state: State) -> HttpResponse {
     let call = open!(req, payload, state, Access::Runtime, ["id"]);
     if let Err(e) = call.invocation_limit(&state).await {
-        return call.fail(&e);
+        return call.fail(&e).await;
     }
     let result = state
         .coordinator
@@ -96,18 +96,18 @@ pub async fn cancel(req: HttpRequest, payload: web::Payload, state: State) -> Ht
             call.body_opt(),
         )
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `PATCH …/invocations/{id}/complete`.
 pub async fn complete(req: HttpRequest, payload: web::Payload, state: State) -> HttpResponse {
     let call = open!(req, payload, state, Access::Runtime, ["id"]);
     if let Err(e) = call.invocation_limit(&state).await {
-        return call.fail(&e);
+        return call.fail(&e).await;
     }
     let result = state
         .coordinator
         .complete_invocation(&call.principal, &call.zone, call.param("id"), call.body())
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }

@@ -17,7 +17,7 @@ pub async fn start(req: HttpRequest, payload: web::Payload, state: State) -> Htt
         .start_session(&call.principal, &call.zone, &idem, call.body())
         .await;
     state.stats.observe_creation(!idem.keys.is_empty(), &result);
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/agents` (A6.6).
@@ -27,7 +27,7 @@ pub async fn list(req: HttpRequest, payload: web::Payload, state: State) -> Http
         .coordinator
         .list_sessions(&call.principal, &call.zone, call.query())
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/agents/{id}` (A6.6).
@@ -37,7 +37,7 @@ pub async fn get(req: HttpRequest, payload: web::Payload, state: State) -> HttpR
         .coordinator
         .get_session(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `DELETE …/agents/{id}?reason=` (A6.5): 204 on success.
@@ -45,7 +45,7 @@ pub async fn terminate(req: HttpRequest, payload: web::Payload, state: State) ->
     let call = open!(req, payload, state, Access::RuntimeOrOperator, ["id"]);
     let reason = match call.query_value("reason") {
         Ok(reason) => reason,
-        Err(e) => return call.fail(&e),
+        Err(e) => return call.fail(&e).await,
     };
     let result = state
         .coordinator
@@ -57,7 +57,7 @@ pub async fn terminate(req: HttpRequest, payload: web::Payload, state: State) ->
             call.body_opt(),
         )
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `POST …/agents/{id}/heartbeat` (A6.3).
@@ -67,7 +67,7 @@ pub async fn heartbeat(req: HttpRequest, payload: web::Payload, state: State) ->
         .coordinator
         .heartbeat_session(&call.principal, &call.zone, call.param("id"), call.body())
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `POST …/agents/{id}/lease` (A6.4).
@@ -77,7 +77,7 @@ pub async fn lease(req: HttpRequest, payload: web::Payload, state: State) -> Htt
         .coordinator
         .lease_session(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/agents/{id}/children` (A6.6).
@@ -87,7 +87,7 @@ pub async fn children(req: HttpRequest, payload: web::Payload, state: State) -> 
         .coordinator
         .list_child_sessions(&call.principal, &call.zone, call.param("id"), call.query())
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `PATCH …/agents/{id}/suspend` (A6.6).
@@ -97,7 +97,7 @@ pub async fn suspend(req: HttpRequest, payload: web::Payload, state: State) -> H
         .coordinator
         .suspend_session(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `PATCH …/agents/{id}/resume` (A6.6).
@@ -107,7 +107,7 @@ pub async fn resume(req: HttpRequest, payload: web::Payload, state: State) -> Ht
         .coordinator
         .resume_session(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }
 
 /// `GET …/agents/{id}/effective-authority` (A8.4).
@@ -121,5 +121,5 @@ pub async fn effective_authority(
         .coordinator
         .effective_authority(&call.principal, &call.zone, call.param("id"))
         .await;
-    call.respond(&result)
+    call.respond(&result).await
 }

@@ -277,6 +277,7 @@ impl World {
             zone: self.zone.clone(),
             sid: sid.map(str::to_owned),
             operator: false,
+            identity: Default::default(),
         }
     }
 
