@@ -240,6 +240,38 @@ pub struct Cleanup {
     pub scratch: Option<PathBuf>,
 }
 
+/// The Redis database the benches' servers use: not the one `cargo xtask up` and the SDK
+/// suite use, and emptied before and after each bench, so the hundreds of thousands of stream
+/// entries and single-use keys a run writes never reach another run or a test.
+pub const BENCH_REDIS_DB: u8 = 15;
+
+/// `REDIS_URL` for a bench's server.
+pub fn bench_redis_url() -> String {
+    format!("redis://127.0.0.1:6379/{BENCH_REDIS_DB}")
+}
+
+/// Empties [`BENCH_REDIS_DB`].
+pub fn flush_bench_redis() -> Result<(), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", 6379)).map_err(|e| format!("redis: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("SELECT {BENCH_REDIS_DB}\r\nFLUSHDB\r\n").as_bytes())
+        .map_err(|e| format!("redis: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    for _ in 0..2 {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("redis: {e}"))?;
+        if !line.starts_with("+OK") {
+            return Err(format!("redis answered {line:?}"));
+        }
+    }
+    Ok(())
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -258,6 +290,7 @@ impl Drop for Cleanup {
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.database
         ));
+        let _ = flush_bench_redis();
         if let Some(dir) = self.scratch.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -446,6 +479,7 @@ fn api(binary: &Path) -> Result<(), String> {
     let token = format!("cat_bench_{}", &hex_key()[..24]);
     let database = format!("caracal_bench_{}", std::process::id());
     psql(&format!("CREATE DATABASE {database}"))?;
+    crate::bench::flush_bench_redis()?;
     let mut cleanup = Cleanup {
         child: None,
         database: database.clone(),
@@ -457,7 +491,7 @@ fn api(binary: &Path) -> Result<(), String> {
             "DATABASE_URL",
             format!("postgres://postgres@127.0.0.1:5432/{database}"),
         )
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("REDIS_URL", bench_redis_url())
         .env("SECRET_STORE_KEK", hex_key())
         .env("CARACAL_ADMIN_TOKEN", &token)
         .env("API_PORT", port.to_string())

@@ -653,13 +653,14 @@ pub fn http(binary: &Path) -> Result<(), String> {
         scratch: Some(scratch.clone()),
     };
     psql(&format!("CREATE DATABASE {database}"))?;
+    crate::bench::flush_bench_redis()?;
     let child = Command::new(binary)
         .args(["serve", "all"])
         .env(
             "DATABASE_URL",
             format!("postgres://postgres@127.0.0.1:5432/{database}"),
         )
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("REDIS_URL", crate::bench::bench_redis_url())
         .env("SECRET_STORE_KEK", hex_key())
         .env("GATEWAY_STS_HMAC_KEY", hex_key())
         .env("AUDIT_HMAC_KEY", hex_key())

@@ -24,7 +24,40 @@ STOP_TIMEOUT_SECONDS = 10.0
 PG_HOST = "127.0.0.1"
 PG_USER = "postgres"
 PG_PORT = os.environ.get("PGPORT", "5432")
-REDIS_URL = "redis://127.0.0.1:6379"
+# The suite's own Redis database: benchmarks and `cargo xtask up` use others, and whatever an
+# earlier run left here (audit backlog, streams, counters) is flushed once per test process
+# before the first Postgres-mode server starts (see `reset_test_redis`).
+REDIS_DB = 1
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+_redis_reset = False
+
+
+def redis_command(*commands: bytes) -> bytes:
+    """Sends raw RESP inline commands to the suite's Redis database; answers the raw reply."""
+    with socket.create_connection(("127.0.0.1", 6379), timeout=5) as conn:
+        conn.sendall(f"SELECT {REDIS_DB}\r\n".encode() + b"".join(c + b"\r\n" for c in commands))
+        data = b""
+        conn.settimeout(1)
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            pass
+    return data
+
+
+def reset_test_redis() -> None:
+    """Empties the suite's Redis database once per test process: a backlog another run left on
+    the audit stream would otherwise be ingested (and refused, signed with another key) before
+    this run's events."""
+    global _redis_reset
+    if not _redis_reset:
+        reply = redis_command(b"FLUSHDB")
+        assert b"-ERR" not in reply, reply
+        _redis_reset = True
 
 # The upstream per-minute limits (600 /v1 requests per IP, 60 failed logins per IP) are real
 # behaviour, but this suite sends far more than that from one address within a minute. Raising
@@ -231,6 +264,8 @@ class CaracalServer:
         return self.config.admin_token
 
     def start(self) -> CaracalServer:
+        if self.config.mode == "postgres":
+            reset_test_redis()
         binary = caracal_binary()
         if not binary.is_file():
             raise RuntimeError(
