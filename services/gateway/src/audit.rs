@@ -33,7 +33,34 @@ pub struct Completion {
     metadata: Map<String, Value>,
     started: Instant,
     upstream_status: Option<u16>,
+    /// The event went out (or was handed to the relay, which then owns it).
+    emitted: bool,
 }
+
+/// The caller went away before the upstream's answer was relayed: the request's future was
+/// dropped (the connection closed) with its event still pending. Upstream answers such a request
+/// `499 internal_error` "client cancelled" (B5 row 18); nobody is left to read that, so it is
+/// the evidence that records it.
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if !self.emitted {
+            self.recorder
+                .metrics
+                .upstream_errors
+                .fetch_add(1, Ordering::Relaxed);
+            self.write(
+                CLIENT_CLOSED,
+                "upstream_error",
+                0,
+                false,
+                Some("transport_error"),
+            );
+        }
+    }
+}
+
+/// The status a request the client abandoned is recorded with (nginx's and upstream's 499).
+pub const CLIENT_CLOSED: u16 = 499;
 
 impl Completion {
     /// Starts the event of a request past the STS, with the members B14 always records
@@ -61,6 +88,7 @@ impl Completion {
             metadata,
             started,
             upstream_status: None,
+            emitted: false,
         }
     }
 
@@ -117,6 +145,28 @@ impl Completion {
         interrupted: bool,
         error_kind: Option<&str>,
     ) {
+        self.write(
+            gateway_status,
+            evaluation_status,
+            bytes,
+            interrupted,
+            error_kind,
+        );
+    }
+
+    /// Writes the event once; a second call (the drop after an emit) does nothing.
+    fn write(
+        &mut self,
+        gateway_status: u16,
+        evaluation_status: &str,
+        bytes: u64,
+        interrupted: bool,
+        error_kind: Option<&str>,
+    ) {
+        if self.emitted {
+            return;
+        }
+        self.emitted = true;
         let latency = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.metadata
             .insert("gateway_status".into(), gateway_status.into());

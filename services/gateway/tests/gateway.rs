@@ -662,3 +662,64 @@ async fn the_callers_copy_of_the_credential_header_never_reaches_the_upstream() 
     assert_eq!(seen[0].header("x-api-key"), None, "{:?}", seen[0].headers);
     assert_eq!(seen[0].header("authorization"), None);
 }
+
+/// A client that closes its connection while the upstream is still thinking: the request's
+/// future is dropped, nobody is left to answer, and the evidence records it as upstream does,
+/// `gateway_status` 499 (client closed) with `evaluation_status` `upstream_error`.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_recorded_as_499() {
+    let h = harness().await;
+    // An upstream that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+            let _ = accepted_tx.send(()).await;
+        }
+    });
+    h.script.push(
+        200,
+        &directive_answer(json!({"url": format!("http://127.0.0.1:{port}/"), "auth_mode": "none"})),
+    );
+    let mandate = h.mandate(json!({}));
+    let mut conn = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /slow HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {mandate}\r\nx-caracal-resource: {RESOURCE}\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.expect("write");
+    tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+        .await
+        .expect("the Gateway dialled the upstream in time");
+    assert!(
+        h.audit.of_type("gateway_resource_request").is_empty(),
+        "nothing is recorded while the upstream is still thinking"
+    );
+    drop(conn);
+    let started = std::time::Instant::now();
+    let events = loop {
+        let events = h.audit.of_type("gateway_resource_request");
+        if !events.is_empty() {
+            break events;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no event after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    assert_eq!(event.evaluation_status, "upstream_error");
+    let metadata = event.metadata_json.as_ref().expect("metadata");
+    assert_eq!(metadata["gateway_status"], 499);
+    assert_eq!(metadata["error_kind"], "transport_error");
+    assert_eq!(metadata["response_bytes"], 0);
+    assert!(metadata.get("upstream_status").is_none());
+}
