@@ -83,10 +83,20 @@ def caracal_binary() -> Path:
     return target / "debug" / "caracal"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on, never one this process handed out before: the kernel may
+    offer a just-released ephemeral port again, and one server's services would then collide
+    (seen: the API refused to start on the port just given to the Coordinator)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def new_admin_token() -> str:

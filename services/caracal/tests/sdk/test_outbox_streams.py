@@ -13,7 +13,7 @@ import time
 
 from caracalai_admin.ensure import ResourceGrant, author_grants_document
 
-from caracal_server import CaracalServer
+from caracal_server import REDIS_DB, CaracalServer
 
 STREAM = "caracal.policy.invalidate"
 ENTRY_ID = re.compile(r"^\d+-\d+$")
@@ -39,7 +39,7 @@ def wait_dispatched(admin, zone: str, activation: dict) -> dict:
 
 def stream_entries() -> list[dict[str, str]]:
     result = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", "XREVRANGE", STREAM, "+", "-", "COUNT", "500"],
+        ["redis-cli", "-h", "127.0.0.1", "-n", str(REDIS_DB), "XREVRANGE", STREAM, "+", "-", "COUNT", "500"],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
     )
     assert result.returncode == 0, result.stderr

@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import time
 
-from caracal_server import PG_HOST, PG_PORT, PG_USER, ServerConfig
+from caracal_server import PG_HOST, PG_PORT, PG_USER, REDIS_DB, ServerConfig
 from conftest import fresh_database, make_admin, running_server
 
 
@@ -26,7 +26,7 @@ def _database_dump(name: str) -> str:
 
 def _redis(*args: str) -> str:
     result = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
+        ["redis-cli", "-h", "127.0.0.1", "-n", str(REDIS_DB), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
     )
     assert result.returncode == 0, f"redis-cli {args} failed: {result.stderr}"
     return result.stdout
