@@ -23,15 +23,27 @@ use crate::time::Timestamp;
 /// Rows per page when a walk reads a listing to its end.
 const WALK_PAGE: u32 = 500;
 
-/// The zone lock Session start, terminate, heartbeat, lease, suspend, resume and the Session
-/// sweepers serialize on (A8.6): capacity checks are count-then-insert, and a start must never
-/// commit under a subtree a cascade is ending.
+/// The zone lock that keeps the Session tree consistent (A8.6): child starts (a start must never
+/// commit under a subtree a cascade is ending), terminate, heartbeat, lease, suspend, resume and
+/// the Session sweepers serialize on it. Root starts do not take it: they have no parent, and
+/// nothing a cascade does can make their capacity count wrong (it only frees slots).
 pub(crate) fn session_lock(zone: &ZoneId) -> String {
     format!("coordinator:session_start:{}", zone.as_str())
 }
 
+/// The zone lock capacity checks serialize on (A6.1: count-then-insert must never admit past
+/// `MAX_AGENTS_PER_ZONE`/`_PER_APP`). Every start takes it, and so does every change that can
+/// make a Session hold a slot again: suspending a service whose lease lapsed (heartbeat, lease,
+/// suspend, the lease sweeper). Terminates, resumes and the TTL sweeper only free or keep slots
+/// and leave it alone, so ending Sessions never queues behind starting them. Order:
+/// [`session_lock`], then this, then [`delegation_lock`].
+pub(crate) fn capacity_lock(zone: &ZoneId) -> String {
+    format!("coordinator:capacity:{}", zone.as_str())
+}
+
 /// The zone lock every edge change takes (A8.6); the STS re-checks delegated mints under it.
-/// Taken after [`session_lock`] when both are needed, so two units never wait on each other.
+/// Taken after [`session_lock`] (and [`capacity_lock`]) when both are needed, so two units never
+/// wait on each other.
 pub(crate) fn delegation_lock(zone: &ZoneId) -> String {
     format!("delegation:{}", zone.as_str())
 }

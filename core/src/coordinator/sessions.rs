@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::authority::{AgentSession, DelegationEdge, Lifecycle, SessionType};
 use crate::coordinator::graph::{
-    delegation_lock, edge_live, edges_into, holds_slot, session_lock, EndStatus,
+    capacity_lock, delegation_lock, edge_live, edges_into, holds_slot, session_lock, EndStatus,
 };
 use crate::coordinator::idempotency::{self, fingerprint, principal_fingerprint, Prior};
 use crate::coordinator::records::{IdempotencyReceipt, SessionFilter};
@@ -696,13 +696,15 @@ impl Coordinator {
 
         let now = self.clock.now();
         let (mut uow, identity) = self.begin_with_identity(p, zone).await?;
-        // A child start takes the zone lock first: its parent checks must hold until commit
-        // against a cascade ending the parent. A root start has only the capacity check to
-        // serialize, so it takes the lock last, after its writes (see `admit_capacity`), and
-        // holds it for two statements and the commit instead of the whole request.
+        // A child start takes the tree and capacity locks first: its parent checks must hold
+        // until commit against a cascade ending the parent. A root start has only the capacity
+        // check to serialize, so it takes the capacity lock alone and last, after its writes
+        // (see `admit_capacity`), and holds it for two statements and the commit instead of the
+        // whole request; terminates never wait for it.
         let early_lock = req.parent_id.is_some();
         if early_lock {
-            uow.lock(&session_lock(zone)).await?;
+            uow.lock_both(&session_lock(zone), &capacity_lock(zone))
+                .await?;
         }
         let scope = idempotency::scope("session.start.v2", zone, &req.application_id);
         if let Some(key) = &key {
@@ -819,7 +821,7 @@ impl Coordinator {
         .await?;
         let reply = Reply::created(started_body(&session, mirrored.as_deref()));
         if !early_lock {
-            uow.lock(&session_lock(zone)).await?;
+            uow.lock(&capacity_lock(zone)).await?;
             // A twin request with the same key may have committed while this one worked.
             if let Some(key) = &key {
                 if let Prior::Same(receipt) = self
@@ -872,7 +874,7 @@ impl Coordinator {
         Ok(Prior::reply(receipt))
     }
 
-    /// The capacity checks of a start (A6.1), under the zone session lock: the zone's and the
+    /// The capacity checks of a start (A6.1), under the zone's capacity lock: the zone's and the
     /// application's live Sessions against `MAX_AGENTS_PER_ZONE` / `MAX_AGENTS_PER_APP`, and a
     /// DCR application's single binding. `own` is how many of the counted Sessions this unit
     /// wrote itself (1 when the lock is taken after the insert): a new lock holder's first
@@ -1010,7 +1012,8 @@ impl Coordinator {
         let req = HeartbeatRequest::parse(body)?;
         let now = self.clock.now();
         let mut uow = self.begin_for(p, zone).await?;
-        uow.lock(&session_lock(zone)).await?;
+        uow.lock_both(&session_lock(zone), &capacity_lock(zone))
+            .await?;
         let mut session = uow
             .get_agent_session(zone, session_id)
             .await?
@@ -1081,7 +1084,8 @@ impl Coordinator {
     ) -> Result<Reply> {
         let now = self.clock.now();
         let mut uow = self.begin_for(p, zone).await?;
-        uow.lock(&session_lock(zone)).await?;
+        uow.lock_both(&session_lock(zone), &capacity_lock(zone))
+            .await?;
         let mut session = uow
             .get_agent_session(zone, session_id)
             .await?
@@ -1336,7 +1340,8 @@ impl Coordinator {
         session_id: &str,
     ) -> Result<Reply> {
         let mut uow = self.begin_for(p, zone).await?;
-        uow.lock(&session_lock(zone)).await?;
+        uow.lock_both(&session_lock(zone), &capacity_lock(zone))
+            .await?;
         let session = uow
             .get_agent_session(zone, session_id)
             .await?

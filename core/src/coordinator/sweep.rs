@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::authority::{AgentSession, DelegationEdge, Lifecycle};
-use crate::coordinator::graph::{delegation_lock, session_lock, task_deadline, EndStatus};
+use crate::coordinator::graph::{
+    capacity_lock, delegation_lock, session_lock, task_deadline, EndStatus,
+};
 use crate::coordinator::{Coordinator, TOPIC_DELEGATIONS_INVALIDATE};
 use crate::error::Result;
 use crate::ids::ZoneId;
@@ -89,7 +91,9 @@ impl Coordinator {
             .await?;
         let mut suspended = 0u64;
         for (zone, sessions) in by_zone(lapsed, |s: &AgentSession| &s.zone_id) {
-            uow.lock(&session_lock(&zone)).await?;
+            // A suspended service holds a slot again: the capacity lock too.
+            uow.lock_both(&session_lock(&zone), &capacity_lock(&zone))
+                .await?;
             let mut roots = Vec::with_capacity(sessions.len());
             for candidate in sessions {
                 let still_lapsed = uow

@@ -503,3 +503,160 @@ async fn concurrent_twins_with_one_key_create_one_session() {
         .expect("count");
     assert_eq!(live, 1, "one Session was written");
 }
+
+/// Starts of children race the terminate of their parent through two replicas on Postgres.
+/// Root starts no longer share a lock with terminates, so the tree lock alone must keep every
+/// child either refused or ended with its parent: after each round no Session under the
+/// terminated parent is live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn child_starts_racing_the_parents_terminate_leave_no_live_orphan() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 12).expect("connect"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let replicas = two_replicas(&store, &clock, &CoordinatorConfig::default());
+    let principal = app_principal(&zone);
+    let no_key = caracal_core::coordinator::IdempotencyHeaders::default();
+    for round in 0..5 {
+        let parent = replicas[0]
+            .start_session(
+                &principal,
+                &zone,
+                &no_key,
+                &json!({"application_id": "app"}),
+            )
+            .await
+            .expect("parent");
+        let parent = id_of(&parent.body, "agent_session_id");
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let replica = Arc::clone(&replicas[i % 2]);
+            let (p, z, under) = (principal.clone(), zone.clone(), parent.clone());
+            tasks.push(tokio::spawn(async move {
+                replica
+                    .start_session(
+                        &p,
+                        &z,
+                        &caracal_core::coordinator::IdempotencyHeaders::default(),
+                        &json!({"application_id": "app", "parent_id": under}),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.code)
+            }));
+            if i == 3 {
+                let replica = Arc::clone(&replicas[1]);
+                let (p, z, ending) = (principal.clone(), zone.clone(), parent.clone());
+                tasks.push(tokio::spawn(async move {
+                    replica
+                        .terminate_session(&p, &z, &ending, None, None)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.code)
+                }));
+            }
+        }
+        for t in tasks {
+            if let Err(code) = t.await.expect("task") {
+                assert_eq!(code, "parent_not_found", "round {round}");
+            }
+        }
+        let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+        let children = uow
+            .list_child_sessions(&zone, &parent, None, 100)
+            .await
+            .expect("children");
+        let parent_row = uow
+            .get_agent_session(&zone, &parent)
+            .await
+            .expect("parent")
+            .expect("parent row");
+        assert_eq!(parent_row.status, "terminated", "round {round}");
+        for child in &children {
+            assert_eq!(
+                child.status, "terminated",
+                "round {round}: a child outlived its parent"
+            );
+        }
+        let live = uow
+            .count_live_agent_sessions(&zone, Some("app"), clock.now())
+            .await
+            .expect("count");
+        assert_eq!(live, 0, "round {round}: nothing under the parent is live");
+    }
+}
+
+/// Root starts and terminates at once through two replicas on Postgres, against
+/// `MAX_AGENTS_PER_APP = 5` with five Sessions live: terminates only free slots, so however
+/// they interleave, no more than five Sessions are live at the end, and every start was either
+/// admitted or refused with the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn root_starts_alongside_terminates_never_exceed_the_limit() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 12).expect("connect"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let config = CoordinatorConfig {
+        max_agents_per_app: 5,
+        ..CoordinatorConfig::default()
+    };
+    let replicas = two_replicas(&store, &clock, &config);
+    let principal = app_principal(&zone);
+    let no_key = caracal_core::coordinator::IdempotencyHeaders::default();
+    let mut live_ids = Vec::new();
+    for _ in 0..5 {
+        let reply = replicas[0]
+            .start_session(
+                &principal,
+                &zone,
+                &no_key,
+                &json!({"application_id": "app"}),
+            )
+            .await
+            .expect("start");
+        live_ids.push(id_of(&reply.body, "agent_session_id"));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..15 {
+        let replica = Arc::clone(&replicas[i % 2]);
+        let (principal, zone) = (principal.clone(), zone.clone());
+        let ending = (i % 3 == 0).then(|| live_ids[i / 3].clone());
+        tasks.push(tokio::spawn(async move {
+            match ending {
+                Some(id) => replica
+                    .terminate_session(&principal, &zone, &id, None, None)
+                    .await
+                    .map(|_| false)
+                    .map_err(|e| e.code),
+                None => replica
+                    .start_session(
+                        &principal,
+                        &zone,
+                        &caracal_core::coordinator::IdempotencyHeaders::default(),
+                        &json!({"application_id": "app"}),
+                    )
+                    .await
+                    .map(|_| true)
+                    .map_err(|e| e.code),
+            }
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(started) => admitted += usize::from(started),
+            Err(code) => assert_eq!(code, "session_limit_exceeded"),
+        }
+    }
+    let mut uow = store.begin(&ZoneScope::All).await.expect("begin");
+    let live = uow
+        .count_live_agent_sessions(&zone, Some("app"), clock.now())
+        .await
+        .expect("count");
+    assert_eq!(live, admitted as u64, "five ended, the admitted ones live");
+    assert!(live <= 5, "{live} live Sessions against a limit of 5");
+}
