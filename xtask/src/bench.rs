@@ -167,32 +167,11 @@ pub fn free_port() -> Result<u16, String> {
 }
 
 pub fn psql(sql: &str) -> Result<(), String> {
-    let status = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-qtAc",
-            sql,
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("psql: {e}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| format!("psql failed: {sql}"))
+    psql_in("postgres", sql).map(|_| ())
 }
 
-/// What a production Postgres's autovacuum would have done by now, done by hand when this
-/// server runs without it (the CI machine kind sets `autovacuum = off`): `VACUUM ANALYZE` of
-/// `database`. Without it the planner works from the statistics of empty tables for the whole
-/// run and dead row versions pile up, which measures a database no deployment runs. Returns
-/// whether it ran, for the report.
-pub fn autovacuum_standin(database: &str) -> Result<bool, String> {
+/// Runs `sql` in `database` (psql, tuples only, unaligned); answers its output.
+fn psql_in(database: &str, sql: &str) -> Result<String, String> {
     let output = Command::new("psql")
         .args([
             "-h",
@@ -202,34 +181,28 @@ pub fn autovacuum_standin(database: &str) -> Result<bool, String> {
             "-d",
             database,
             "-qtAc",
-            "SHOW autovacuum",
+            sql,
         ])
+        .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("psql: {e}"))?;
     if !output.status.success() {
-        return Err("psql failed: SHOW autovacuum".into());
+        return Err(format!("psql failed: {sql}"));
     }
-    if String::from_utf8_lossy(&output.stdout).trim() == "on" {
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// What a production Postgres's autovacuum would have done by now, done by hand when this
+/// server runs without it (the CI machine kind sets `autovacuum = off`): `VACUUM ANALYZE` of
+/// `database`. Without it the planner works from the statistics of empty tables for the whole
+/// run and dead row versions pile up, which measures a database no deployment runs. Returns
+/// whether it ran, for the report.
+pub fn autovacuum_standin(database: &str) -> Result<bool, String> {
+    if psql_in(database, "SHOW autovacuum")?.trim() == "on" {
         return Ok(false);
     }
-    let status = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-qtAc",
-            "VACUUM ANALYZE",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("psql: {e}"))?;
-    status
-        .success()
-        .then_some(true)
-        .ok_or_else(|| "psql failed: VACUUM ANALYZE".into())
+    psql_in(database, "VACUUM ANALYZE")?;
+    Ok(true)
 }
 
 /// Stops the server, drops the database and removes the scratch directory however the bench

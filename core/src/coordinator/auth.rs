@@ -23,7 +23,7 @@ use crate::ports::{Es256, UnitOfWork, ZoneKeySource};
 /// Longest bearer accepted, in bytes (A2 step 2). A Coordinator mandate is well under 2 KiB.
 pub const MAX_BEARER_BYTES: usize = 4096;
 
-/// Every `use` the signature check lets through; [`Coordinator::authorize`] then insists on
+/// Every `use` the signature check lets through; [`check_claims`] then insists on
 /// `session`, so a gateway or resource mandate is refused by one rule in one place.
 const ANY_USE: &[MandateUse] = &[
     MandateUse::Session,
@@ -147,7 +147,9 @@ impl Coordinator {
     /// A2 steps 5–8 for a bearer that is not the operator token: [`verify_bearer`] at the
     /// Coordinator's clock, [`check_claims`] against the route's zone as received (a malformed
     /// one is a `zone_mismatch`, after the 401s and `missing_scope`, as upstream orders them),
-    /// then [`Coordinator::authorize`].
+    /// then step 8 (the application named by `client_id` exists in the zone, not archived or
+    /// expired, and the mandate's `sid`, when present, is an active, unexpired authority record
+    /// of the zone, else `401 identity_revoked`) at once, in a unit of its own.
     pub async fn authenticate(
         &self,
         token: &str,
@@ -157,39 +159,11 @@ impl Coordinator {
         path_zone: &str,
         lifecycle_scope: &str,
     ) -> Result<Principal> {
-        let now = self.clock.now().unix_seconds();
-        let claims = verify_bearer(token, keys, es256, issuer, now).await?;
-        check_claims(&claims, path_zone, lifecycle_scope)?;
-        // Equal to the verified zone, which was peeked as a path id: it parses.
-        let zone = ZoneId::parse(path_zone)
-            .map_err(|_| Error::new(ErrorKind::Forbidden, "zone_mismatch"))?;
-        self.authorize(&claims, &zone, lifecycle_scope).await
-    }
-
-    /// A2 steps 5–8 on a mandate whose signature, issuer, audience and time window already
-    /// verified: [`check_claims`], then the application named by `client_id` must exist in
-    /// the zone, not archived or expired, and the mandate's `sid` (when present) must be an
-    /// active, unexpired authority record of the zone, else `401 identity_revoked`.
-    pub async fn authorize(
-        &self,
-        claims: &MandateClaims,
-        path_zone: &ZoneId,
-        lifecycle_scope: &str,
-    ) -> Result<Principal> {
-        let scopes = check_claims(claims, path_zone.as_str(), lifecycle_scope)?;
-        let sid = (!claims.sid.is_empty()).then(|| claims.sid.clone());
-        let mut uow = self.begin(path_zone).await?;
-        self.check_identity_in(&mut *uow, path_zone, &claims.client_id, sid.as_deref())
+        let principal = self
+            .authenticate_deferred(token, keys, es256, issuer, path_zone, lifecycle_scope)
             .await?;
-        Ok(Principal {
-            sub: claims.sub.clone(),
-            client_id: claims.client_id.clone(),
-            scopes,
-            zone: path_zone.clone(),
-            sid,
-            operator: false,
-            identity: IdentityGate::default(),
-        })
+        self.settle_identity(&principal).await?;
+        Ok(principal)
     }
 
     /// [`Coordinator::authenticate`] without its store read: the signature, claims and zone
@@ -208,6 +182,7 @@ impl Coordinator {
         let now = self.clock.now().unix_seconds();
         let claims = verify_bearer(token, keys, es256, issuer, now).await?;
         let scopes = check_claims(&claims, path_zone, lifecycle_scope)?;
+        // Equal to the verified zone, which was peeked as a path id: it parses.
         let zone = ZoneId::parse(path_zone)
             .map_err(|_| Error::new(ErrorKind::Forbidden, "zone_mismatch"))?;
         Ok(Principal {

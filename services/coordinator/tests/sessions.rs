@@ -303,15 +303,8 @@ async fn applications_and_anchors_must_exist_in_the_zone() {
         "application_not_found",
     );
     // Archived and expired applications are gone.
+    save_archived_app(&w, "old").await;
     let mut uow = w.store.begin(&ZoneScope::All).await.expect("begin");
-    let mut archived = app_row(
-        &w.zone,
-        "old",
-        caracal_core::model::RegistrationMethod::Managed,
-        w.now(),
-    );
-    archived.archived_at = Some(w.now());
-    uow.save_application(&archived).await.expect("save");
     let mut lapsed = app_row(
         &w.zone,
         "lapsed",
@@ -1677,16 +1670,7 @@ async fn a_start_reuses_only_the_identity_rows_it_names() {
         p.identity = caracal_core::coordinator::IdentityGate::pending();
         p
     };
-    let mut uow = w.store.begin(&ZoneScope::All).await.expect("begin");
-    let mut archived = app_row(
-        &w.zone,
-        "old",
-        caracal_core::model::RegistrationMethod::Managed,
-        w.now(),
-    );
-    archived.archived_at = Some(w.now());
-    uow.save_application(&archived).await.expect("save");
-    uow.commit().await.expect("commit");
+    save_archived_app(&w, "old").await;
     let mut revoked = record_row(&w.zone, "revoked", SessionType::Application, "app", w.now());
     revoked.status = RecordStatus::Revoked;
     w.save_record(&revoked).await;
@@ -1734,4 +1718,18 @@ async fn a_start_reuses_only_the_identity_rows_it_names() {
     );
     assert!(p.identity.is_pending(), "a failed check stays pending");
     assert_eq!(w.outbox().await.len(), 1, "nothing more written");
+}
+
+/// Stores a managed application `name` of the world's zone, archived now.
+async fn save_archived_app(w: &World, name: &str) {
+    let mut uow = w.store.begin(&ZoneScope::All).await.expect("begin");
+    let mut archived = app_row(
+        &w.zone,
+        name,
+        caracal_core::model::RegistrationMethod::Managed,
+        w.now(),
+    );
+    archived.archived_at = Some(w.now());
+    uow.save_application(&archived).await.expect("save");
+    uow.commit().await.expect("commit");
 }

@@ -382,25 +382,57 @@ fn app_principal(zone: &ZoneId) -> caracal_core::coordinator::Principal {
     }
 }
 
+/// What a race test runs on: a fresh Postgres database (kept while this lives) with `app`'s zone
+/// seeded, and two Coordinator replicas over it.
+struct Race {
+    _db: TestDb,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    zone: ZoneId,
+    replicas: Vec<Arc<caracal_core::coordinator::Coordinator>>,
+    principal: caracal_core::coordinator::Principal,
+}
+
+/// A [`Race`] under `config`; `None` (the test skips) where Postgres is not there.
+async fn race(config: CoordinatorConfig) -> Option<Race> {
+    let db = TestDb::create().await?;
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 12).expect("connect"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
+    let replicas = two_replicas(&store, &clock, &config);
+    let principal = app_principal(&zone);
+    Some(Race {
+        _db: db,
+        store,
+        clock,
+        zone,
+        replicas,
+        principal,
+    })
+}
+
 /// A root start takes the zone lock only after writing its Session, for its capacity check
 /// and commit. Twenty concurrent starts through two replicas against `MAX_AGENTS_PER_APP = 5`
 /// on Postgres: exactly five are admitted, the rest are refused with the typed limit error,
 /// and exactly five Sessions (and five spawn rows) exist afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_root_starts_never_exceed_the_application_limit() {
-    let Some(db) = TestDb::create().await else {
-        return;
-    };
-    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 12).expect("connect"));
-    let queue = PgStore::connect(&db.url, 2).expect("queue");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
-    let config = CoordinatorConfig {
+    let Some(Race {
+        _db,
+        store,
+        clock,
+        zone,
+        replicas,
+        principal,
+    }) = race(CoordinatorConfig {
         max_agents_per_app: 5,
         ..CoordinatorConfig::default()
+    })
+    .await
+    else {
+        return;
     };
-    let replicas = two_replicas(&store, &clock, &config);
-    let principal = app_principal(&zone);
+    let queue = PgStore::connect(&_db.url, 2).expect("queue");
     let mut tasks = Vec::new();
     for i in 0..20 {
         let replica = Arc::clone(&replicas[i % 2]);
@@ -462,14 +494,17 @@ async fn concurrent_root_starts_never_exceed_the_application_limit() {
 /// Session is created and every request answers with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_twins_with_one_key_create_one_session() {
-    let Some(db) = TestDb::create().await else {
+    let Some(Race {
+        _db,
+        store,
+        clock,
+        zone,
+        replicas,
+        principal,
+    }) = race(CoordinatorConfig::default()).await
+    else {
         return;
     };
-    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 10).expect("connect"));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
-    let replicas = two_replicas(&store, &clock, &CoordinatorConfig::default());
-    let principal = app_principal(&zone);
     let mut tasks = Vec::new();
     for i in 0..8 {
         let replica = Arc::clone(&replicas[i % 2]);
@@ -510,14 +545,17 @@ async fn concurrent_twins_with_one_key_create_one_session() {
 /// terminated parent is live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn child_starts_racing_the_parents_terminate_leave_no_live_orphan() {
-    let Some(db) = TestDb::create().await else {
+    let Some(Race {
+        _db,
+        store,
+        clock,
+        zone,
+        replicas,
+        principal,
+    }) = race(CoordinatorConfig::default()).await
+    else {
         return;
     };
-    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 12).expect("connect"));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
-    let replicas = two_replicas(&store, &clock, &CoordinatorConfig::default());
-    let principal = app_principal(&zone);
     let no_key = caracal_core::coordinator::IdempotencyHeaders::default();
     for round in 0..5 {
         let parent = replicas[0]
@@ -594,18 +632,21 @@ async fn child_starts_racing_the_parents_terminate_leave_no_live_orphan() {
 /// admitted or refused with the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn root_starts_alongside_terminates_never_exceed_the_limit() {
-    let Some(db) = TestDb::create().await else {
-        return;
-    };
-    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url, 12).expect("connect"));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let zone = seed_capacity_zone(store.as_ref(), clock.now().plus_millis(-1_000)).await;
-    let config = CoordinatorConfig {
+    let Some(Race {
+        _db,
+        store,
+        clock,
+        zone,
+        replicas,
+        principal,
+    }) = race(CoordinatorConfig {
         max_agents_per_app: 5,
         ..CoordinatorConfig::default()
+    })
+    .await
+    else {
+        return;
     };
-    let replicas = two_replicas(&store, &clock, &config);
-    let principal = app_principal(&zone);
     let no_key = caracal_core::coordinator::IdempotencyHeaders::default();
     let mut live_ids = Vec::new();
     for _ in 0..5 {
