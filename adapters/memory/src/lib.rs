@@ -21,3 +21,6 @@ pub use expiring::MemoryExpiringKeys;
 
 pub mod audit;
 pub use audit::MemoryLedger;
+
+pub mod versions;
+pub use versions::MemoryAuthorityVersions;

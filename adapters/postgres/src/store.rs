@@ -92,6 +92,17 @@ impl PgStore {
         scope: &ZoneScope,
         as_app_role: bool,
     ) -> Result<PgUnitOfWork, StoreError> {
+        self.begin_tx_with(scope, as_app_role, false).await
+    }
+
+    /// [`Self::begin_tx`]; with `relaxed`, the transaction's commit does not wait for its WAL
+    /// to reach disk (`synchronous_commit = off`, transaction-local like the other settings).
+    pub(crate) async fn begin_tx_with(
+        &self,
+        scope: &ZoneScope,
+        as_app_role: bool,
+        relaxed: bool,
+    ) -> Result<PgUnitOfWork, StoreError> {
         let conn = self.acquire().await?;
         // From here on, dropping `uow` (an early return below) rolls back and cleans up.
         let mut uow = PgUnitOfWork::new(conn);
@@ -108,13 +119,19 @@ impl PgStore {
                 "zone id outside the path-id alphabet".into(),
             ));
         }
-        let sql = if as_app_role {
-            format!(
-                "BEGIN; SELECT set_config('role', '{APP_ROLE}', true), set_config('caracal.zone_id', '{zone}', true)"
-            )
+        let role = if as_app_role {
+            format!("set_config('role', '{APP_ROLE}', true), ")
         } else {
-            format!("BEGIN; SELECT set_config('caracal.zone_id', '{zone}', true)")
+            String::new()
         };
+        let durability = if relaxed {
+            ", set_config('synchronous_commit', 'off', true)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "BEGIN; SELECT {role}set_config('caracal.zone_id', '{zone}', true){durability}"
+        );
         op!(uow, |conn| AnsiTransactionManager::begin_transaction_sql(
             conn, &sql
         ))?;
@@ -129,6 +146,13 @@ impl Store for PgStore {
     /// even if a query forgets its zone filter.
     async fn begin(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError> {
         Ok(Box::new(self.begin_tx(scope, true).await?))
+    }
+
+    /// [`Store::begin`] with `synchronous_commit = off` for this transaction only: the commit
+    /// answers once its WAL is written, without waiting for the flush (the WAL writer flushes
+    /// within `wal_writer_delay`). Visibility is unchanged; only a server crash can lose it.
+    async fn begin_relaxed(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        Ok(Box::new(self.begin_tx_with(scope, true, true).await?))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

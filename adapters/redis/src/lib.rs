@@ -13,3 +13,6 @@ pub use limits::RedisRateLimiter;
 pub mod expiring;
 
 pub use expiring::RedisExpiringKeys;
+pub mod versions;
+
+pub use versions::RedisAuthorityVersions;

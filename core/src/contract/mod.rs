@@ -4,3 +4,4 @@ pub mod events;
 pub mod expiring;
 pub mod limits;
 pub mod store;
+pub mod versions;

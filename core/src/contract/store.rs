@@ -53,6 +53,7 @@ pub async fn run_store_contract(store: &dyn Store) {
     uniqueness_rules(store, &run).await;
     named_locks_serialise(store).await;
     authority_records(store, &run).await;
+    relaxed_units(store, &run).await;
     agent_sessions_and_delegation_edges(store, &run).await;
     delegation_graph_epochs(store, &run).await;
     signing_keys(store, &run).await;
@@ -2638,6 +2639,43 @@ fn by_id(mut records: Vec<AuthorityRecord>) -> Vec<AuthorityRecord> {
 
 /// Authority records round-trip every field, saves are upserts, a record never reads across
 /// zones, and the children listing returns exactly one level of the zone's tree.
+/// `begin_relaxed` (the STS's authority-record writes) commits and rolls back exactly like
+/// `begin`, bound to its zone; only the durability wait may differ.
+async fn relaxed_units(store: &dyn Store, run: &Run) {
+    let z = committed_zone(store, run).await;
+    let kept = authority_record(run, &z.id, None, run.at(1));
+    let dropped = authority_record(run, &z.id, None, run.at(2));
+    let scope = ZoneScope::Zone(z.id.clone());
+
+    let mut uow = ok(store.begin_relaxed(&scope).await, "begin_relaxed");
+    ok(uow.save_authority_record(&kept).await, "relaxed save");
+    commit(uow, "relaxed unit").await;
+    let mut uow = ok(store.begin_relaxed(&scope).await, "begin_relaxed");
+    ok(uow.save_authority_record(&dropped).await, "relaxed save");
+    drop(uow);
+    // A dropped unit's rollback may finish in the background (Postgres); the memory store is
+    // serialised. Either way a later unit must see exactly the committed record.
+    tokio::task::yield_now().await;
+
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(
+            uow.get_authority_record(&z.id, &kept.id).await,
+            "get_authority_record"
+        ),
+        Some(kept.clone()),
+        "a relaxed commit is visible like any other"
+    );
+    assert_eq!(
+        ok(
+            uow.get_authority_record(&z.id, &dropped.id).await,
+            "get_authority_record"
+        ),
+        None,
+        "a relaxed unit dropped without commit writes nothing"
+    );
+}
+
 async fn authority_records(store: &dyn Store, run: &Run) {
     let z = committed_zone(store, run).await;
     let other = committed_zone(store, run).await;

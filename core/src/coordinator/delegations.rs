@@ -964,7 +964,7 @@ impl Coordinator {
             )
             .await?;
         }
-        uow.commit().await?;
+        self.commit_narrowing(uow, [zone]).await?;
         Ok(Reply::ok(json!({
             "revoked_edges": reached.len(),
             "affected_sessions": anchors.len(),

@@ -28,7 +28,9 @@ use serde_json::{Map, Value};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{OutboxId, ZoneId};
 use crate::model::OutboxMessage;
-use crate::ports::{Clock, IdGenerator, MessageAuthenticator, Store, UnitOfWork, ZoneScope};
+use crate::ports::{
+    AuthorityVersions, Clock, IdGenerator, MessageAuthenticator, Store, UnitOfWork, ZoneScope,
+};
 use crate::time::Timestamp;
 
 /// The stream of Session lifecycle events (A12).
@@ -267,6 +269,9 @@ pub struct Coordinator {
     /// The previous idempotency key (`IDEMPOTENCY_HMAC_KEY_PREVIOUS`), still honoured on
     /// lookups during a rotation.
     pub(crate) idempotency_mac_previous: Option<Arc<dyn MessageAuthenticator>>,
+    /// Advanced after every commit that takes authority away, so the STS's cached delegation
+    /// rows stop being trusted before the change is answered.
+    pub(crate) versions: Arc<dyn AuthorityVersions>,
     pub(crate) config: CoordinatorConfig,
 }
 
@@ -278,6 +283,7 @@ impl Coordinator {
         ids: Arc<dyn IdGenerator>,
         idempotency_mac: Arc<dyn MessageAuthenticator>,
         idempotency_mac_previous: Option<Arc<dyn MessageAuthenticator>>,
+        versions: Arc<dyn AuthorityVersions>,
         config: CoordinatorConfig,
     ) -> Self {
         Self {
@@ -286,6 +292,7 @@ impl Coordinator {
             ids,
             idempotency_mac,
             idempotency_mac_previous,
+            versions,
             config,
         }
     }
@@ -299,6 +306,7 @@ impl Coordinator {
             ids: Arc::clone(&self.ids),
             idempotency_mac: Arc::clone(&self.idempotency_mac),
             idempotency_mac_previous: self.idempotency_mac_previous.clone(),
+            versions: Arc::clone(&self.versions),
             config: self.config.clone(),
         }
     }
@@ -360,6 +368,25 @@ impl Coordinator {
             self.check_identity_in(&mut *uow, &p.zone, &p.client_id, p.sid.as_deref())
                 .await?;
             p.identity.mark_done();
+        }
+        Ok(())
+    }
+
+    /// Commits a unit that took authority away in `zones` (ended, suspended or revoked
+    /// something a delegated mint relies on), then advances each zone's authority version
+    /// before the caller answers: the next mint in those zones reads the store again. A failed
+    /// advance cannot undo the commit; it is logged, and the STS's cached rows expire on their
+    /// own within `sts::ROW_CACHE_MS`.
+    pub(crate) async fn commit_narrowing<'z>(
+        &self,
+        uow: Box<dyn UnitOfWork>,
+        zones: impl IntoIterator<Item = &'z ZoneId>,
+    ) -> Result<()> {
+        uow.commit().await?;
+        for zone in zones {
+            if let Err(e) = self.versions.advance(zone).await {
+                tracing::warn!(zone = %zone, error = %e, "authority version not advanced after a committed revocation; cached delegation rows expire on their own");
+            }
         }
         Ok(())
     }

@@ -1171,7 +1171,7 @@ impl Coordinator {
             EndStatus::Terminated,
         )
         .await?;
-        uow.commit().await?;
+        self.commit_narrowing(uow, [zone]).await?;
         Err(conflict("session_subject_inactive"))
     }
 
@@ -1190,7 +1190,7 @@ impl Coordinator {
             "service_heartbeat_lost",
         )
         .await?;
-        uow.commit().await?;
+        self.commit_narrowing(uow, [zone]).await?;
         Err(conflict("session_lease_expired"))
     }
 
@@ -1266,7 +1266,7 @@ impl Coordinator {
         if ended.is_empty() {
             return Err(session_not_found());
         }
-        uow.commit().await?;
+        self.commit_narrowing(uow, [zone]).await?;
         Ok(Reply::no_content())
     }
 
@@ -1360,7 +1360,7 @@ impl Coordinator {
         if n == 0 {
             return Err(conflict("session_not_found_or_not_active"));
         }
-        uow.commit().await?;
+        self.commit_narrowing(uow, [zone]).await?;
         Ok(Reply::ok(json!({ "suspended": n })))
     }
 

@@ -51,6 +51,7 @@ impl Coordinator {
             .due_task_sessions(now, self.config.sweeper_batch_size)
             .await?;
         let mut ended = 0u64;
+        let mut narrowed = Vec::new();
         for (zone, sessions) in by_zone(due, |s: &AgentSession| &s.zone_id) {
             uow.lock(&session_lock(&zone)).await?;
             uow.lock(&delegation_lock(&zone)).await?;
@@ -72,8 +73,13 @@ impl Coordinator {
                 .terminate_subtree(&mut *uow, &zone, &roots, "ttl", EndStatus::Expired)
                 .await?;
             ended += done.len() as u64;
+            if !done.is_empty() {
+                // Descendants end with their root whatever their own deadline, and the edges
+                // touching them are revoked: more than the clock alone takes away.
+                narrowed.push(zone);
+            }
         }
-        uow.commit().await?;
+        self.commit_narrowing(uow, &narrowed).await?;
         Ok(ended)
     }
 
@@ -90,6 +96,7 @@ impl Coordinator {
             .lapsed_service_sessions(now, self.config.sweeper_batch_size)
             .await?;
         let mut suspended = 0u64;
+        let mut narrowed = Vec::new();
         for (zone, sessions) in by_zone(lapsed, |s: &AgentSession| &s.zone_id) {
             // A suspended service holds a slot again: the capacity lock too.
             uow.lock_both(&session_lock(&zone), &capacity_lock(&zone))
@@ -108,11 +115,15 @@ impl Coordinator {
                     roots.push(candidate.id);
                 }
             }
-            suspended += self
+            let n = self
                 .suspend_subtree(&mut *uow, &zone, &roots, "service_heartbeat_lost")
                 .await?;
+            if n > 0 {
+                narrowed.push(zone);
+            }
+            suspended += n;
         }
-        uow.commit().await?;
+        self.commit_narrowing(uow, &narrowed).await?;
         Ok(suspended)
     }
 

@@ -9,6 +9,7 @@ pub mod expiring;
 pub mod jwks;
 pub mod limits;
 pub mod store;
+pub mod versions;
 pub mod zone_keys;
 
 pub use audit::{
@@ -25,4 +26,5 @@ pub use expiring::{ExpiringKeys, ExpiringKeysError};
 pub use jwks::{FetchError, IssuerKeys};
 pub use limits::{LimiterError, RateLimiter};
 pub use store::*;
+pub use versions::{AuthorityVersions, VersionsError};
 pub use zone_keys::ZoneKeySource;

@@ -710,6 +710,15 @@ pub trait UnitOfWork:
 pub trait Store: Send + Sync {
     /// Starts a unit of work confined to `scope`.
     async fn begin(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError>;
+    /// Starts a unit whose commit may answer before it is durable: a database crash can lose
+    /// the last instants of such commits, never part of one, and a later durable commit makes
+    /// every earlier one durable too. Only for writes whose loss can make later requests fail
+    /// and never succeed (the STS's authority records: a mandate whose record is gone is
+    /// refused wherever records are checked). Adapters without the distinction begin a normal
+    /// unit.
+    async fn begin_relaxed(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        self.begin(scope).await
+    }
     /// Checks the store answers (for `/ready`).
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -180,6 +180,16 @@ impl Sts {
         // this request's unit begins: the memory store serialises units, and a nested one
         // would wait on its parent forever.
         let bundle = self.policies.bundle(&zone).await?;
+        // The zone's authority version, read before any row it vouches for (`sts::kept`): a
+        // warm delegated mint and the Gateway's exchange then read nothing from the store.
+        let version = if req.subject.is_some()
+            || !req.session_id.is_empty()
+            || !req.delegation_edge_id.is_empty()
+        {
+            self.authority_version(&zone).await
+        } else {
+            None
+        };
         // Reads open a unit only when one is needed: a warm bootstrap mint reads nothing.
         let mut reads = LazyUnit::new(&self.store, ZoneScope::Zone(zone.clone()));
         if let Some(subject) = &subject {
@@ -193,7 +203,9 @@ impl Sts {
             if !req.session_id.is_empty() && req.session_id != sid {
                 return Err(denied("authority record mismatch"));
             }
-            let record = reads.get().await?.get_authority_record(&zone, &sid).await?;
+            let record = self
+                .authority_record(&mut reads, &zone, &sid, version, now)
+                .await?;
             let Some(record) = record.filter(|r| r.is_live(now)) else {
                 return Err(denied("authority record inactive or expired"));
             };
@@ -221,10 +233,8 @@ impl Sts {
 
         // §3.6: authority record, Session and Delegation references.
         if !req.session_id.is_empty() && subject.is_none() {
-            let record = reads
-                .get()
-                .await?
-                .get_authority_record(&zone, &req.session_id)
+            let record = self
+                .authority_record(&mut reads, &zone, &req.session_id, version, now)
                 .await?;
             match record {
                 Some(r) if r.is_live(now) => {
@@ -251,19 +261,21 @@ impl Sts {
             return Err(invalid("ttl_seconds exceeds token TTL cap"));
         }
         let delegation = if !req.delegation_edge_id.is_empty() {
-            let d = references::check_delegation(
-                reads.get().await?,
-                &zone,
-                &references::DelegationRequest {
-                    edge_id: &req.delegation_edge_id,
-                    agent_session_id: &req.agent_session_id,
-                    caller: caller.app.id.as_str(),
-                    requested_scopes: &requested_scopes,
-                    ttl_seconds: req.ttl_seconds,
-                },
-                now,
-            )
-            .await?;
+            let d = self
+                .delegation(
+                    &mut reads,
+                    &zone,
+                    &references::DelegationRequest {
+                        edge_id: &req.delegation_edge_id,
+                        agent_session_id: &req.agent_session_id,
+                        caller: caller.app.id.as_str(),
+                        requested_scopes: &requested_scopes,
+                        ttl_seconds: req.ttl_seconds,
+                    },
+                    version,
+                    now,
+                )
+                .await?;
             ttl = references::clamp_ttl(ttl, &d, now)?;
             Some(d)
         } else {
@@ -384,8 +396,18 @@ impl Sts {
             return Err(denied("resource exchanges must use the Gateway"));
         }
 
-        // Upstream directives (Gateway only), before anything is written.
-        let mut uow = self.store.begin(&ZoneScope::Zone(zone.clone())).await?;
+        // Upstream directives (Gateway only), before anything is written. The unit writes one
+        // authority record and, after an approval, consumes its hold. The record alone may
+        // commit without waiting for the disk (`Store::begin_relaxed`): losing it to a crash
+        // only makes its mandates fail. A consumed hold must stay consumed, so that unit is
+        // durable. Any refused write ends the request, so no per-write savepoint either.
+        let scope = ZoneScope::Zone(zone.clone());
+        let mut uow = if approved.is_none() {
+            self.store.begin_relaxed(&scope).await?
+        } else {
+            self.store.begin(&scope).await?
+        };
+        uow.abandon_on_write_error();
         let upstreams = if gateway {
             let mut map = Map::new();
             for r in &granted {
@@ -474,6 +496,12 @@ impl Sts {
         uow.commit().await.map_err(|e| {
             issuance_failed("authority record creation failed").with_detail(e.to_string())
         })?;
+        if let (None, Some(version)) = (&reissue, version) {
+            if use_ != MandateUse::Resource {
+                // Read before the commit, so before the record could be revoked.
+                self.keep_record(&record, version, now);
+            }
+        }
 
         let scope = if req.scope.is_empty() {
             match (&use_, &subject) {
@@ -1076,6 +1104,7 @@ impl Sts {
         resource: &Resource,
     ) -> Result<Value, Error> {
         let zone = ctx.zone;
+        let now = self.clock.now();
         let provider = match &resource.credential_provider_id {
             None => None,
             Some(pid) => {
@@ -1085,7 +1114,7 @@ impl Sts {
                         "provider_unavailable",
                     ));
                 };
-                match uow.get_provider(zone, &pid).await? {
+                match self.provider(uow, zone, &pid, now).await? {
                     Some(p) if p.archived_at.is_none() => Some(p),
                     _ => {
                         return Err(super::directive::unavailable(
@@ -1100,7 +1129,7 @@ impl Sts {
         if let Some(p) = &provider {
             if !p.secret_config_keys.is_empty() {
                 let reference = format!("zones/{zone}/providers/{}/secretConfig", p.id);
-                if let Some(sealed) = uow.get_secret(&reference).await? {
+                if let Some(sealed) = self.sealed_secret(uow, &reference, now).await? {
                     let plain = self.sealer.open(&reference, &sealed.envelope)?;
                     secrets = serde_json::from_slice(&plain).map_err(|e| {
                         super::directive::unavailable(
@@ -1114,6 +1143,51 @@ impl Sts {
         }
         super::directive::build(resource, provider.as_ref(), &secrets)
             .inspect_err(|_| ctx.skip(&resource.identifier, "provider_credential_unavailable"))
+    }
+}
+
+impl Sts {
+    /// A credential provider row, from the row cache when fresh.
+    async fn provider(
+        &self,
+        uow: &mut Box<dyn crate::ports::UnitOfWork>,
+        zone: &ZoneId,
+        id: &crate::ids::ProviderId,
+        now: Timestamp,
+    ) -> Result<Option<crate::model::Provider>, Error> {
+        let key = (zone.clone(), id.to_string());
+        if let Some(p) = self.providers.get(&key, now) {
+            return Ok(Some(p));
+        }
+        let found = uow.get_provider(zone, id).await?;
+        if let Some(p) = &found {
+            self.providers
+                .put(key, p.clone(), now.plus_millis(super::ROW_CACHE_MS), now);
+        }
+        Ok(found)
+    }
+
+    /// A sealed provider secret, from the row cache when fresh (still sealed: it is opened per
+    /// request).
+    async fn sealed_secret(
+        &self,
+        uow: &mut Box<dyn crate::ports::UnitOfWork>,
+        reference: &str,
+        now: Timestamp,
+    ) -> Result<Option<crate::model::SealedSecret>, Error> {
+        if let Some(sealed) = self.sealed.get(&reference.to_owned(), now) {
+            return Ok(Some(sealed));
+        }
+        let found = uow.get_secret(reference).await?;
+        if let Some(sealed) = &found {
+            self.sealed.put(
+                reference.to_owned(),
+                sealed.clone(),
+                now.plus_millis(super::ROW_CACHE_MS),
+                now,
+            );
+        }
+        Ok(found)
     }
 }
 
@@ -1206,7 +1280,7 @@ impl<'a> LazyUnit<'a> {
         }
     }
 
-    async fn get(&mut self) -> Result<&mut Box<dyn crate::ports::UnitOfWork>, Error> {
+    pub(crate) async fn get(&mut self) -> Result<&mut Box<dyn crate::ports::UnitOfWork>, Error> {
         if self.unit.is_none() {
             self.unit = Some(self.store.begin(&self.scope).await?);
         }

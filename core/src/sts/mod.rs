@@ -10,24 +10,27 @@ pub mod exchange;
 mod federation;
 pub mod form;
 pub mod gateway_sig;
+mod kept;
 pub mod keys;
 pub mod references;
 pub mod revocation;
 
 use std::sync::Arc;
 
+use crate::authority::AuthorityRecord;
 use crate::expiry_cache::ExpiryCache;
 use crate::ids::{ApplicationId, ZoneId};
-use crate::model::{Application, Resource};
+use crate::model::{Application, Provider, Resource, SealedSecret};
 use crate::policy::PolicyCache;
 use crate::ports::{
-    AuditSink, Clock, Es256, ExpiringKeys, IdGenerator, MessageAuthenticator, PasswordHasher,
-    RateLimiter, SecretSealer, Store,
+    AuditSink, AuthorityVersions, Clock, Es256, ExpiringKeys, IdGenerator, MessageAuthenticator,
+    PasswordHasher, RateLimiter, SecretSealer, Store,
 };
 
 use self::client_auth::{FailureGate, SecretVerifier};
 use self::gateway_sig::GatewayVerifier;
 use self::keys::ZoneKeys;
+use self::references::DelegationRows;
 
 /// How long a looked-up application or resource row is trusted without asking the store
 /// again: long enough that steady-state mints skip the read, short enough that an archive,
@@ -71,6 +74,31 @@ pub struct StsPorts {
     pub audit: Arc<dyn AuditSink>,
     /// `GATEWAY_STS_HMAC_KEY`, when configured.
     pub gateway_mac: Option<Arc<dyn MessageAuthenticator>>,
+    /// Per-zone authority versions (shared with the Coordinator, which advances them).
+    pub versions: Arc<dyn AuthorityVersions>,
+}
+
+/// Rows the STS keeps between requests on the strength of the zone's authority version
+/// (`ports::versions`): the rows behind a granted delegation, and authority records. An entry
+/// is used only while the zone's version is still the one read before the rows were loaded,
+/// for at most [`ROW_CACHE_MS`], and only to allow: a check that fails on kept rows is
+/// decided again on fresh ones. Shared by the HTTP workers, since a mint and the Gateway's
+/// exchange of its mandate land on any of them.
+#[derive(Debug)]
+pub(crate) struct KeptRows {
+    /// By (zone, edge id, target Session id): the version and the rows.
+    delegations: ExpiryCache<(ZoneId, String, String), (u64, Arc<DelegationRows>)>,
+    /// By (zone, record id): the version and the record.
+    records: ExpiryCache<(ZoneId, String), (u64, AuthorityRecord)>,
+}
+
+impl KeptRows {
+    fn new() -> Self {
+        Self {
+            delegations: ExpiryCache::new(ROW_CACHE_MAX),
+            records: ExpiryCache::new(ROW_CACHE_MAX),
+        }
+    }
 }
 
 /// The STS use cases over their ports and caches.
@@ -88,6 +116,13 @@ pub struct Sts {
     apps: ExpiryCache<(ZoneId, ApplicationId), Application>,
     /// Resource rows by (zone, identifier or id), trusted for [`ROW_CACHE_MS`].
     resources: ExpiryCache<(ZoneId, String), Resource>,
+    /// Credential providers by (zone, id), trusted for [`ROW_CACHE_MS`].
+    providers: ExpiryCache<(ZoneId, String), Provider>,
+    /// Sealed provider secrets by reference, trusted for [`ROW_CACHE_MS`]; opened per use, so
+    /// plaintext never outlives the request.
+    sealed: ExpiryCache<String, SealedSecret>,
+    versions: Arc<dyn AuthorityVersions>,
+    kept: Arc<KeptRows>,
     failures: FailureGate,
     gateway: GatewayVerifier,
     /// Zone signing keys and their caches.
@@ -101,9 +136,10 @@ pub struct Sts {
 
 impl Sts {
     /// The same STS over another store, for one HTTP worker thread: the signing keys and the
-    /// policy cache are shared (their invalidation consumers act on every worker at once); the
-    /// row, verified-secret and issuer-key caches, which are trusted for a bounded time and
-    /// never invalidated by events, are the worker's own.
+    /// policy cache are shared (their invalidation consumers act on every worker at once), and
+    /// so are the version-checked rows (`KeptRows`); the row, verified-secret and issuer-key
+    /// caches, which are trusted for a bounded time and never invalidated, are the worker's
+    /// own.
     pub fn with_store(&self, store: Arc<dyn Store>) -> Self {
         Self {
             store,
@@ -117,6 +153,10 @@ impl Sts {
             secrets: self.secrets.fresh(),
             apps: ExpiryCache::new(ROW_CACHE_MAX),
             resources: ExpiryCache::new(ROW_CACHE_MAX),
+            providers: ExpiryCache::new(ROW_CACHE_MAX),
+            sealed: ExpiryCache::new(ROW_CACHE_MAX),
+            versions: Arc::clone(&self.versions),
+            kept: Arc::clone(&self.kept),
             failures: self.failures.clone(),
             gateway: self.gateway.clone(),
             keys: Arc::clone(&self.keys),
@@ -137,6 +177,10 @@ impl Sts {
             secrets: SecretVerifier::new(ports.hasher.clone()),
             apps: ExpiryCache::new(ROW_CACHE_MAX),
             resources: ExpiryCache::new(ROW_CACHE_MAX),
+            providers: ExpiryCache::new(ROW_CACHE_MAX),
+            sealed: ExpiryCache::new(ROW_CACHE_MAX),
+            versions: ports.versions,
+            kept: Arc::new(KeptRows::new()),
             failures: FailureGate::new(ports.limiter.clone(), ports.expiring.clone()),
             gateway: GatewayVerifier::new(ports.gateway_mac.clone(), ports.expiring.clone()),
             store: ports.store,

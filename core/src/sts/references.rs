@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::authority::{AgentSession, DelegationEdge};
+use crate::authority::{AgentSession, AuthorityRecord, DelegationEdge, SessionType};
 use crate::error::Error;
 use crate::ids::ZoneId;
 use crate::ports::UnitOfWork;
@@ -147,12 +147,15 @@ async fn session_active(
     let anchor = uow
         .get_authority_record(zone, &session.subject_session_id)
         .await?;
-    Ok(match anchor {
-        Some(record) if record.session_type == crate::authority::SessionType::User => {
-            record.is_live(now)
-        }
+    Ok(anchor_allows(anchor.as_ref(), now))
+}
+
+/// Only a `user` anchor can lapse under a running Session (an application re-mints its own).
+fn anchor_allows(anchor: Option<&AuthorityRecord>, now: Timestamp) -> bool {
+    match anchor {
+        Some(record) if record.session_type == SessionType::User => record.is_live(now),
         _ => true,
-    })
+    }
 }
 
 /// `agent_session_id` without a delegation: the Session must be active and the caller's.
@@ -190,9 +193,113 @@ pub struct DelegationRequest<'a> {
     pub ttl_seconds: Option<i64>,
 }
 
-/// The twelve delegation checks of §3.6, in order.
+/// A Session as the delegation checks see it: the row and its anchor record.
+#[derive(Debug, Clone)]
+pub struct AnchoredSession {
+    /// The Session.
+    pub session: AgentSession,
+    /// The authority record it names (`subject_session_id`), when it exists.
+    pub anchor: Option<AuthorityRecord>,
+}
+
+impl AnchoredSession {
+    fn active(&self, zone: &ZoneId, now: Timestamp) -> bool {
+        &self.session.zone_id == zone
+            && self.session.is_live(now)
+            && anchor_allows(self.anchor.as_ref(), now)
+    }
+}
+
+/// Every row the delegation checks read, as read: [`load_delegation`] fetches them and
+/// [`evaluate_delegation`] decides on them, so the STS can keep the rows of a granted
+/// delegation and decide the next request on them without reading again. Nothing here is a
+/// decision: liveness is judged against the clock at evaluation.
+#[derive(Debug, Clone)]
+pub struct DelegationRows {
+    /// The named edge, when it exists.
+    pub edge: Option<DelegationEdge>,
+    /// The edge's source Session.
+    pub source: Option<AnchoredSession>,
+    /// The requested target Session.
+    pub target: Option<AnchoredSession>,
+    /// The edge's ancestors, nearest first, as far as they could be read (the walk stops at
+    /// a missing edge, a repeated edge or past the hop maximum).
+    pub ancestors: Vec<DelegationEdge>,
+    /// The zone's graph epoch when read.
+    pub epoch: i64,
+}
+
+async fn anchored(
+    uow: &mut Box<dyn UnitOfWork>,
+    zone: &ZoneId,
+    session_id: &str,
+) -> Result<Option<AnchoredSession>, Error> {
+    let Some(session) = uow.get_agent_session(zone, session_id).await? else {
+        return Ok(None);
+    };
+    let anchor = uow
+        .get_authority_record(zone, &session.subject_session_id)
+        .await?;
+    Ok(Some(AnchoredSession { session, anchor }))
+}
+
+/// Reads what [`evaluate_delegation`] needs for `edge_id` towards `agent_session_id`.
+pub async fn load_delegation(
+    uow: &mut Box<dyn UnitOfWork>,
+    zone: &ZoneId,
+    edge_id: &str,
+    agent_session_id: &str,
+) -> Result<DelegationRows, Error> {
+    let mut rows = DelegationRows {
+        edge: uow.get_delegation_edge(zone, edge_id).await?,
+        source: None,
+        target: None,
+        ancestors: Vec::new(),
+        epoch: 0,
+    };
+    let Some(edge) = &rows.edge else {
+        return Ok(rows);
+    };
+    rows.source = anchored(uow, zone, &edge.source_session_id).await?;
+    rows.target = anchored(uow, zone, agent_session_id).await?;
+    let mut seen = vec![edge.id.clone()];
+    let mut cursor = edge.parent_edge_id.clone();
+    while let Some(parent_id) = cursor {
+        if rows.ancestors.len() + 1 >= MAX_HOPS as usize {
+            break;
+        }
+        let Some(parent) = uow.get_delegation_edge(zone, &parent_id).await? else {
+            break;
+        };
+        let repeated = seen.contains(&parent.id);
+        seen.push(parent.id.clone());
+        cursor = parent.parent_edge_id.clone();
+        rows.ancestors.push(parent);
+        if repeated {
+            break;
+        }
+    }
+    rows.epoch = uow.delegation_graph_epoch(zone).await?;
+    Ok(rows)
+}
+
+/// The twelve delegation checks of §3.6, in order, reading from the store.
 pub async fn check_delegation(
     uow: &mut Box<dyn UnitOfWork>,
+    zone: &ZoneId,
+    request: &DelegationRequest<'_>,
+    now: Timestamp,
+) -> Result<Delegation, Error> {
+    if request.agent_session_id.is_empty() {
+        return Err(denied("delegation requires a target Session"));
+    }
+    let rows = load_delegation(uow, zone, request.edge_id, request.agent_session_id).await?;
+    evaluate_delegation(&rows, zone, request, now)
+}
+
+/// The twelve delegation checks of §3.6, in order, on rows already read.
+pub fn evaluate_delegation(
+    rows: &DelegationRows,
     zone: &ZoneId,
     request: &DelegationRequest<'_>,
     now: Timestamp,
@@ -207,19 +314,27 @@ pub async fn check_delegation(
     if agent_session_id.is_empty() {
         return Err(denied("delegation requires a target Session"));
     }
-    let edge = match uow.get_delegation_edge(zone, edge_id).await? {
-        Some(edge) if edge.is_live(now) => edge,
+    let edge = match &rows.edge {
+        Some(edge) if edge.id == edge_id && edge.is_live(now) => edge.clone(),
         _ => return Err(denied("delegation edge inactive or expired")),
     };
     if edge.target_session_id != agent_session_id {
         return Err(denied("delegation edge target mismatch"));
     }
-    let source = match uow.get_agent_session(zone, &edge.source_session_id).await? {
-        Some(s) if session_active(uow, zone, &s, now).await? => s,
+    let source = match &rows.source {
+        Some(s) if s.session.id == edge.source_session_id && s.active(zone, now) => {
+            s.session.clone()
+        }
         _ => return Err(denied("delegation source inactive or expired")),
     };
-    let target = match uow.get_agent_session(zone, agent_session_id).await? {
-        Some(s) if session_active(uow, zone, &s, now).await? && s.application_id == caller => s,
+    let target = match &rows.target {
+        Some(s)
+            if s.session.id == agent_session_id
+                && s.active(zone, now)
+                && s.session.application_id == caller =>
+        {
+            s.session.clone()
+        }
         _ => return Err(denied("delegation target inactive or unauthorized")),
     };
     if source.application_id != edge.issuer_application_id
@@ -255,12 +370,13 @@ pub async fn check_delegation(
     // an edge with `max_hops` n may have at most n − 1 edges below it.
     let mut path_edges = vec![edge.clone()];
     let mut cursor = edge.parent_edge_id.clone();
+    let mut ancestors = rows.ancestors.iter();
     while let Some(parent_id) = cursor {
         if path_edges.len() as i64 >= MAX_HOPS {
             return Err(denied("delegation path invalid"));
         }
-        let parent = match uow.get_delegation_edge(zone, &parent_id).await? {
-            Some(p) if p.is_live(now) => p,
+        let parent = match ancestors.next() {
+            Some(p) if p.id == parent_id && p.is_live(now) => p.clone(),
             _ => return Err(denied("delegation path invalid")),
         };
         if path_edges.iter().any(|e| e.id == parent.id) {
@@ -278,7 +394,7 @@ pub async fn check_delegation(
         path_edges.push(parent);
     }
     path_edges.reverse();
-    let epoch = uow.delegation_graph_epoch(zone).await?;
+    let epoch = rows.epoch;
 
     let mut chain = Vec::with_capacity(path_edges.len() + 1);
     for (i, e) in path_edges.iter().enumerate() {

@@ -63,6 +63,14 @@ impl Sts {
             }
         }
         uow.commit().await?;
+        if changed > 0 {
+            // Kept records and delegation rows anchored on these records stop vouching for
+            // anything (`sts::kept`). A failed advance cannot undo the commit; kept rows
+            // expire on their own within `ROW_CACHE_MS`.
+            if let Err(e) = self.versions.advance(zone).await {
+                tracing::warn!(zone = %zone, error = %e, "authority version not advanced after a record revocation");
+            }
+        }
         Ok(changed)
     }
 }

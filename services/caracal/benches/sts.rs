@@ -36,7 +36,8 @@ use caracal_core::sts::{Sts, StsConfig, StsPorts};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
 use caracal_evidence::{AuditPublisher, PublisherConfig};
 use caracal_memory::{
-    MemoryBus, MemoryExpiringKeys, MemoryRateLimiter, MemoryStore, SystemClock, UuidV7Ids,
+    MemoryAuthorityVersions, MemoryBus, MemoryExpiringKeys, MemoryRateLimiter, MemoryStore,
+    SystemClock, UuidV7Ids,
 };
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -297,6 +298,7 @@ fn sts(world: &World, audit: Arc<dyn AuditSink>) -> Setup<Sts> {
             limiter: Arc::new(MemoryRateLimiter::new()),
             expiring: Arc::new(MemoryExpiringKeys::new(clock)),
             audit,
+            versions: Arc::new(MemoryAuthorityVersions::new()),
             gateway_mac: None,
         },
         keys,

@@ -18,8 +18,8 @@ use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::policy::PolicyCache;
 use caracal_core::ports::audit::AuditLedger;
 use caracal_core::ports::{
-    Clock, Es256, EventBus, ExpiringKeys, IdGenerator, MessageAuthenticator, OutboxQueue,
-    RateLimiter, Store, ZoneKeySource,
+    AuthorityVersions, Clock, Es256, EventBus, ExpiringKeys, IdGenerator, MessageAuthenticator,
+    OutboxQueue, RateLimiter, Store, ZoneKeySource,
 };
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
@@ -29,8 +29,8 @@ use caracal_gateway::{Gateway, GatewayConfig, GatewayPorts};
 use caracal_http::config::{ConfigError, Env, ProcessEnv};
 use caracal_http::metrics::HttpCounters;
 use caracal_memory::{
-    MemoryBus, MemoryExpiringKeys, MemoryLedger, MemoryRateLimiter, MemoryStore, SystemClock,
-    UuidV7Ids,
+    MemoryAuthorityVersions, MemoryBus, MemoryExpiringKeys, MemoryLedger, MemoryRateLimiter,
+    MemoryStore, SystemClock, UuidV7Ids,
 };
 use caracal_sts::worker::Topic;
 use caracal_sts::{sts_app, StsServiceConfig, StsState};
@@ -192,6 +192,9 @@ struct Adapters {
     bus: Arc<dyn EventBus>,
     limiter: Arc<dyn RateLimiter>,
     expiring: Arc<dyn ExpiringKeys>,
+    /// Per-zone authority versions: the Coordinator and the STS's revocations advance them,
+    /// the STS's delegated mints read them (one process in memory mode, Redis otherwise).
+    versions: Arc<dyn AuthorityVersions>,
     /// The audit ledger: the Audit service appends, the API reads (one instance per process,
     /// so in `dev` the API sees what the in-process Audit service stored).
     ledger: Arc<dyn AuditLedger>,
@@ -295,6 +298,7 @@ async fn run_sts(
             expiring: Arc::clone(&adapters.expiring),
             audit: audit.clone(),
             gateway_mac: keys.gateway.clone(),
+            versions: Arc::clone(&adapters.versions),
         },
         zone_keys,
         policies,
@@ -459,6 +463,7 @@ async fn run_coordinator(
         Arc::new(UuidV7Ids),
         idempotency,
         idempotency_previous,
+        Arc::clone(&adapters.versions),
         config.core.clone(),
     ));
     let stats = Arc::new(CoordinatorStats::default());
@@ -857,6 +862,7 @@ pub async fn dev(demo: bool) -> Result<(), String> {
         bus: Arc::new(MemoryBus::new()),
         limiter: Arc::new(MemoryRateLimiter::new()),
         expiring: Arc::new(MemoryExpiringKeys::new(Arc::new(SystemClock))),
+        versions: Arc::new(MemoryAuthorityVersions::new()),
         ledger: Arc::new(MemoryLedger::new(Arc::new(SystemClock))),
         replay_dir: None,
     };
@@ -957,6 +963,9 @@ pub async fn serve(services: Services) -> Result<(), String> {
         queue: Arc::new(store),
         limiter: Arc::new(caracal_redis::RedisRateLimiter::new(bus.pool().clone())),
         expiring: Arc::new(caracal_redis::RedisExpiringKeys::new(bus.pool().clone())),
+        versions: Arc::new(caracal_redis::RedisAuthorityVersions::new(
+            bus.pool().clone(),
+        )),
         bus: Arc::new(bus),
         replay_dir: Some(PathBuf::from(
             env.optional("AUDIT_REPLAY_DIR")

@@ -26,7 +26,9 @@ use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::time::Timestamp;
 use caracal_crypto::{EnvelopeSealer, HmacSha256, Kek, RingEs256};
 use caracal_http::metrics::HttpCounters;
-use caracal_memory::{MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock, UuidV7Ids};
+use caracal_memory::{
+    MemoryAuthorityVersions, MemoryBus, MemoryRateLimiter, MemoryStore, SystemClock, UuidV7Ids,
+};
 use serde_json::{json, Value};
 
 const ISSUER: &str = "http://sts.test";
@@ -131,6 +133,7 @@ fn state_over(
         Arc::new(UuidV7Ids),
         Arc::new(HmacSha256::from_bytes(&[7u8; 32])),
         None,
+        Arc::new(MemoryAuthorityVersions::new()),
         CoordinatorConfig::default(),
     );
     CoordinatorState {

@@ -23,7 +23,7 @@ use caracal_core::ports::{Clock, IdGenerator, OutboxQueue, Store, ZoneScope};
 use caracal_core::time::Timestamp;
 use caracal_core::{Error, ErrorKind};
 use caracal_crypto::HmacSha256;
-use caracal_memory::{FixedClock, MemoryStore, UuidV7Ids};
+use caracal_memory::{FixedClock, MemoryAuthorityVersions, MemoryStore, UuidV7Ids};
 use caracal_postgres::PgStore;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Map, Value};
@@ -61,6 +61,7 @@ async fn world_over(
         Arc::new(UuidV7Ids),
         Arc::new(HmacSha256::from_bytes(&[7u8; 32])),
         None,
+        Arc::new(MemoryAuthorityVersions::new()),
         config,
     );
     let zone = ZoneId::parse(&UuidV7Ids.new_id()).expect("zone id");

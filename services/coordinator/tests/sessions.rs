@@ -10,7 +10,7 @@ use caracal_core::coordinator::{
     CoordinatorConfig, IdempotencyHeaders, TOPIC_AGENTS_LIFECYCLE, TOPIC_DELEGATIONS_INVALIDATE,
     TOPIC_SESSIONS_REVOKE,
 };
-use caracal_core::ports::{Store, ZoneScope};
+use caracal_core::ports::{AuthorityVersions, Store, ZoneScope};
 
 use caracal_core::ErrorKind;
 use serde_json::{json, Map, Value};
@@ -1732,4 +1732,83 @@ async fn save_archived_app(w: &World, name: &str) {
     archived.archived_at = Some(w.now());
     uow.save_application(&archived).await.expect("save");
     uow.commit().await.expect("commit");
+}
+
+/// The STS decides warm delegated mints on rows it kept, trusting them only while the zone's
+/// authority version stands (`ports::versions`): every committed change that takes authority
+/// away must advance it, in its own zone only; changes that grant or renew need not.
+#[tokio::test]
+async fn changes_that_take_authority_away_advance_the_zone_version() {
+    let w = World::new().await;
+    let version = || async { w.versions.current(&w.zone).await.expect("version") };
+    let other = || async { w.versions.current(&w.zone2).await.expect("version") };
+
+    let source = w.task(json!({"ttl_seconds": 600})).await;
+    let target = w.task(json!({"ttl_seconds": 600})).await;
+    let svc = w.service(json!({})).await;
+    let edge = w.edge_between(&source, &target, json!({})).await;
+    w.coordinator
+        .heartbeat_session(&w.me(), &w.zone, &svc, &json!({"lease_generation": 1}))
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        version().await,
+        0,
+        "starts, Delegations and heartbeats grant or renew"
+    );
+
+    w.coordinator
+        .suspend_session(&w.me(), &w.zone, &svc)
+        .await
+        .expect("suspend");
+    assert_eq!(version().await, 1, "a suspend advances");
+    w.coordinator
+        .resume_session(&w.me(), &w.zone, &svc)
+        .await
+        .expect("resume");
+    assert_eq!(version().await, 1, "a resume grants");
+
+    w.coordinator
+        .revoke_delegation(&w.me(), &w.zone, &edge)
+        .await
+        .expect("revoke");
+    assert_eq!(version().await, 2, "a Delegation revoke advances");
+    w.coordinator
+        .terminate_session(&w.me(), &w.zone, &source, None, None)
+        .await
+        .expect("terminate");
+    assert_eq!(version().await, 3, "a terminate advances");
+
+    // Sweeps advance the zones they changed, and only when they changed something.
+    assert_eq!(w.coordinator.sweep_task_ttl().await.expect("ttl sweep"), 0);
+    assert_eq!(
+        w.coordinator
+            .sweep_service_leases()
+            .await
+            .expect("lease sweep"),
+        0
+    );
+    assert_eq!(version().await, 3, "a sweep that changed nothing leaves it");
+    // (Revoking the Delegation ended its target, and the source was terminated.)
+    w.task(json!({"ttl_seconds": 60})).await;
+    w.advance_secs(601);
+    assert!(w.coordinator.sweep_task_ttl().await.expect("ttl sweep") > 0);
+    assert_eq!(
+        version().await,
+        4,
+        "a TTL sweep that ended Sessions advances"
+    );
+    assert!(
+        w.coordinator
+            .sweep_service_leases()
+            .await
+            .expect("lease sweep")
+            > 0
+    );
+    assert_eq!(
+        version().await,
+        5,
+        "a lease sweep that suspended Sessions advances"
+    );
+    assert_eq!(other().await, 0, "another zone's version never moves");
 }

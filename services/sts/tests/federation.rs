@@ -22,8 +22,8 @@ use caracal_core::sts::{Sts, StsConfig, StsPorts};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
 use caracal_http::metrics::HttpCounters;
 use caracal_memory::{
-    FixedClock, MemoryBus, MemoryExpiringKeys, MemoryRateLimiter, MemoryStore, SystemClock,
-    UuidV7Ids,
+    FixedClock, MemoryAuthorityVersions, MemoryBus, MemoryExpiringKeys, MemoryRateLimiter,
+    MemoryStore, SystemClock, UuidV7Ids,
 };
 use caracal_sts::{sts_app, StsServiceConfig, StsState};
 use serde_json::{json, Value};
@@ -141,6 +141,7 @@ async fn harness(with_fetcher: bool) -> Harness {
             limiter: Arc::new(MemoryRateLimiter::new()),
             expiring: Arc::new(MemoryExpiringKeys::new(Arc::clone(&clock))),
             audit: audit.clone(),
+            versions: Arc::new(MemoryAuthorityVersions::new()),
             gateway_mac: Some(Arc::new(HmacSha256::from_bytes(&GATEWAY_KEY))),
         },
         zone_keys,

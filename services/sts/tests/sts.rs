@@ -18,13 +18,16 @@ use caracal_core::ids::ZoneId;
 use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::mandate::{MandateClaims, MandateUse, SubType};
 use caracal_core::policy::PolicyCache;
-use caracal_core::ports::{Clock, Es256, MessageAuthenticator, Store, ZoneScope};
+use caracal_core::ports::{
+    AuthorityVersions, Clock, Es256, MessageAuthenticator, Store, ZoneScope,
+};
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
 use caracal_http::metrics::HttpCounters;
 use caracal_memory::{
-    MemoryBus, MemoryExpiringKeys, MemoryRateLimiter, MemoryStore, SystemClock, UuidV7Ids,
+    MemoryAuthorityVersions, MemoryBus, MemoryExpiringKeys, MemoryRateLimiter, MemoryStore,
+    SystemClock, UuidV7Ids,
 };
 use caracal_sts::{sts_app, StsServiceConfig, StsState};
 use serde_json::{json, Map, Value};
@@ -39,6 +42,7 @@ const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 struct Harness {
     store: MemoryStore,
+    versions: Arc<MemoryAuthorityVersions>,
     api: ApiState,
     sts: StsState,
     audit: Arc<Recorded>,
@@ -46,6 +50,7 @@ struct Harness {
 
 async fn harness(mint_limit: u64) -> Harness {
     let store = MemoryStore::new();
+    let versions = Arc::new(MemoryAuthorityVersions::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let sealer = Arc::new(EnvelopeSealer::new(
         Kek::generate().expect("kek"),
@@ -98,6 +103,7 @@ async fn harness(mint_limit: u64) -> Harness {
             limiter: Arc::new(MemoryRateLimiter::new()),
             expiring: Arc::new(MemoryExpiringKeys::new(Arc::clone(&clock))),
             audit: audit.clone(),
+            versions: versions.clone(),
             gateway_mac: Some(Arc::new(HmacSha256::from_bytes(&GATEWAY_KEY))),
         },
         keys,
@@ -130,6 +136,7 @@ async fn harness(mint_limit: u64) -> Harness {
     };
     Harness {
         store,
+        versions,
         api,
         sts: state,
         audit,
@@ -1548,4 +1555,92 @@ async fn revoking_an_authority_record_revokes_its_descendants() {
         (status, err["error_description"].as_str()),
         (403, Some("authority record inactive or expired"))
     );
+}
+
+/// Rewrites the stored Session `id` with `change` (what the Coordinator's writes would do).
+async fn change_session(
+    h: &Harness,
+    zone: &ZoneId,
+    id: &str,
+    change: impl FnOnce(&mut AgentSession),
+) {
+    let mut uow = h.store.begin(&ZoneScope::All).await.expect("begin");
+    let mut session = uow
+        .get_agent_session(zone, id)
+        .await
+        .expect("read")
+        .expect("session");
+    change(&mut session);
+    uow.save_agent_session(&session).await.expect("save");
+    uow.commit().await.expect("commit");
+}
+
+/// A warm delegated mint decides on the rows the last one read, for as long as the zone's
+/// authority version stands (`sts::kept`); the advance that follows every change taking
+/// authority away makes the next mint read the store again, and a denial on kept rows is
+/// decided again on fresh ones (a heartbeat renews a lease without advancing anything).
+#[actix_web::test]
+async fn kept_delegation_rows_stand_until_the_zone_version_moves() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let zone = ZoneId::parse(&w.zone).expect("zone");
+    let (status, session) = mint(&sts, bootstrap(&w), &[]).await;
+    assert_eq!(status, 200, "{session}");
+    let anchor = claims_of(session["access_token"].as_str().expect("token"))["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["reader"],
+        json!({"scopes": ["svc:read"], "resource_id": w.resource_id,
+               "constraints": {"resources": [RESOURCE]}}),
+    )
+    .await;
+    // The target is a service whose lease ends in two seconds.
+    change_session(&h, &zone, &child, |s| {
+        s.lifecycle = Lifecycle::Service;
+        s.ttl_seconds = None;
+        s.heartbeat_deadline_at = Some(SystemClock.now().plus_millis(2_000));
+    })
+    .await;
+    let (status, body) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A heartbeat renews the lease; nothing advances. Past the old deadline the kept rows
+    // deny, so the mint reads the store, which allows.
+    change_session(&h, &zone, &child, |s| {
+        s.heartbeat_deadline_at = Some(SystemClock.now().plus_millis(120_000));
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let (status, body) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(
+        status, 200,
+        "a denial on kept rows is decided again on fresh rows: {body}"
+    );
+
+    // A suspend written behind the versions' back is not read by a warm mint: the proof that
+    // warm mints do not touch the store.
+    change_session(&h, &zone, &child, |s| s.status = "suspended".into()).await;
+    let (status, body) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The advance the Coordinator makes after such a commit: the very next mint is refused.
+    h.versions.advance(&zone).await.expect("advance");
+    let (status, body) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error_description"],
+        "delegation target inactive or unauthorized"
+    );
+
+    // Refused rows are not kept: resuming (which grants, so advances nothing) is seen at once.
+    change_session(&h, &zone, &child, |s| s.status = "active".into()).await;
+    let (status, body) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(status, 200, "{body}");
 }

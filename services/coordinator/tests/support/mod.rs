@@ -24,7 +24,7 @@ use caracal_core::ports::{Clock, IdGenerator, OutboxQueue, Store, ZoneScope};
 use caracal_core::time::Timestamp;
 use caracal_core::Error;
 use caracal_crypto::HmacSha256;
-use caracal_memory::{FixedClock, MemoryStore, UuidV7Ids};
+use caracal_memory::{FixedClock, MemoryAuthorityVersions, MemoryStore, UuidV7Ids};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{json, Map, Value};
 
@@ -168,6 +168,8 @@ pub struct World {
     pub store: MemoryStore,
     pub clock: Arc<FixedClock>,
     pub coordinator: Coordinator,
+    /// The authority versions the Coordinator advances.
+    pub versions: Arc<MemoryAuthorityVersions>,
     pub zone: ZoneId,
     pub app: String,
     pub sid: String,
@@ -191,12 +193,14 @@ impl World {
     pub async fn with_config(config: CoordinatorConfig) -> Self {
         let store = MemoryStore::new();
         let clock = Arc::new(FixedClock::new(epoch()));
+        let versions = Arc::new(MemoryAuthorityVersions::new());
         let coordinator = Coordinator::new(
             Arc::new(store.clone()),
             clock.clone(),
             Arc::new(UuidV7Ids),
             mac(),
             None,
+            versions.clone() as Arc<dyn caracal_core::ports::AuthorityVersions>,
             config,
         );
         let zone = ZoneId::parse("z1").expect("zone");
@@ -252,6 +256,7 @@ impl World {
             store,
             clock,
             coordinator,
+            versions,
             zone,
             app: "app".into(),
             sid: "sid".into(),
@@ -600,5 +605,13 @@ pub fn coordinator_over(
     clock: Arc<dyn Clock>,
     config: CoordinatorConfig,
 ) -> Coordinator {
-    Coordinator::new(store, clock, Arc::new(UuidV7Ids), mac(), None, config)
+    Coordinator::new(
+        store,
+        clock,
+        Arc::new(UuidV7Ids),
+        mac(),
+        None,
+        Arc::new(MemoryAuthorityVersions::new()),
+        config,
+    )
 }
