@@ -19,7 +19,7 @@ pub struct RedisExpiringKeys {
 
 impl RedisExpiringKeys {
     /// A registry on an existing pool (shared with the event bus), over one multiplexed
-    /// connection taken from it.
+    /// connection opened with its settings.
     pub fn new(pool: Pool) -> Self {
         Self {
             conn: SharedConnection::new(pool),

@@ -1,62 +1,89 @@
-//! One multiplexed connection shared by the short commands on the request path (rate-limit
-//! counters, single-use keys). A pool checkout costs a `PING` round trip every time (the
-//! pool's recycle check); a multiplexed connection pipelines concurrent commands from every
-//! task over one socket instead, so each command is exactly one round trip. Blocking reads
-//! (`XREADGROUP … BLOCK`) keep using pooled connections: they would stall the shared one.
+//! Multiplexed connections shared by the short commands on the request path (rate-limit
+//! counters, single-use keys, authority versions). A pool checkout costs a `PING` round trip
+//! every time (the pool's recycle check); a multiplexed connection pipelines concurrent
+//! commands from every task over one socket instead, so each command is exactly one round
+//! trip. Blocking reads (`XREADGROUP … BLOCK`) keep using pooled connections: they would stall
+//! a shared one.
+//!
+//! One connection per thread that sends commands. A multiplexed connection's I/O task runs on
+//! the runtime that opened it, and every HTTP worker is a runtime of its own: with one
+//! connection per process, each command from another worker woke that runtime's thread and
+//! was woken back, two thread hops per command (the Postgres pools are per worker for the
+//! same reason).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::thread::ThreadId;
 
-use deadpool_redis::{Connection, Pool};
+use deadpool_redis::Pool;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
 
-/// A lazily opened connection, replaced after a failure.
+/// Threads that get a connection of their own; any further thread shares one. Far above the
+/// threads of a process (its HTTP workers and runtime threads); a bound all the same.
+const MAX_THREAD_CONNECTIONS: usize = 64;
+
+/// One lazily opened connection, replaced after a failure.
+type Slot = Arc<Mutex<Option<MultiplexedConnection>>>;
+
+/// Lazily opened connections, one per calling thread.
 #[derive(Clone)]
 pub struct SharedConnection {
     pool: Pool,
-    current: Arc<Mutex<Option<MultiplexedConnection>>>,
+    slots: Arc<std::sync::Mutex<HashMap<Option<ThreadId>, Slot>>>,
 }
 
 impl SharedConnection {
-    /// Shares connections taken out of `pool` (so they honour its URL and timeouts).
+    /// Shares connections opened with `pool`'s settings (its URL and timeouts), outside its
+    /// limit.
     pub fn new(pool: Pool) -> Self {
         Self {
             pool,
-            current: Arc::new(Mutex::new(None)),
+            slots: Arc::new(std::sync::Mutex::new(HashMap::new())),
         }
     }
 
-    /// The shared connection, opening one if there is none.
-    pub async fn get(&self) -> Result<MultiplexedConnection, String> {
-        let mut slot = self.current.lock().await;
-        if let Some(conn) = slot.as_ref() {
+    /// The calling thread's slot (`None` keys the slot the threads past the bound share).
+    fn slot(&self) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut key = Some(std::thread::current().id());
+        if !slots.contains_key(&key) && slots.len() >= MAX_THREAD_CONNECTIONS {
+            key = None;
+        }
+        Arc::clone(slots.entry(key).or_default())
+    }
+
+    /// The slot's connection, opening one if there is none.
+    async fn open(&self, slot: &Slot) -> Result<MultiplexedConnection, String> {
+        let mut current = slot.lock().await;
+        if let Some(conn) = current.as_ref() {
             return Ok(conn.clone());
         }
-        let pooled = self.pool.get().await.map_err(|e| e.to_string())?;
-        // Taken out of the pool for good: the pool will open another when it needs one.
-        let conn = Connection::take(pooled);
-        *slot = Some(conn.clone());
+        // Opened by the pool's manager (so with its URL and timeouts) but outside the pool: a
+        // pool whose every connection is parked in a blocking `XREADGROUP` (the stream
+        // consumers) would otherwise make the first request wait for one of them to return.
+        let conn = deadpool::managed::Manager::create(self.pool.manager())
+            .await
+            .map_err(|e| e.to_string())?;
+        *current = Some(conn.clone());
         Ok(conn)
     }
 
-    /// Forgets the current connection after a command on it failed, so the next caller opens
-    /// a fresh one instead of reusing a broken socket.
-    pub async fn reset(&self) {
-        *self.current.lock().await = None;
-    }
-
-    /// Runs `f` on the shared connection; an error resets it.
+    /// Runs `f` on the calling thread's connection. An I/O error, a dropped connection or a
+    /// timeout forgets that connection, so the next command opens a fresh one instead of
+    /// reusing a broken socket.
     pub async fn run<T, F, Fut>(&self, f: F) -> Result<T, String>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.get().await?;
+        let slot = self.slot();
+        let conn = self.open(&slot).await?;
         match f(conn).await {
             Ok(value) => Ok(value),
             Err(e) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    self.reset().await;
+                    *slot.lock().await = None;
                 }
                 Err(e.to_string())
             }

@@ -20,7 +20,7 @@ pub struct RedisAuthorityVersions {
 }
 
 impl RedisAuthorityVersions {
-    /// Counters on an existing pool, over one multiplexed connection taken from it.
+    /// Counters on an existing pool, over one multiplexed connection opened with its settings.
     pub fn new(pool: Pool) -> Self {
         Self {
             conn: SharedConnection::new(pool),
