@@ -19,6 +19,7 @@ mod audit;
 mod convert;
 mod error;
 mod migrate;
+mod minted;
 mod queue;
 mod repos;
 mod schema;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use caracal_core::authority::AuthorityRecord;
 use caracal_core::ports::store::{Store, UnitLocks, UnitOfWork, ZoneScope};
 use caracal_core::StoreError;
 use diesel_async::pooled_connection::deadpool::Pool;
@@ -29,6 +30,8 @@ pub(crate) const APP_ROLE: &str = "caracal_app";
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool<AsyncPgConnection>,
+    /// Group commit of minted authority records (`minted.rs`), shared by the clones.
+    minted: std::sync::Arc<crate::minted::MintedWriter>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -63,7 +66,14 @@ impl PgStore {
             .max_size(max_connections.max(1))
             .build()
             .map_err(|err| StoreError::Unavailable(format!("cannot build the pool: {err}")))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            minted: std::sync::Arc::default(),
+        })
+    }
+
+    pub(crate) fn minted(&self) -> &crate::minted::MintedWriter {
+        &self.minted
     }
 
     /// A pooled connection, or `Unavailable` after [`ACQUIRE_TIMEOUT`].
@@ -153,6 +163,11 @@ impl Store for PgStore {
     /// within `wal_writer_delay`). Visibility is unchanged; only a server crash can lose it.
     async fn begin_relaxed(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError> {
         Ok(Box::new(self.begin_tx_with(scope, true, true).await?))
+    }
+
+    /// Shares one pipelined transaction among concurrent mints (`minted.rs`).
+    async fn insert_minted_record(&self, record: &AuthorityRecord) -> Result<(), StoreError> {
+        self.insert_minted(record).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

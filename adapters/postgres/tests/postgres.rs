@@ -784,3 +784,50 @@ async fn coordinator_queries_never_scan_whole_tables() {
         "sequential scans (a query without a usable index): {scanned:?}"
     );
 }
+
+/// Minted records go through pooled connections that stay pooled: one after another, a
+/// thousand of them open no connection beyond the pool's two.
+#[tokio::test]
+async fn minted_records_reuse_pooled_connections() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 2).expect("pool");
+    let (za, _, _, _) = two_zones_with_apps(&store).await;
+    let sessions = || async {
+        let mut conn = AsyncPgConnection::establish(&db.url)
+            .await
+            .expect("connect");
+        let row: Count = diesel::sql_query(
+            "SELECT sessions AS n FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .get_result(&mut conn)
+        .await
+        .expect("sessions");
+        row.n
+    };
+    let mut record = caracal_core::authority::AuthorityRecord {
+        id: String::new(),
+        zone_id: za.id.clone(),
+        session_type: caracal_core::authority::SessionType::Application,
+        subject_id: "app-a".into(),
+        client_id: "app-a".into(),
+        parent_id: None,
+        status: caracal_core::authority::RecordStatus::Active,
+        expires_at: at(600),
+        authenticated_at: at(1),
+        claims_json: None,
+        revoked_at: None,
+        revoked_reason: None,
+        created_at: at(1),
+    };
+    record.id = "warm".into();
+    store.insert_minted_record(&record).await.expect("insert");
+    let before = sessions().await;
+    for i in 0..1000 {
+        record.id = format!("rec-{i}");
+        store.insert_minted_record(&record).await.expect("insert");
+    }
+    let after = sessions().await;
+    assert!(after - before <= 2, "{before} -> {after} sessions");
+}

@@ -2674,6 +2674,41 @@ async fn relaxed_units(store: &dyn Store, run: &Run) {
         None,
         "a relaxed unit dropped without commit writes nothing"
     );
+    drop(uow);
+
+    // Minted records: concurrent writers (which an adapter may commit together) each get
+    // their own answer; a taken id is refused and changes nothing.
+    let minted: Vec<AuthorityRecord> = (0..6)
+        .map(|i| authority_record(run, &z.id, None, run.at(3 + i)))
+        .collect();
+    let (a, b, c, d, e, f) = tokio::join!(
+        store.insert_minted_record(&minted[0]),
+        store.insert_minted_record(&minted[1]),
+        store.insert_minted_record(&minted[2]),
+        store.insert_minted_record(&minted[3]),
+        store.insert_minted_record(&minted[4]),
+        store.insert_minted_record(&minted[5]),
+    );
+    for result in [a, b, c, d, e, f] {
+        ok(result, "insert_minted_record");
+    }
+    let mut retaken = minted[0].clone();
+    retaken.subject_id = run.text("someone-else");
+    match store.insert_minted_record(&retaken).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("a taken record id must be refused, got {other:?}"),
+    }
+    let mut uow = begin_all(store).await;
+    for r in &minted {
+        assert_eq!(
+            ok(
+                uow.get_authority_record(&z.id, &r.id).await,
+                "get_authority_record"
+            ),
+            Some(r.clone()),
+            "every concurrently minted record is stored as sent"
+        );
+    }
 }
 
 async fn authority_records(store: &dyn Store, run: &Run) {

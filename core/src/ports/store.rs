@@ -719,6 +719,24 @@ pub trait Store: Send + Sync {
     async fn begin_relaxed(&self, scope: &ZoneScope) -> Result<Box<dyn UnitOfWork>, StoreError> {
         self.begin(scope).await
     }
+    /// Writes a freshly minted authority record in a unit of its own, relaxed like
+    /// [`Store::begin_relaxed`]'s, and answers once it is committed. Adapters may commit
+    /// concurrent calls together (one transaction for many mints). A record whose id is already
+    /// stored is refused with `Conflict` and changes nothing.
+    async fn insert_minted_record(&self, record: &AuthorityRecord) -> Result<(), StoreError> {
+        let mut uow = self
+            .begin_relaxed(&ZoneScope::Zone(record.zone_id.clone()))
+            .await?;
+        if uow
+            .get_authority_record(&record.zone_id, &record.id)
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Conflict("authority_records_pkey".into()));
+        }
+        uow.save_authority_record(record).await?;
+        uow.commit().await
+    }
     /// Checks the store answers (for `/ready`).
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -396,24 +396,15 @@ impl Sts {
             return Err(denied("resource exchanges must use the Gateway"));
         }
 
-        // Upstream directives (Gateway only), before anything is written. The unit writes one
-        // authority record and, after an approval, consumes its hold. The record alone may
-        // commit without waiting for the disk (`Store::begin_relaxed`): losing it to a crash
-        // only makes its mandates fail. A consumed hold must stay consumed, so that unit is
-        // durable. Any refused write ends the request, so no per-write savepoint either.
-        let scope = ZoneScope::Zone(zone.clone());
-        let mut uow = if approved.is_none() {
-            self.store.begin_relaxed(&scope).await?
-        } else {
-            self.store.begin(&scope).await?
-        };
-        uow.abandon_on_write_error();
+        // Upstream directives (Gateway only), before anything is written; from the row caches
+        // when fresh, so a warm exchange reads nothing here.
+        let mut reads = LazyUnit::new(&self.store, ZoneScope::Zone(zone.clone()));
         let upstreams = if gateway {
             let mut map = Map::new();
             for r in &granted {
                 map.insert(
                     r.identifier.clone(),
-                    self.directive(&mut uow, &ctx, r).await?,
+                    self.directive(&mut reads, &ctx, r).await?,
                 );
             }
             Some(map)
@@ -428,7 +419,11 @@ impl Sts {
             .and_then(|h| h.consumed_authority_record_id.clone())
         {
             Some(existing) => {
-                let record = uow.get_authority_record(&zone, &existing).await?;
+                let record = reads
+                    .get()
+                    .await?
+                    .get_authority_record(&zone, &existing)
+                    .await?;
                 let left = record.filter(|r| r.is_live(now)).map_or(0, |r| {
                     (r.expires_at.unix_micros() - now.unix_micros()) / 1_000_000
                 });
@@ -481,21 +476,34 @@ impl Sts {
             revoked_reason: None,
             created_at: now,
         };
-        match &reissue {
-            Some(hold) => self.reissued(hold, request_id),
-            None => {
-                uow.save_authority_record(&record).await.map_err(|e| {
-                    issuance_failed("authority record creation failed").with_detail(e.to_string())
-                })?;
-                if let Some(hold) = &approved {
-                    self.consume(&mut uow, &hold.id, &sid, request_id, now)
-                        .await?;
-                }
-            }
-        }
-        uow.commit().await.map_err(|e| {
+        // The reads end before the write (the memory store serialises units).
+        drop(reads);
+        let write_failed = |e: crate::StoreError| {
             issuance_failed("authority record creation failed").with_detail(e.to_string())
-        })?;
+        };
+        match (&reissue, &approved) {
+            (Some(hold), _) => self.reissued(hold, request_id),
+            // A consumed hold must stay consumed: the record and the hold commit together, and
+            // durably. Any refused write ends the request, so no per-write savepoint.
+            (None, Some(hold)) => {
+                let mut uow = self.store.begin(&ZoneScope::Zone(zone.clone())).await?;
+                uow.abandon_on_write_error();
+                uow.save_authority_record(&record)
+                    .await
+                    .map_err(write_failed)?;
+                self.consume(&mut uow, &hold.id, &sid, request_id, now)
+                    .await?;
+                uow.commit().await.map_err(write_failed)?;
+            }
+            // The record alone may be committed with concurrent mints' and without waiting for
+            // the disk (`Store::insert_minted_record`): losing it to a crash only makes its
+            // mandates fail wherever records are checked.
+            (None, None) => self
+                .store
+                .insert_minted_record(&record)
+                .await
+                .map_err(write_failed)?,
+        }
         if let (None, Some(version)) = (&reissue, version) {
             if use_ != MandateUse::Resource {
                 // Read before the commit, so before the record could be revoked.
@@ -1099,7 +1107,7 @@ impl Sts {
 
     async fn directive(
         &self,
-        uow: &mut Box<dyn crate::ports::UnitOfWork>,
+        reads: &mut LazyUnit<'_>,
         ctx: &Evidence<'_>,
         resource: &Resource,
     ) -> Result<Value, Error> {
@@ -1114,7 +1122,7 @@ impl Sts {
                         "provider_unavailable",
                     ));
                 };
-                match self.provider(uow, zone, &pid, now).await? {
+                match self.provider(reads, zone, &pid, now).await? {
                     Some(p) if p.archived_at.is_none() => Some(p),
                     _ => {
                         return Err(super::directive::unavailable(
@@ -1129,7 +1137,7 @@ impl Sts {
         if let Some(p) = &provider {
             if !p.secret_config_keys.is_empty() {
                 let reference = format!("zones/{zone}/providers/{}/secretConfig", p.id);
-                if let Some(sealed) = self.sealed_secret(uow, &reference, now).await? {
+                if let Some(sealed) = self.sealed_secret(reads, &reference, now).await? {
                     let plain = self.sealer.open(&reference, &sealed.envelope)?;
                     secrets = serde_json::from_slice(&plain).map_err(|e| {
                         super::directive::unavailable(
@@ -1150,7 +1158,7 @@ impl Sts {
     /// A credential provider row, from the row cache when fresh.
     async fn provider(
         &self,
-        uow: &mut Box<dyn crate::ports::UnitOfWork>,
+        reads: &mut LazyUnit<'_>,
         zone: &ZoneId,
         id: &crate::ids::ProviderId,
         now: Timestamp,
@@ -1159,7 +1167,7 @@ impl Sts {
         if let Some(p) = self.providers.get(&key, now) {
             return Ok(Some(p));
         }
-        let found = uow.get_provider(zone, id).await?;
+        let found = reads.get().await?.get_provider(zone, id).await?;
         if let Some(p) = &found {
             self.providers
                 .put(key, p.clone(), now.plus_millis(super::ROW_CACHE_MS), now);
@@ -1171,14 +1179,14 @@ impl Sts {
     /// request).
     async fn sealed_secret(
         &self,
-        uow: &mut Box<dyn crate::ports::UnitOfWork>,
+        reads: &mut LazyUnit<'_>,
         reference: &str,
         now: Timestamp,
     ) -> Result<Option<crate::model::SealedSecret>, Error> {
         if let Some(sealed) = self.sealed.get(&reference.to_owned(), now) {
             return Ok(Some(sealed));
         }
-        let found = uow.get_secret(reference).await?;
+        let found = reads.get().await?.get_secret(reference).await?;
         if let Some(sealed) = &found {
             self.sealed.put(
                 reference.to_owned(),
