@@ -1,6 +1,5 @@
-//! Rate-limit counters on Redis: one `INCR` + `EXPIRE` per hit, atomic in a MULTI block, so
-//! every replica counts into the same window.
-
+//! Rate-limit counters on Redis: one `INCR` + `EXPIRE` per hit, pipelined in one round trip,
+//! so every replica counts into the same window.
 use async_trait::async_trait;
 use caracal_core::ports::{LimiterError, RateLimiter};
 use deadpool_redis::Pool;
@@ -38,8 +37,11 @@ impl RateLimiter for RedisRateLimiter {
         let (count,): (u64,) = self
             .conn
             .run(|mut conn| async move {
+                // A plain pipeline, not MULTI/EXEC: one round trip either way, and the two
+                // commands leave together on this connection. Were it cut between them, the
+                // window key would only miss its expiry, and window keys are never counted
+                // again once their window has passed.
                 redis::pipe()
-                    .atomic()
                     .incr(&full, 1)
                     .expire(&full, WINDOW_TTL_SECS)
                     .ignore()
@@ -57,8 +59,8 @@ impl RateLimiter for RedisRateLimiter {
         peeks: &[String],
         window: i64,
     ) -> Result<(Vec<u64>, Vec<u64>), LimiterError> {
+        // Not MULTI/EXEC, for the reason given in `hit`.
         let mut pipe = redis::pipe();
-        pipe.atomic();
         for key in hits {
             let full = format!("{key}:{window}");
             pipe.incr(&full, 1).expire(&full, WINDOW_TTL_SECS).ignore();
