@@ -1,5 +1,6 @@
 //! Rate-limit counters on Redis: one `INCR` + `EXPIRE` per hit, pipelined in one round trip,
 //! so every replica counts into the same window.
+
 use async_trait::async_trait;
 use caracal_core::ports::{LimiterError, RateLimiter};
 use deadpool_redis::Pool;
