@@ -63,9 +63,8 @@ def mint_token(raw: httpx.Client, auth: dict[str, str], body: dict) -> dict:
 @pytest.fixture
 def postgres_only(server: CaracalServer) -> None:
     if server.mode != "postgres":
-        pytest.skip("holds come from the STS's delegated mints, which need the Coordinator (issue #4); "
-                    "until then they are seeded into Postgres, and memory mode is covered by the API "
-                    "service tests")
+        pytest.skip("these tests seed holds in every state straight into Postgres with SQL; memory mode has "
+                    "no SQL to seed with, and its approval routes are covered by the API service tests")
 
 
 @pytest.mark.usefixtures("postgres_only")
