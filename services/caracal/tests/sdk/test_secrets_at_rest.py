@@ -55,11 +55,17 @@ def test_credentials_are_not_stored_in_plaintext() -> None:
             admin.providers.create(
                 z, {"name": "Key", "kind": "api_key", "config_json": {"header_name": "X-Api-Key", "api_key": api_key}}
             )
-            # Give the outbox dispatcher a moment to publish whatever it publishes.
-            time.sleep(1.5)
+            # A reveal hands the secret to the caller and publishes its audit event through the
+            # outbox: the one stream entry written right beside a plaintext secret.
+            revealed = admin.applications.get_client_secret(z, app["id"])
+            assert rotated in str(revealed), "the reveal answers the current secret"
+            deadline = time.monotonic() + 15
+            streams = _recent_stream_entries()
+            while "credential_revealed" not in streams and time.monotonic() < deadline:
+                time.sleep(0.2)
+                streams = _recent_stream_entries()
 
             dump = _database_dump(database.name)
-            streams = _recent_stream_entries()
 
         secrets_given = {
             "provider api_key": api_key,
@@ -69,6 +75,7 @@ def test_credentials_are_not_stored_in_plaintext() -> None:
             "admin token": config.admin_token,
         }
         assert "Key" in dump and "X-Api-Key" in dump, "the dump should hold the provider row at all"
+        assert "credential_revealed" in streams, "the streams should hold the reveal's audit event at all"
         for label, value in secrets_given.items():
             assert value not in dump, f"{label} is stored in plaintext in Postgres"
             assert value not in streams, f"{label} appears in plaintext in a Redis stream"
