@@ -333,6 +333,21 @@ fn uuid_like() -> String {
     caracal_core::ports::IdGenerator::new_id(&UuidV7Ids)
 }
 
+/// Mints the application's bootstrap session mandate and answers its authority record (`sid`),
+/// the anchor of the Sessions a test then writes.
+async fn application_anchor<S, B>(sts: &S, w: &World) -> String
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let (status, session) = mint(sts, bootstrap(w), &[]).await;
+    assert_eq!(status, 200, "{session}");
+    claims_of(session["access_token"].as_str().expect("token"))["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned()
+}
+
 fn bootstrap(w: &World) -> String {
     form(&[
         ("grant_type", GRANT),
@@ -401,12 +416,7 @@ async fn bootstrap_delegated_mint_and_gateway_exchange() {
     let sts = test::init_service(sts_app!(h.sts.clone())).await;
     let w = world(&api).await;
 
-    let (status, session) = mint(&sts, bootstrap(&w), &[]).await;
-    assert_eq!(status, 200, "{session}");
-    let anchor = claims_of(session["access_token"].as_str().expect("token"))["sid"]
-        .as_str()
-        .expect("sid")
-        .to_owned();
+    let anchor = application_anchor(&sts, &w).await;
 
     let (child, edge) = graph(
         &h,
@@ -539,11 +549,7 @@ async fn delegation_narrowing_and_policy_denials_name_their_reason() {
     let api = test::init_service(api_app!(h.api.clone())).await;
     let sts = test::init_service(sts_app!(h.sts.clone())).await;
     let w = world(&api).await;
-    let (_, session) = mint(&sts, bootstrap(&w), &[]).await;
-    let anchor = claims_of(session["access_token"].as_str().expect("token"))["sid"]
-        .as_str()
-        .expect("sid")
-        .to_owned();
+    let anchor = application_anchor(&sts, &w).await;
 
     let (child, edge) = graph(
         &h,
@@ -1101,11 +1107,7 @@ async fn gated_mints_park_a_hold_that_is_consumed_once() {
     let api = test::init_service(api_app!(h.api.clone())).await;
     let sts = test::init_service(sts_app!(h.sts.clone())).await;
     let w = world(&api).await;
-    let (_, session) = mint(&sts, bootstrap(&w), &[]).await;
-    let anchor = claims_of(session["access_token"].as_str().expect("token"))["sid"]
-        .as_str()
-        .expect("sid")
-        .to_owned();
+    let anchor = application_anchor(&sts, &w).await;
     let (child, edge) = graph(
         &h,
         &w,
@@ -1586,12 +1588,7 @@ async fn kept_delegation_rows_stand_until_the_zone_version_moves() {
     let sts = test::init_service(sts_app!(h.sts.clone())).await;
     let w = world(&api).await;
     let zone = ZoneId::parse(&w.zone).expect("zone");
-    let (status, session) = mint(&sts, bootstrap(&w), &[]).await;
-    assert_eq!(status, 200, "{session}");
-    let anchor = claims_of(session["access_token"].as_str().expect("token"))["sid"]
-        .as_str()
-        .expect("sid")
-        .to_owned();
+    let anchor = application_anchor(&sts, &w).await;
     let (child, edge) = graph(
         &h,
         &w,
