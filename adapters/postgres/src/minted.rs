@@ -36,7 +36,6 @@ const MAX_GROUP: usize = 128;
 
 /// A record waiting for its group's commit.
 struct Queued {
-    zone: String,
     record: AuthorityRecord,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -49,12 +48,12 @@ pub(crate) struct MintedWriter {
 }
 
 impl MintedWriter {
-    fn take_group(&self, zone: &str) -> Vec<Queued> {
+    fn take_group(&self, zone: &ZoneId) -> Vec<Queued> {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let mut group = Vec::new();
         let mut rest = Vec::with_capacity(queue.len());
         for q in queue.drain(..) {
-            if q.zone == zone && group.len() < MAX_GROUP {
+            if q.record.zone_id == *zone && group.len() < MAX_GROUP {
                 group.push(q);
             } else {
                 rest.push(q);
@@ -69,14 +68,13 @@ impl PgStore {
     /// Queues `record`, writes its group when this caller's turn comes, and answers with the
     /// outcome of the transaction that held it.
     pub(crate) async fn insert_minted(&self, record: &AuthorityRecord) -> Result<(), StoreError> {
-        let zone = record.zone_id.to_string();
+        let zone = record.zone_id.clone();
         let (done, outcome) = oneshot::channel();
         self.minted()
             .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Queued {
-                zone: zone.clone(),
                 record: record.clone(),
                 done,
             });
@@ -97,7 +95,7 @@ impl PgStore {
         })
     }
 
-    async fn write_group(&self, zone: String, group: Vec<Queued>) {
+    async fn write_group(&self, zone: ZoneId, group: Vec<Queued>) {
         let records: Vec<&AuthorityRecord> = group.iter().map(|q| &q.record).collect();
         let result = self.write_records(&zone, &records).await;
         for q in group {
@@ -114,17 +112,15 @@ impl PgStore {
     /// multi-row insert: the ids it inserted.
     async fn write_records(
         &self,
-        zone: &str,
+        zone: &ZoneId,
         records: &[&AuthorityRecord],
     ) -> Result<HashSet<String>, StoreError> {
-        let zone = ZoneId::parse(zone)
-            .map_err(|_| StoreError::Corrupt("zone id outside the path-id alphabet".into()))?;
         let rows: Vec<AuthorityRecordRow> = records
             .iter()
             .map(|r| AuthorityRecordRow::from(*r))
             .collect();
         let mut uow = self
-            .begin_tx_with(&ZoneScope::Zone(zone), true, true)
+            .begin_tx_with(&ZoneScope::Zone(zone.clone()), true, true)
             .await?;
         let inserted: Vec<String> = op!(uow, |conn| diesel::insert_into(t::table)
             .values(&rows)
