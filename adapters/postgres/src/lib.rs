@@ -20,6 +20,7 @@ mod convert;
 mod error;
 mod migrate;
 mod minted;
+mod prepared;
 mod queue;
 mod repos;
 mod schema;

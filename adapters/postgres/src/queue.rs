@@ -14,6 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Timestamptz};
 use diesel_async::RunQueryDsl;
 
+use crate::prepared::keep_prepared;
 use crate::repos::outbox::OutboxRow;
 use crate::schema::event_outbox as t;
 use crate::store::PgStore;
@@ -75,11 +76,13 @@ impl OutboxQueue for PgStore {
         limit: u32,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
         let mut tx = self.dispatcher_tx().await?;
-        let rows: Vec<OutboxRow> = op!(tx, |conn| diesel::sql_query(CLAIM_DUE)
-            .bind::<Timestamptz, _>(now.as_datetime())
-            .bind::<Timestamptz, _>(lock_until.as_datetime())
-            .bind::<BigInt, _>(i64::from(limit))
-            .load::<OutboxRow>(conn))?;
+        let rows: Vec<OutboxRow> = op!(tx, |conn| keep_prepared(
+            diesel::sql_query(CLAIM_DUE)
+                .bind::<Timestamptz, _>(now.as_datetime())
+                .bind::<Timestamptz, _>(lock_until.as_datetime())
+                .bind::<BigInt, _>(i64::from(limit))
+        )
+        .load::<OutboxRow>(conn))?;
         tx.finish().await?;
         let mut claimed = rows
             .into_iter()
@@ -93,13 +96,14 @@ impl OutboxQueue for PgStore {
 
     async fn mark_dispatched(&self, id: &OutboxId, at: Timestamp) -> Result<(), StoreError> {
         let mut tx = self.dispatcher_tx().await?;
-        op!(tx, |conn| diesel::update(t::table.find(id.as_str()))
-            .set((
+        op!(tx, |conn| keep_prepared(
+            diesel::update(t::table.find(id.as_str())).set((
                 t::dispatched_at.eq(Some(at.as_datetime())),
                 t::locked_until.eq(None::<chrono::DateTime<chrono::Utc>>),
                 t::last_error.eq(None::<String>),
             ))
-            .execute(conn))?;
+        )
+        .execute(conn))?;
         tx.finish().await
     }
 
@@ -112,19 +116,16 @@ impl OutboxQueue for PgStore {
             return Ok(());
         }
         let ids: Vec<&str> = ids.iter().map(OutboxId::as_str).collect();
-        let mut tx = self.dispatcher_tx().await?;
-        op!(tx, |conn| diesel::sql_query(
-            "SET LOCAL synchronous_commit = off"
+        // `synchronous_commit = off` rides in the BEGIN batch; the ids travel as one array
+        // (`= ANY($1)`), so the statement text is the same for every batch size.
+        let mut tx = self.begin_tx_with(&ZoneScope::All, false, true).await?;
+        op!(tx, |conn| keep_prepared(
+            diesel::update(t::table.filter(t::id.eq_any(&ids))).set((
+                t::dispatched_at.eq(Some(at.as_datetime())),
+                t::locked_until.eq(None::<chrono::DateTime<chrono::Utc>>),
+                t::last_error.eq(None::<String>),
+            ))
         )
-        .execute(conn))?;
-        op!(tx, |conn| diesel::update(
-            t::table.filter(t::id.eq_any(&ids))
-        )
-        .set((
-            t::dispatched_at.eq(Some(at.as_datetime())),
-            t::locked_until.eq(None::<chrono::DateTime<chrono::Utc>>),
-            t::last_error.eq(None::<String>),
-        ))
         .execute(conn))?;
         tx.finish().await
     }
@@ -138,13 +139,14 @@ impl OutboxQueue for PgStore {
         let mut tx = self.dispatcher_tx().await?;
         // `retry_at = None` stores available_at NULL: dead, never claimed again, counted by
         // `outbox_counts().1` (and by /ready's outbox_dead_messages check, spec/api.md §1).
-        op!(tx, |conn| diesel::update(t::table.find(id.as_str()))
-            .set((
+        op!(tx, |conn| keep_prepared(
+            diesel::update(t::table.find(id.as_str())).set((
                 t::available_at.eq(retry_at.map(|at| at.as_datetime())),
                 t::locked_until.eq(None::<chrono::DateTime<chrono::Utc>>),
                 t::last_error.eq(Some(error)),
             ))
-            .execute(conn))?;
+        )
+        .execute(conn))?;
         tx.finish().await
     }
 

@@ -210,10 +210,10 @@ impl UnitLocks for PgUnitOfWork {
     /// like [`UnitLocks::lock`]'s and shares its key space (`hashtext(name)`), so a `try_lock`
     /// and a `lock` of the same name exclude each other.
     async fn try_lock(&mut self, name: &str) -> Result<bool, StoreError> {
-        let row: TryLocked = op!(self, |conn| diesel::sql_query(
-            "SELECT pg_try_advisory_xact_lock(hashtext($1)) AS locked"
+        let row: TryLocked = op!(self, |conn| crate::prepared::keep_prepared(
+            diesel::sql_query("SELECT pg_try_advisory_xact_lock(hashtext($1)) AS locked")
+                .bind::<diesel::sql_types::Text, _>(name)
         )
-        .bind::<diesel::sql_types::Text, _>(name)
         .get_result(conn))?;
         Ok(row.locked)
     }

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::convert::{count, id, limit, opt_dt, opt_ts, ts};
 use crate::error::corrupt;
+use crate::prepared::keep_prepared;
 use crate::schema::{
     agent_sessions as s, authority_records as r, delegation_edges as d,
     delegation_graph_epochs as e,
@@ -321,12 +322,14 @@ text_constant!(
 impl AgentGraphRepo for PgUnitOfWork {
     async fn save_agent_session(&mut self, session: &AgentSession) -> Result<(), StoreError> {
         let row = AgentSessionRow::from(session);
-        write_op!(self, |conn| diesel::insert_into(s::table)
-            .values(&row)
-            .on_conflict(s::id)
-            .do_update()
-            .set(&row)
-            .execute(conn))?;
+        write_op!(self, |conn| keep_prepared(
+            diesel::insert_into(s::table)
+                .values(&row)
+                .on_conflict(s::id)
+                .do_update()
+                .set(&row)
+        )
+        .execute(conn))?;
         Ok(())
     }
 
@@ -349,12 +352,14 @@ impl AgentGraphRepo for PgUnitOfWork {
 
     async fn save_delegation_edge(&mut self, edge: &DelegationEdge) -> Result<(), StoreError> {
         let row = DelegationEdgeRow::from(edge);
-        write_op!(self, |conn| diesel::insert_into(d::table)
-            .values(&row)
-            .on_conflict(d::id)
-            .do_update()
-            .set(&row)
-            .execute(conn))?;
+        write_op!(self, |conn| keep_prepared(
+            diesel::insert_into(d::table)
+                .values(&row)
+                .on_conflict(d::id)
+                .do_update()
+                .set(&row)
+        )
+        .execute(conn))?;
         Ok(())
     }
 
@@ -386,13 +391,15 @@ impl AgentGraphRepo for PgUnitOfWork {
     /// One atomic upsert: concurrent bumps serialise on the row, so each sees a distinct value
     /// and none is lost (a read-then-write would let two units both write the same epoch).
     async fn bump_delegation_graph_epoch(&mut self, zone: &ZoneId) -> Result<i64, StoreError> {
-        write_op!(self, |conn| diesel::insert_into(e::table)
-            .values((e::zone_id.eq(zone.as_str()), e::epoch.eq(1_i64)))
-            .on_conflict(e::zone_id)
-            .do_update()
-            .set(e::epoch.eq(e::epoch + 1_i64))
-            .returning(e::epoch)
-            .get_result::<i64>(conn))
+        write_op!(self, |conn| keep_prepared(
+            diesel::insert_into(e::table)
+                .values((e::zone_id.eq(zone.as_str()), e::epoch.eq(1_i64)))
+                .on_conflict(e::zone_id)
+                .do_update()
+                .set(e::epoch.eq(e::epoch + 1_i64))
+                .returning(e::epoch)
+        )
+        .get_result::<i64>(conn))
     }
 
     async fn list_agent_sessions(
@@ -451,11 +458,13 @@ impl AgentGraphRepo for PgUnitOfWork {
         application_id: Option<&str>,
         now: Timestamp,
     ) -> Result<u64, StoreError> {
-        let row: Count = op!(self, |conn| diesel::sql_query(COUNT_LIVE)
-            .bind::<Text, _>(zone.as_str())
-            .bind::<Nullable<Text>, _>(application_id)
-            .bind::<Timestamptz, _>(now.as_datetime())
-            .get_result(conn))?;
+        let row: Count = op!(self, |conn| keep_prepared(
+            diesel::sql_query(COUNT_LIVE)
+                .bind::<Text, _>(zone.as_str())
+                .bind::<Nullable<Text>, _>(application_id)
+                .bind::<Timestamptz, _>(now.as_datetime())
+        )
+        .get_result(conn))?;
         count(row.n, "count of live agent sessions")
     }
 
@@ -465,11 +474,13 @@ impl AgentGraphRepo for PgUnitOfWork {
         application_id: &str,
         now: Timestamp,
     ) -> Result<(u64, u64), StoreError> {
-        let row: SplitCount = op!(self, |conn| diesel::sql_query(COUNT_LIVE_SPLIT)
-            .bind::<Text, _>(zone.as_str())
-            .bind::<Text, _>(application_id)
-            .bind::<Timestamptz, _>(now.as_datetime())
-            .get_result(conn))?;
+        let row: SplitCount = op!(self, |conn| keep_prepared(
+            diesel::sql_query(COUNT_LIVE_SPLIT)
+                .bind::<Text, _>(zone.as_str())
+                .bind::<Text, _>(application_id)
+                .bind::<Timestamptz, _>(now.as_datetime())
+        )
+        .get_result(conn))?;
         Ok((
             count(row.n, "count of live agent sessions")?,
             count(row.m, "count of live agent sessions")?,

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::convert::{id, opt_dt, opt_ts, ts};
 use crate::error::corrupt;
+use crate::prepared::keep_prepared;
 use crate::schema::authority_records as t;
 use crate::unit_of_work::{op, PgUnitOfWork};
 
@@ -94,12 +95,14 @@ impl AuthorityRecordRepo for PgUnitOfWork {
         // No savepoint: every mint writes one of these, and the savepoint's two round trips
         // bought nothing here. An upsert by primary key cannot hit a uniqueness rule, and a
         // write outside the unit's zone is a bug whose transaction may as well be lost.
-        op!(self, |conn| diesel::insert_into(t::table)
-            .values(&row)
-            .on_conflict(t::id)
-            .do_update()
-            .set(&row)
-            .execute(conn))?;
+        op!(self, |conn| keep_prepared(
+            diesel::insert_into(t::table)
+                .values(&row)
+                .on_conflict(t::id)
+                .do_update()
+                .set(&row)
+        )
+        .execute(conn))?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::convert::{count, id, limit, opt_dt, opt_ts, ts};
 use crate::error::corrupt;
+use crate::prepared::keep_prepared;
 use crate::schema::{agent_services as a, idempotency_receipts as r, invocations as i};
 use crate::unit_of_work::{op, write_op, PgUnitOfWork};
 
@@ -275,14 +276,14 @@ impl CoordinationRepo for PgUnitOfWork {
         use diesel::query_dsl::methods::FilterDsl;
 
         let row = ReceiptRow::from(receipt);
-        let written = write_op!(self, |conn| FilterDsl::filter(
+        let written = write_op!(self, |conn| keep_prepared(FilterDsl::filter(
             diesel::insert_into(r::table)
                 .values(&row)
                 .on_conflict((r::scope, r::key_hash))
                 .do_update()
                 .set(&row),
             r::expires_at.le(now.as_datetime())
-        )
+        ))
         .execute(conn))?;
         if written == 0 {
             return Err(StoreError::Conflict(RECEIPT_KEY.into()));
@@ -304,12 +305,14 @@ impl CoordinationRepo for PgUnitOfWork {
 
     async fn save_agent_service(&mut self, service: &AgentService) -> Result<(), StoreError> {
         let row = AgentServiceRow::from(service);
-        write_op!(self, |conn| diesel::insert_into(a::table)
-            .values(&row)
-            .on_conflict(a::id)
-            .do_update()
-            .set(&row)
-            .execute(conn))?;
+        write_op!(self, |conn| keep_prepared(
+            diesel::insert_into(a::table)
+                .values(&row)
+                .on_conflict(a::id)
+                .do_update()
+                .set(&row)
+        )
+        .execute(conn))?;
         Ok(())
     }
 
@@ -370,12 +373,14 @@ impl CoordinationRepo for PgUnitOfWork {
 
     async fn save_invocation(&mut self, invocation: &Invocation) -> Result<(), StoreError> {
         let row = InvocationRow::from(invocation);
-        write_op!(self, |conn| diesel::insert_into(i::table)
-            .values(&row)
-            .on_conflict(i::id)
-            .do_update()
-            .set(&row)
-            .execute(conn))?;
+        write_op!(self, |conn| keep_prepared(
+            diesel::insert_into(i::table)
+                .values(&row)
+                .on_conflict(i::id)
+                .do_update()
+                .set(&row)
+        )
+        .execute(conn))?;
         Ok(())
     }
 
