@@ -5,14 +5,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use caracal_core::authority::AuthorityRecord;
-use caracal_core::ports::store::{Store, UnitLocks, UnitOfWork, ZoneScope};
+use caracal_core::ids::{ApplicationId, ZoneId};
+use caracal_core::model::Application;
+use caracal_core::ports::store::{CallerRows, Store, UnitLocks, UnitOfWork, ZoneScope};
 use caracal_core::StoreError;
+use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{SimpleAsyncConnection, TransactionManager};
 
+use crate::repos::applications::application_row;
+use crate::repos::authority_records::authority_record_row;
 use crate::repos::{hashtext, pg_advisory_xact_lock};
 use crate::unit_of_work::{op, PgUnitOfWork, Pooled};
 
@@ -113,40 +119,110 @@ impl PgStore {
         as_app_role: bool,
         relaxed: bool,
     ) -> Result<PgUnitOfWork, StoreError> {
+        let sql = begin_sql(scope, as_app_role, relaxed)?;
         let conn = self.acquire().await?;
         // From here on, dropping `uow` (an early return below) rolls back and cleans up.
         let mut uow = PgUnitOfWork::new(conn);
-        let zone = match scope {
-            ZoneScope::All => "*",
-            ZoneScope::Zone(zone) => zone.as_str(),
-        };
-        // BEGIN and the RLS binding travel as one simple-query batch: one round trip instead
-        // of two on every request. The zone is spliced in as a literal, which is safe only
-        // because a `ZoneId` holds nothing but `[A-Za-z0-9_.:-]`; re-check it here rather than
-        // trust that invariant at a distance.
-        if zone != "*" && !caracal_core::ids::is_path_id(zone) {
-            return Err(StoreError::Corrupt(
-                "zone id outside the path-id alphabet".into(),
-            ));
-        }
-        let role = if as_app_role {
-            format!("set_config('role', '{APP_ROLE}', true), ")
-        } else {
-            String::new()
-        };
-        let durability = if relaxed {
-            ", set_config('synchronous_commit', 'off', true)"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "BEGIN; SELECT {role}set_config('caracal.zone_id', '{zone}', true){durability}"
-        );
         op!(uow, |conn| AnsiTransactionManager::begin_transaction_sql(
             conn, &sql
         ))?;
         Ok(uow)
     }
+
+    /// [`Store::begin_with_caller`]: the unit's opening batch and the two reads go out
+    /// together (pipelined on the connection) and the answers come back in one round trip.
+    /// The server still runs them in order, the reads inside the new transaction and under its
+    /// zone binding; a read that fails makes the unit fail, and dropping it rolls back.
+    async fn begin_reading_caller(
+        &self,
+        zone: &ZoneId,
+        application: &ApplicationId,
+        record: Option<&str>,
+    ) -> Result<(PgUnitOfWork, CallerRows), StoreError> {
+        let sql = begin_sql(&ZoneScope::Zone(zone.clone()), true, false)?;
+        let conn = self.acquire().await?;
+        let mut uow = PgUnitOfWork::new(conn);
+        let (begun, app, rec) = {
+            let shared: &AsyncPgConnection = uow.begin_op()?;
+            let begin = async {
+                let mut conn = shared;
+                conn.batch_execute(&sql).await
+            };
+            let app = application_row(shared, zone, application);
+            let rec = async {
+                match record {
+                    Some(id) => authority_record_row(shared, zone, id).await,
+                    None => Ok(None),
+                }
+            };
+            // `biased`: polled in this order, so the BEGIN batch is queued on the connection
+            // before either read.
+            tokio::join!(biased; begin, app, rec)
+        };
+        uow.end_op();
+        begun.map_err(crate::error::store_error)?;
+        // The batch opened a transaction: record it the way `begin_transaction_sql` does, so
+        // commit, rollback and the drop guard see it.
+        match AnsiTransactionManager::transaction_manager_status_mut(uow.begin_op()?) {
+            TransactionManagerStatus::Valid(status) => {
+                let changed =
+                    status.change_transaction_depth(TransactionDepthChange::IncreaseDepth);
+                uow.end_op();
+                changed.map_err(crate::error::store_error)?;
+            }
+            TransactionManagerStatus::InError => {
+                uow.end_op();
+                return Err(StoreError::Unavailable(
+                    "connection broken while opening a unit of work".into(),
+                ));
+            }
+        }
+        let application = app
+            .map_err(crate::error::store_error)?
+            .map(Application::try_from)
+            .transpose()?;
+        let record = rec
+            .map_err(crate::error::store_error)?
+            .map(AuthorityRecord::try_from)
+            .transpose()?;
+        Ok((
+            uow,
+            CallerRows {
+                application,
+                record,
+            },
+        ))
+    }
+}
+
+/// The batch that opens a unit of work: BEGIN and the transaction-local settings.
+fn begin_sql(scope: &ZoneScope, as_app_role: bool, relaxed: bool) -> Result<String, StoreError> {
+    let zone = match scope {
+        ZoneScope::All => "*",
+        ZoneScope::Zone(zone) => zone.as_str(),
+    };
+    // BEGIN and the RLS binding travel as one simple-query batch: one round trip instead
+    // of two on every request. The zone is spliced in as a literal, which is safe only
+    // because a `ZoneId` holds nothing but `[A-Za-z0-9_.:-]`; re-check it here rather than
+    // trust that invariant at a distance.
+    if zone != "*" && !caracal_core::ids::is_path_id(zone) {
+        return Err(StoreError::Corrupt(
+            "zone id outside the path-id alphabet".into(),
+        ));
+    }
+    let role = if as_app_role {
+        format!("set_config('role', '{APP_ROLE}', true), ")
+    } else {
+        String::new()
+    };
+    let durability = if relaxed {
+        ", set_config('synchronous_commit', 'off', true)"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "BEGIN; SELECT {role}set_config('caracal.zone_id', '{zone}', true){durability}"
+    ))
 }
 
 #[async_trait]
@@ -168,6 +244,16 @@ impl Store for PgStore {
     /// Shares one pipelined transaction among concurrent mints (`minted.rs`).
     async fn insert_minted_record(&self, record: &AuthorityRecord) -> Result<(), StoreError> {
         self.insert_minted(record).await
+    }
+
+    async fn begin_with_caller(
+        &self,
+        zone: &ZoneId,
+        application: &ApplicationId,
+        record: Option<&str>,
+    ) -> Result<(Box<dyn UnitOfWork>, CallerRows), StoreError> {
+        let (uow, rows) = self.begin_reading_caller(zone, application, record).await?;
+        Ok((Box::new(uow), rows))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -54,6 +54,7 @@ pub async fn run_store_contract(store: &dyn Store) {
     named_locks_serialise(store).await;
     authority_records(store, &run).await;
     relaxed_units(store, &run).await;
+    units_that_read_their_caller(store, &run).await;
     agent_sessions_and_delegation_edges(store, &run).await;
     delegation_graph_epochs(store, &run).await;
     signing_keys(store, &run).await;
@@ -2641,6 +2642,104 @@ fn by_id(mut records: Vec<AuthorityRecord>) -> Vec<AuthorityRecord> {
 /// zones, and the children listing returns exactly one level of the zone's tree.
 /// `begin_relaxed` (the STS's authority-record writes) commits and rolls back exactly like
 /// `begin`, bound to its zone; only the durability wait may differ.
+/// `begin_with_caller` answers exactly what `get_application` and `get_authority_record` would
+/// in that unit (confined to the unit's zone), and the unit it opens is an ordinary one:
+/// writes commit, or vanish when it is dropped.
+async fn units_that_read_their_caller(store: &dyn Store, run: &Run) {
+    let z = committed_zone(store, run).await;
+    let other = committed_zone(store, run).await;
+    let a = app(run, &z.id, "caller", run.at(1));
+    let foreign = app(run, &other.id, "foreign", run.at(1));
+    let record = authority_record(run, &z.id, None, run.at(2));
+    let foreign_record = authority_record(run, &other.id, None, run.at(2));
+    let mut uow = begin_all(store).await;
+    ok(uow.save_application(&a).await, "save_application");
+    ok(uow.save_application(&foreign).await, "save_application");
+    ok(
+        uow.save_authority_record(&record).await,
+        "save_authority_record",
+    );
+    ok(
+        uow.save_authority_record(&foreign_record).await,
+        "save_authority_record",
+    );
+    commit(uow, "caller fixtures").await;
+
+    let (mut uow, rows) = ok(
+        store
+            .begin_with_caller(&z.id, &a.id, Some(&record.id))
+            .await,
+        "begin_with_caller",
+    );
+    assert_eq!(
+        rows.application,
+        Some(a.clone()),
+        "the caller's application"
+    );
+    assert_eq!(rows.record, Some(record.clone()), "the caller's record");
+    let written = authority_record(run, &z.id, Some(&record.id), run.at(3));
+    ok(
+        uow.save_authority_record(&written).await,
+        "write in the unit",
+    );
+    commit(uow, "a unit opened with its caller's rows").await;
+
+    let (mut uow, rows) = ok(
+        store.begin_with_caller(&z.id, &a.id, None).await,
+        "begin_with_caller without a record",
+    );
+    assert_eq!(rows.application, Some(a.clone()));
+    assert_eq!(rows.record, None, "no record asked for, none read");
+    let dropped = authority_record(run, &z.id, None, run.at(4));
+    ok(
+        uow.save_authority_record(&dropped).await,
+        "write in the unit",
+    );
+    drop(uow);
+    tokio::task::yield_now().await;
+
+    let (_uow, rows) = ok(
+        store
+            .begin_with_caller(&z.id, &foreign.id, Some(&foreign_record.id))
+            .await,
+        "begin_with_caller naming another zone's rows",
+    );
+    assert_eq!(
+        rows.application, None,
+        "another zone's application is not read"
+    );
+    assert_eq!(rows.record, None, "another zone's record is not read");
+    drop(_uow);
+    let unknown = run.id("app", ApplicationId::parse);
+    let (_uow, rows) = ok(
+        store
+            .begin_with_caller(&z.id, &unknown, Some("no-such-record"))
+            .await,
+        "begin_with_caller naming nothing",
+    );
+    assert_eq!(rows.application, None);
+    assert_eq!(rows.record, None);
+    drop(_uow);
+
+    let mut uow = begin_all(store).await;
+    assert_eq!(
+        ok(
+            uow.get_authority_record(&z.id, &written.id).await,
+            "get_authority_record"
+        ),
+        Some(written),
+        "a write in a unit opened with its caller commits"
+    );
+    assert_eq!(
+        ok(
+            uow.get_authority_record(&z.id, &dropped.id).await,
+            "get_authority_record"
+        ),
+        None,
+        "a dropped unit opened with its caller writes nothing"
+    );
+}
+
 async fn relaxed_units(store: &dyn Store, run: &Run) {
     let z = committed_zone(store, run).await;
     let kept = authority_record(run, &z.id, None, run.at(1));

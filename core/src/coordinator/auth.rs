@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{is_path_id, ApplicationId, ZoneId};
 use crate::mandate::{peek_kid, verify_mandate, Expectations, MandateClaims, MandateUse};
 use crate::model::Application;
-use crate::ports::{Es256, UnitOfWork, ZoneKeySource};
+use crate::ports::{CallerRows, Es256, UnitOfWork, ZoneKeySource};
 
 /// Longest bearer accepted, in bytes (A2 step 2). A Coordinator mandate is well under 2 KiB.
 pub const MAX_BEARER_BYTES: usize = 4096;
@@ -196,22 +196,35 @@ impl Coordinator {
         })
     }
 
-    /// Step 8 in `uow`: the calling application and authority record still stand. Reads
-    /// only; answers the rows it read, which the caller's use case may reuse.
-    pub(crate) async fn check_identity_in(
+    /// Opens a unit of work for `p`'s request and runs step 8 in it: the calling application
+    /// and authority record still stand (both read with the opening of the unit,
+    /// `Store::begin_with_caller`). Answers the unit and the rows read, which the caller's use
+    /// case may reuse.
+    pub(crate) async fn begin_checking_identity(
         &self,
-        uow: &mut dyn UnitOfWork,
         zone: &ZoneId,
         client_id: &str,
         sid: Option<&str>,
-    ) -> Result<IdentityRows> {
-        let now = self.clock.now();
+    ) -> Result<(Box<dyn UnitOfWork>, IdentityRows)> {
         let Ok(app_id) = ApplicationId::parse(client_id) else {
             return Err(identity_revoked("client_id is not an application id"));
         };
-        let application = uow
-            .get_application(zone, &app_id)
-            .await?
+        let (uow, rows) = self.store.begin_with_caller(zone, &app_id, sid).await?;
+        let rows = self.judge_identity(zone, sid, rows)?;
+        Ok((uow, rows))
+    }
+
+    /// Step 8 on the rows read: the application exists in the zone, not archived or expired;
+    /// the record named by `sid` (when there is one) is live in the zone.
+    fn judge_identity(
+        &self,
+        zone: &ZoneId,
+        sid: Option<&str>,
+        rows: CallerRows,
+    ) -> Result<IdentityRows> {
+        let now = self.clock.now();
+        let application = rows
+            .application
             .filter(|app| {
                 app.zone_id == *zone
                     && app.archived_at.is_none()
@@ -219,9 +232,8 @@ impl Coordinator {
             })
             .ok_or_else(|| identity_revoked("application missing, archived or expired"))?;
         let record = match sid {
-            Some(sid) => Some(
-                uow.get_authority_record(zone, sid)
-                    .await?
+            Some(_) => Some(
+                rows.record
                     .filter(|r| r.zone_id == *zone && r.is_live(now))
                     .ok_or_else(|| {
                         identity_revoked("authority record missing, revoked or expired")

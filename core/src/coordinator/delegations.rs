@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::authority::DelegationEdge;
 use crate::coordinator::graph::{
     delegation_lock, downstream, edge_live, edges_into, path_exists, session_lock, EndStatus,
-    Follow, Reached,
+    Follow, Known, Reached,
 };
 use crate::coordinator::idempotency::{self, fingerprint, principal_fingerprint, Prior};
 use crate::coordinator::sessions::input::{self, Issues, ListQuery};
@@ -871,7 +871,8 @@ impl Coordinator {
         edge_id: &str,
     ) -> Result<Reply> {
         let now = self.clock.now();
-        let mut uow = self.begin_for(p, zone).await?;
+        let (mut uow, identity) = self.begin_with_identity(p, zone).await?;
+        let identity_record = identity.and_then(|rows| rows.record);
         // Terminating targets changes Sessions too: the Session lock first (deadlock order).
         uow.lock_both(&session_lock(zone), &delegation_lock(zone))
             .await?;
@@ -918,6 +919,10 @@ impl Coordinator {
                 &ids,
                 "delegation_revoked",
                 EndStatus::Terminated,
+                Known {
+                    sessions: &targets,
+                    records: identity_record.as_slice(),
+                },
             )
             .await?;
         let epoch = uow.bump_delegation_graph_epoch(zone).await?;
@@ -940,7 +945,9 @@ impl Coordinator {
         // the STS altogether, far beyond the revoked slice. The slice itself is already gone:
         // its edges are revoked and its target Sessions terminated, which the STS checks on
         // every mint.
-        let exempt = super::graph::exempt_anchors(&mut *uow, zone, &targets).await?;
+        let exempt =
+            super::graph::exempt_anchors(&mut *uow, zone, &targets, identity_record.as_slice())
+                .await?;
         let mut anchors: Vec<&str> = Vec::new();
         for s in &targets {
             if anchors.contains(&s.subject_session_id.as_str()) {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
-use crate::authority::{AgentSession, DelegationEdge, Lifecycle, SessionType};
+use crate::authority::{AgentSession, AuthorityRecord, DelegationEdge, Lifecycle, SessionType};
 use crate::coordinator::records::SessionFilter;
 use crate::coordinator::{
     Coordinator, DEFAULT_TASK_TTL_SECONDS, MAX_DEPTH, TOPIC_AGENTS_LIFECYCLE,
@@ -22,6 +22,17 @@ use crate::time::Timestamp;
 
 /// Rows per page when a walk reads a listing to its end.
 const WALK_PAGE: u32 = 500;
+
+/// Rows the caller already read in its unit of work, so a cascade need not read them again:
+/// Sessions read after the caller took its zone locks (a root found here is not re-read), and
+/// authority records (only their immutable `session_type` is used, by [`exempt_anchors`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Known<'a> {
+    /// Sessions read under the unit's locks.
+    pub sessions: &'a [AgentSession],
+    /// Authority records read in the unit.
+    pub records: &'a [AuthorityRecord],
+}
 
 /// The zone lock that keeps the Session tree consistent (A8.6): child starts (a start must never
 /// commit under a subtree a cascade is ending), terminate, heartbeat, lease, suspend, resume and
@@ -191,6 +202,7 @@ async fn subtree(
     zone: &ZoneId,
     roots: &[String],
     statuses: &[&str],
+    known: &[AgentSession],
 ) -> Result<Vec<AgentSession>> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
@@ -199,7 +211,11 @@ async fn subtree(
         if seen.contains(id) {
             continue;
         }
-        if let Some(s) = uow.get_agent_session(zone, id).await? {
+        let root = match known.iter().find(|s| &s.id == id) {
+            Some(s) => Some(s.clone()),
+            None => uow.get_agent_session(zone, id).await?,
+        };
+        if let Some(s) = root {
             if statuses.contains(&s.status.as_str()) {
                 seen.insert(s.id.clone());
                 queue.push_back(s);
@@ -225,6 +241,7 @@ pub(crate) async fn exempt_anchors(
     uow: &mut dyn UnitOfWork,
     zone: &ZoneId,
     affected: &[AgentSession],
+    known_records: &[AuthorityRecord],
 ) -> Result<HashSet<String>> {
     let anchors: BTreeSet<&str> = affected
         .iter()
@@ -233,8 +250,16 @@ pub(crate) async fn exempt_anchors(
     let mut exempt = HashSet::new();
     let mut pending = Vec::new();
     for anchor in anchors {
-        match uow.get_authority_record(zone, anchor).await? {
-            Some(r) if r.session_type == SessionType::Application => {
+        // A record's session type never changes: one read earlier in the unit will do.
+        let session_type = match known_records.iter().find(|r| r.id == anchor) {
+            Some(r) => Some(r.session_type),
+            None => uow
+                .get_authority_record(zone, anchor)
+                .await?
+                .map(|r| r.session_type),
+        };
+        match session_type {
+            Some(SessionType::Application) => {
                 exempt.insert(anchor.to_owned());
             }
             _ => pending.push(anchor.to_owned()),
@@ -285,9 +310,10 @@ impl Coordinator {
         roots: &[String],
         reason: &str,
         root_status: EndStatus,
+        known: Known<'_>,
     ) -> Result<Vec<AgentSession>> {
         let now = self.clock.now();
-        let tree = subtree(uow, zone, roots, &["active", "suspended"]).await?;
+        let tree = subtree(uow, zone, roots, &["active", "suspended"], known.sessions).await?;
         if tree.is_empty() {
             return Ok(Vec::new());
         }
@@ -354,7 +380,7 @@ impl Coordinator {
             }
         }
 
-        let exempt = exempt_anchors(uow, zone, &sessions).await?;
+        let exempt = exempt_anchors(uow, zone, &sessions, known.records).await?;
         for s in &sessions {
             self.enqueue(
                 uow,
@@ -397,9 +423,10 @@ impl Coordinator {
         zone: &ZoneId,
         roots: &[String],
         reason: &str,
+        known: Known<'_>,
     ) -> Result<u64> {
         let now = self.clock.now();
-        let tree = subtree(uow, zone, roots, &["active"]).await?;
+        let tree = subtree(uow, zone, roots, &["active"], known.sessions).await?;
         if tree.is_empty() {
             return Ok(0);
         }
@@ -410,7 +437,7 @@ impl Coordinator {
             uow.save_agent_session(&s).await?;
             suspended.push(s);
         }
-        let exempt = exempt_anchors(uow, zone, &suspended).await?;
+        let exempt = exempt_anchors(uow, zone, &suspended, known.records).await?;
         let occurrence = now.to_iso_millis();
         for s in &suspended {
             self.enqueue(
@@ -455,7 +482,7 @@ impl Coordinator {
         root: &str,
     ) -> Result<u64> {
         let now = self.clock.now();
-        let tree = subtree(uow, zone, &[root.to_owned()], &["suspended"]).await?;
+        let tree = subtree(uow, zone, &[root.to_owned()], &["suspended"], &[]).await?;
         let occurrence = now.to_iso_millis();
         let lease = now.plus_millis(self.config.service_lease_seconds.saturating_mul(1_000));
         for mut s in tree.iter().cloned() {

@@ -348,24 +348,22 @@ impl Coordinator {
         p: &Principal,
         zone: &ZoneId,
     ) -> Result<(Box<dyn UnitOfWork>, Option<auth::IdentityRows>)> {
-        let mut uow = self.begin(zone).await?;
-        let mut rows = None;
-        if p.identity.is_pending() {
-            rows = Some(
-                self.check_identity_in(&mut *uow, zone, &p.client_id, p.sid.as_deref())
-                    .await?,
-            );
-            p.identity.mark_done();
+        if !p.identity.is_pending() {
+            return Ok((self.begin(zone).await?, None));
         }
-        Ok((uow, rows))
+        let (mut uow, rows) = self
+            .begin_checking_identity(zone, &p.client_id, p.sid.as_deref())
+            .await?;
+        uow.abandon_on_write_error();
+        p.identity.mark_done();
+        Ok((uow, Some(rows)))
     }
 
     /// Runs `p`'s identity check (A2 step 8) in a unit of its own if no unit of the request ran
     /// it; a no-op otherwise. The shell calls this before sending any answer.
     pub async fn settle_identity(&self, p: &Principal) -> Result<()> {
         if p.identity.is_pending() {
-            let mut uow = self.begin(&p.zone).await?;
-            self.check_identity_in(&mut *uow, &p.zone, &p.client_id, p.sid.as_deref())
+            self.begin_checking_identity(&p.zone, &p.client_id, p.sid.as_deref())
                 .await?;
             p.identity.mark_done();
         }

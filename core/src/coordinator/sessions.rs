@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::authority::{AgentSession, DelegationEdge, Lifecycle, SessionType};
 use crate::coordinator::graph::{
     capacity_lock, delegation_lock, edge_live, edges_into, holds_slot, session_lock, EndStatus,
+    Known,
 };
 use crate::coordinator::idempotency::{self, fingerprint, principal_fingerprint, Prior};
 use crate::coordinator::records::{IdempotencyReceipt, SessionFilter};
@@ -1169,6 +1170,10 @@ impl Coordinator {
             std::slice::from_ref(&session.id),
             "subject_authority_inactive",
             EndStatus::Terminated,
+            Known {
+                sessions: std::slice::from_ref(session),
+                records: &[],
+            },
         )
         .await?;
         self.commit_narrowing(uow, [zone]).await?;
@@ -1188,6 +1193,10 @@ impl Coordinator {
             zone,
             std::slice::from_ref(&session.id),
             "service_heartbeat_lost",
+            Known {
+                sessions: std::slice::from_ref(session),
+                records: &[],
+            },
         )
         .await?;
         self.commit_narrowing(uow, [zone]).await?;
@@ -1229,7 +1238,7 @@ impl Coordinator {
                 generation
             }
         };
-        let mut uow = self.begin_for(p, zone).await?;
+        let (mut uow, identity) = self.begin_with_identity(p, zone).await?;
         uow.lock_both(&session_lock(zone), &delegation_lock(zone))
             .await?;
         let session = uow
@@ -1239,6 +1248,7 @@ impl Coordinator {
         if !p.may_manage_sessions_of(&session.application_id) {
             return Err(ownership_required());
         }
+        let identity_record = identity.and_then(|rows| rows.record);
         // A process that lost a lease takeover must never tear down its successor.
         if session.lifecycle == Lifecycle::Service && !p.is_admin() {
             match generation {
@@ -1261,6 +1271,10 @@ impl Coordinator {
                 std::slice::from_ref(&session.id),
                 reason,
                 EndStatus::Terminated,
+                Known {
+                    sessions: std::slice::from_ref(&session),
+                    records: identity_record.as_slice(),
+                },
             )
             .await?;
         if ended.is_empty() {
@@ -1339,7 +1353,7 @@ impl Coordinator {
         zone: &ZoneId,
         session_id: &str,
     ) -> Result<Reply> {
-        let mut uow = self.begin_for(p, zone).await?;
+        let (mut uow, identity) = self.begin_with_identity(p, zone).await?;
         uow.lock_both(&session_lock(zone), &capacity_lock(zone))
             .await?;
         let session = uow
@@ -1349,12 +1363,17 @@ impl Coordinator {
         if !p.may_manage_sessions_of(&session.application_id) {
             return Err(ownership_required());
         }
+        let identity_record = identity.and_then(|rows| rows.record);
         let n = self
             .suspend_subtree(
                 &mut *uow,
                 zone,
                 std::slice::from_ref(&session.id),
                 "requested",
+                Known {
+                    sessions: std::slice::from_ref(&session),
+                    records: identity_record.as_slice(),
+                },
             )
             .await?;
         if n == 0 {

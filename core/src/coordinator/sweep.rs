@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::authority::{AgentSession, DelegationEdge, Lifecycle};
 use crate::coordinator::graph::{
-    capacity_lock, delegation_lock, session_lock, task_deadline, EndStatus,
+    capacity_lock, delegation_lock, session_lock, task_deadline, EndStatus, Known,
 };
 use crate::coordinator::{Coordinator, TOPIC_DELEGATIONS_INVALIDATE};
 use crate::error::Result;
@@ -70,7 +70,14 @@ impl Coordinator {
                 }
             }
             let done = self
-                .terminate_subtree(&mut *uow, &zone, &roots, "ttl", EndStatus::Expired)
+                .terminate_subtree(
+                    &mut *uow,
+                    &zone,
+                    &roots,
+                    "ttl",
+                    EndStatus::Expired,
+                    Known::default(),
+                )
                 .await?;
             ended += done.len() as u64;
             if !done.is_empty() {
@@ -116,7 +123,13 @@ impl Coordinator {
                 }
             }
             let n = self
-                .suspend_subtree(&mut *uow, &zone, &roots, "service_heartbeat_lost")
+                .suspend_subtree(
+                    &mut *uow,
+                    &zone,
+                    &roots,
+                    "service_heartbeat_lost",
+                    Known::default(),
+                )
                 .await?;
             if n > 0 {
                 narrowed.push(zone);

@@ -737,8 +737,41 @@ pub trait Store: Send + Sync {
         uow.save_authority_record(record).await?;
         uow.commit().await
     }
+    /// [`Store::begin`] for `zone`, then, in the new unit, the zone's application
+    /// `application` and, when `record` is given, its authority record `record`: the two rows
+    /// a request's identity check reads first. Adapters may send both reads along with the
+    /// opening of the unit rather than one after another; the answer is the same.
+    async fn begin_with_caller(
+        &self,
+        zone: &ZoneId,
+        application: &ApplicationId,
+        record: Option<&str>,
+    ) -> Result<(Box<dyn UnitOfWork>, CallerRows), StoreError> {
+        let mut uow = self.begin(&ZoneScope::Zone(zone.clone())).await?;
+        let application = uow.get_application(zone, application).await?;
+        let record = match record {
+            Some(id) => uow.get_authority_record(zone, id).await?,
+            None => None,
+        };
+        Ok((
+            uow,
+            CallerRows {
+                application,
+                record,
+            },
+        ))
+    }
     /// Checks the store answers (for `/ready`).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The rows [`Store::begin_with_caller`] read in the unit it opened.
+#[derive(Debug, Clone, Default)]
+pub struct CallerRows {
+    /// The application, if the zone has it.
+    pub application: Option<Application>,
+    /// The authority record, if one was asked for and the zone has it.
+    pub record: Option<AuthorityRecord>,
 }
 
 /// The dispatcher's side of the outbox: claiming due rows outside any request.

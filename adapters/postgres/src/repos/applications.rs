@@ -7,7 +7,7 @@ use caracal_core::ports::store::{ApplicationRepo, Liveness, Page};
 use caracal_core::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::convert::{attribution, id, opt_dt, opt_ts};
 use crate::error::corrupt;
@@ -82,6 +82,21 @@ impl TryFrom<ApplicationRow> for Application {
     }
 }
 
+/// The row `get_application` reads. Takes a shared connection so that a caller can pipeline
+/// it with other statements (`PgStore::begin_with_caller`).
+pub(crate) async fn application_row(
+    mut conn: &AsyncPgConnection,
+    zone: &ZoneId,
+    app: &ApplicationId,
+) -> QueryResult<Option<ApplicationRow>> {
+    t::table
+        .filter(t::zone_id.eq(zone.as_str()).and(t::id.eq(app.as_str())))
+        .select(ApplicationRow::as_select())
+        .first(&mut conn)
+        .await
+        .optional()
+}
+
 #[async_trait]
 impl ApplicationRepo for PgUnitOfWork {
     async fn save_application(&mut self, app: &Application) -> Result<(), StoreError> {
@@ -100,15 +115,7 @@ impl ApplicationRepo for PgUnitOfWork {
         zone: &ZoneId,
         app: &ApplicationId,
     ) -> Result<Option<Application>, StoreError> {
-        let row: Option<ApplicationRow> = op!(
-            self,
-            optional
-                | conn
-                | t::table
-                    .filter(t::zone_id.eq(zone.as_str()).and(t::id.eq(app.as_str())))
-                    .select(ApplicationRow::as_select())
-                    .first(conn)
-        )?;
+        let row = op!(self, |conn| application_row(conn, zone, app))?;
         row.map(Application::try_from).transpose()
     }
 

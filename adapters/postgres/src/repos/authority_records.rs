@@ -7,7 +7,7 @@ use caracal_core::ports::store::AuthorityRecordRepo;
 use caracal_core::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 
 use crate::convert::{id, opt_dt, opt_ts, ts};
@@ -88,6 +88,21 @@ impl TryFrom<AuthorityRecordRow> for AuthorityRecord {
     }
 }
 
+/// The row `get_authority_record` reads. Takes a shared connection so that a caller can
+/// pipeline it with other statements (`PgStore::begin_with_caller`).
+pub(crate) async fn authority_record_row(
+    mut conn: &AsyncPgConnection,
+    zone: &ZoneId,
+    record: &str,
+) -> QueryResult<Option<AuthorityRecordRow>> {
+    t::table
+        .filter(t::zone_id.eq(zone.as_str()).and(t::id.eq(record)))
+        .select(AuthorityRecordRow::as_select())
+        .first(&mut conn)
+        .await
+        .optional()
+}
+
 #[async_trait]
 impl AuthorityRecordRepo for PgUnitOfWork {
     async fn save_authority_record(&mut self, record: &AuthorityRecord) -> Result<(), StoreError> {
@@ -111,15 +126,7 @@ impl AuthorityRecordRepo for PgUnitOfWork {
         zone: &ZoneId,
         record: &str,
     ) -> Result<Option<AuthorityRecord>, StoreError> {
-        let row: Option<AuthorityRecordRow> = op!(
-            self,
-            optional
-                | conn
-                | t::table
-                    .filter(t::zone_id.eq(zone.as_str()).and(t::id.eq(record)))
-                    .select(AuthorityRecordRow::as_select())
-                    .first(conn)
-        )?;
+        let row = op!(self, |conn| authority_record_row(conn, zone, record))?;
         row.map(AuthorityRecord::try_from).transpose()
     }
 
