@@ -115,4 +115,75 @@ mod tests {
         }
         assert_eq!(prepared_upserts(&mut conn).await, 1);
     }
+
+    #[derive(diesel::QueryableByName)]
+    struct Rows {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    /// What pipelining on one connection relies on (`PgStore::begin_with_caller` and the
+    /// deferred writes of a unit of work): futures polled in the order they were made send
+    /// their statements in that order, even when an earlier statement still has to be
+    /// prepared and a later one is already prepared. diesel-async holds the connection's
+    /// statement cache lock while it prepares, and a fair lock hands it on in order.
+    #[tokio::test]
+    async fn pipelined_statements_run_in_the_order_they_were_made() {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let mut conn = match AsyncPgConnection::establish(&url).await {
+            Ok(conn) => conn,
+            Err(err) if std::env::var_os("CI").is_none() => {
+                println!("skipping: Postgres unreachable at {url}: {err}");
+                return;
+            }
+            Err(err) => panic!("Postgres unreachable at {url} in CI: {err}"),
+        };
+        diesel::sql_query("CREATE TEMP TABLE piped (id integer)")
+            .execute(&mut conn)
+            .await
+            .expect("temp table");
+        let count = || keep_prepared(diesel::sql_query("SELECT count(*) AS n FROM piped"));
+        // The count is prepared and cached before the pipelined flights.
+        let warm: Rows = count().get_result(&mut conn).await.expect("count");
+        assert_eq!(warm.n, 0);
+        for (round, fresh_text) in [
+            "INSERT INTO piped VALUES ($1)",
+            "INSERT INTO piped (id) VALUES ($1)",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let shared: &AsyncPgConnection = &conn;
+            let (mut c1, mut c2, mut c3) = (shared, shared, shared);
+            let round = i64::try_from(round).expect("small");
+            // Round 0: a statement prepared afresh (never cached); round 1: one prepared and
+            // cached on first use. Either way it must run before the cached count.
+            let insert = async move {
+                if round == 0 {
+                    diesel::sql_query(fresh_text)
+                        .bind::<Integer, _>(1)
+                        .execute(&mut c1)
+                        .await
+                } else {
+                    keep_prepared(diesel::sql_query(fresh_text).bind::<Integer, _>(2))
+                        .execute(&mut c1)
+                        .await
+                }
+            };
+            let counted = count().get_result::<Rows>(&mut c2);
+            let again =
+                keep_prepared(diesel::sql_query(fresh_text).bind::<Integer, _>(3)).execute(&mut c3);
+            let (inserted, counted, again) = tokio::join!(biased; insert, counted, again);
+            assert_eq!(inserted.expect("insert"), 1);
+            again.expect("second insert");
+            assert_eq!(
+                counted.expect("count").n,
+                2 * round + 1,
+                "the count ran after the insert made before it, not before"
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@ use caracal_core::model::Application;
 use caracal_core::ports::store::{CallerRows, Store, UnitLocks, UnitOfWork, ZoneScope};
 use caracal_core::StoreError;
 use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
+use diesel::QueryResult;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
@@ -20,7 +21,7 @@ use diesel_async::{SimpleAsyncConnection, TransactionManager};
 use crate::repos::applications::application_row;
 use crate::repos::authority_records::authority_record_row;
 use crate::repos::{hashtext, pg_advisory_xact_lock};
-use crate::unit_of_work::{op, PgUnitOfWork, Pooled};
+use crate::unit_of_work::{op, Deferred, PgUnitOfWork, Pooled};
 
 /// How long a caller waits for a pooled connection (including establishing a new one) before
 /// the store reports `Unavailable` instead of hanging a request.
@@ -123,9 +124,10 @@ impl PgStore {
         let conn = self.acquire().await?;
         // From here on, dropping `uow` (an early return below) rolls back and cleans up.
         let mut uow = PgUnitOfWork::new(conn);
-        op!(uow, |conn| AnsiTransactionManager::begin_transaction_sql(
-            conn, &sql
-        ))?;
+        let conn = uow.begin_op()?;
+        let begun = AnsiTransactionManager::begin_transaction_sql(conn, &sql).await;
+        uow.end_op();
+        begun.map_err(crate::error::store_error)?;
         Ok(uow)
     }
 
@@ -266,30 +268,53 @@ impl Store for PgStore {
     }
 }
 
+/// `UnitLocks::lock`'s statement on a shared connection. Built with the query builder rather
+/// than raw SQL so that Diesel keeps it prepared: one round trip per lock instead of a parse
+/// and an execute.
+pub(crate) async fn lock_on(mut conn: &AsyncPgConnection, name: &str) -> QueryResult<()> {
+    diesel::select(pg_advisory_xact_lock(hashtext(name.to_owned())))
+        .execute(&mut conn)
+        .await
+        .map(drop)
+}
+
+/// `UnitLocks::lock_both`'s statement: PostgreSQL evaluates a plain `SELECT`'s target list
+/// left to right, so `first` is held before `second` is requested.
+pub(crate) async fn lock_both_on(
+    mut conn: &AsyncPgConnection,
+    first: &str,
+    second: &str,
+) -> QueryResult<()> {
+    diesel::select((
+        pg_advisory_xact_lock(hashtext(first.to_owned())),
+        pg_advisory_xact_lock(hashtext(second.to_owned())),
+    ))
+    .execute(&mut conn)
+    .await
+    .map(drop)
+}
+
 #[async_trait]
 impl UnitLocks for PgUnitOfWork {
     /// A transaction-scoped advisory lock: released by commit or rollback, never leaked to the
     /// connection's next borrower.
+    /// Deferred in an unguarded unit: it travels with the next statement, which the server runs
+    /// only once the lock is held (`unit_of_work::Deferred`).
     async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
-        // Built with the query builder rather than raw SQL so that Diesel keeps it prepared:
-        // one round trip per lock instead of a parse and an execute.
-        op!(self, |conn| diesel::select(pg_advisory_xact_lock(
-            hashtext(name.to_owned())
-        ))
-        .execute(conn))?;
-        Ok(())
+        if self.defers() {
+            return self.defer(Deferred::Lock(name.to_owned()));
+        }
+        op!(self, |conn| lock_on(conn, name))
     }
 
     /// Both locks in one prepared statement. PostgreSQL evaluates a plain `SELECT`'s target
     /// list left to right, so `first` is held before `second` is requested, as the port
     /// requires.
     async fn lock_both(&mut self, first: &str, second: &str) -> Result<(), StoreError> {
-        op!(self, |conn| diesel::select((
-            pg_advisory_xact_lock(hashtext(first.to_owned())),
-            pg_advisory_xact_lock(hashtext(second.to_owned())),
-        ))
-        .execute(conn))?;
-        Ok(())
+        if self.defers() {
+            return self.defer(Deferred::LockBoth(first.to_owned(), second.to_owned()));
+        }
+        op!(self, |conn| lock_both_on(conn, first, second))
     }
 
     /// `pg_try_advisory_xact_lock`: never waits; the lock, when taken, is transaction-scoped

@@ -16,9 +16,18 @@
 //!
 //! Until that task has run, the connection is out of the pool, so no one can borrow it half-way.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use caracal_core::StoreError;
+use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
+use diesel::QueryResult;
 use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+
+use crate::repos::agent_graph::{AgentSessionRow, DelegationEdgeRow};
+use crate::repos::outbox::OutboxRow;
 
 /// A pooled connection.
 pub(crate) type Pooled = Object<AsyncPgConnection>;
@@ -37,6 +46,89 @@ pub struct PgUnitOfWork {
     pub(crate) unguarded_writes: bool,
     /// An unguarded write failed: the transaction is aborted; nothing may run or commit.
     pub(crate) poisoned: bool,
+    /// Writes and locks of an unguarded unit held back to travel with its next statement.
+    pending: Vec<Deferred>,
+}
+
+/// A write or lock whose only answer is success or failure, held back by an unguarded unit
+/// (`UnitOfWork::abandon_on_write_error`) and sent with the unit's next statement or its
+/// `COMMIT`, pipelined on the connection: the server runs them in the order they were made,
+/// before that statement, so every later read sees them and every later statement runs under
+/// the locks; only the client stops waiting for each answer on its own. A deferred write that
+/// fails poisons the unit, and its error is what that next operation (or the commit) returns.
+pub(crate) enum Deferred {
+    /// `UnitLocks::lock`.
+    Lock(String),
+    /// `UnitLocks::lock_both`.
+    LockBoth(String, String),
+    /// `AgentGraphRepo::save_agent_session`.
+    Session(AgentSessionRow),
+    /// `AgentGraphRepo::save_delegation_edge`.
+    Edge(DelegationEdgeRow),
+    /// `OutboxRepo::enqueue_outbox`.
+    Outbox(OutboxRow),
+}
+
+type Sent<'a> = Pin<Box<dyn Future<Output = QueryResult<()>> + Send + 'a>>;
+
+impl Deferred {
+    /// The statement's future on a shared connection; it sends the statement when first
+    /// polled (after preparing it, if the connection has not yet).
+    fn send<'a>(&'a self, conn: &'a AsyncPgConnection) -> Sent<'a> {
+        match self {
+            Deferred::Lock(name) => Box::pin(crate::store::lock_on(conn, name)),
+            Deferred::LockBoth(first, second) => {
+                Box::pin(crate::store::lock_both_on(conn, first, second))
+            }
+            Deferred::Session(row) => {
+                Box::pin(crate::repos::agent_graph::save_session_on(conn, row))
+            }
+            Deferred::Edge(row) => Box::pin(crate::repos::agent_graph::save_edge_on(conn, row)),
+            Deferred::Outbox(row) => Box::pin(crate::repos::outbox::enqueue_on(conn, row)),
+        }
+    }
+}
+
+/// Sends every deferred statement in order and waits for all of their answers; the error of
+/// the first one that failed, if any (later ones then fail only because the transaction is
+/// aborted).
+pub(crate) async fn run_deferred(
+    conn: &AsyncPgConnection,
+    pending: &[Deferred],
+) -> QueryResult<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut flights: Vec<Option<Sent<'_>>> = pending.iter().map(|d| Some(d.send(conn))).collect();
+    let mut first_error: Option<(usize, diesel::result::Error)> = None;
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        // Polled in order every time: the first poll sends them in order.
+        for (i, slot) in flights.iter_mut().enumerate() {
+            let Some(flight) = slot else { continue };
+            match flight.as_mut().poll(cx) {
+                Poll::Ready(result) => {
+                    if let Err(err) = result {
+                        if first_error.as_ref().is_none_or(|(at, _)| i < *at) {
+                            first_error = Some((i, err));
+                        }
+                    }
+                    *slot = None;
+                }
+                Poll::Pending => done = false,
+            }
+        }
+        if done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    match first_error {
+        Some((_, err)) => Err(err),
+        None => Ok(()),
+    }
 }
 
 impl PgUnitOfWork {
@@ -48,12 +140,61 @@ impl PgUnitOfWork {
             in_flight: false,
             unguarded_writes: false,
             poisoned: false,
+            pending: Vec::new(),
         }
+    }
+
+    /// Holds `write` back until the unit's next statement (see [`Deferred`]). Only unguarded
+    /// units defer; the caller checks [`Self::defers`] first.
+    pub(crate) fn defer(&mut self, write: Deferred) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Unavailable(
+                "unit of work abandoned after a refused write".into(),
+            ));
+        }
+        if self.conn.is_none() {
+            return Err(StoreError::Unavailable(
+                "unit of work already finished".into(),
+            ));
+        }
+        self.pending.push(write);
+        Ok(())
+    }
+
+    /// Whether writes and locks of this unit are deferred (it is unguarded).
+    pub(crate) fn defers(&self) -> bool {
+        self.unguarded_writes
+    }
+
+    /// The deferred writes, handed to the statement about to run (the `op!` macros).
+    pub(crate) fn take_pending(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// The outcome of a statement that ran after `flushed` (the deferred writes it carried):
+    /// a failed deferred write poisons the unit and is the error reported.
+    pub(crate) fn settle<T>(
+        &mut self,
+        flushed: QueryResult<()>,
+        result: QueryResult<T>,
+    ) -> Result<T, StoreError> {
+        if let Err(err) = flushed {
+            self.poisoned = true;
+            return Err(crate::error::store_error(err));
+        }
+        result.map_err(crate::error::store_error)
     }
 
     /// The connection, marking an operation as started. Pair with [`Self::end_op`] after the
     /// operation's future completed (the `op!` macros do).
     pub(crate) fn begin_op(&mut self) -> Result<&mut AsyncPgConnection, StoreError> {
+        if !self.pending.is_empty() {
+            // Every statement must carry the deferred writes ahead of it (the `op!` macros
+            // take them first); running one without would reorder the unit's statements.
+            return Err(StoreError::Unavailable(
+                "deferred writes were not sent before a statement".into(),
+            ));
+        }
         if self.poisoned {
             return Err(StoreError::Unavailable(
                 "unit of work abandoned after a refused write".into(),
@@ -95,6 +236,10 @@ impl PgUnitOfWork {
             ));
         }
         let mut guard = CloseOnDrop(Some(conn));
+        let pending = std::mem::take(&mut self.pending);
+        if !pending.is_empty() {
+            return commit_with(guard, &pending).await;
+        }
         let committed = match guard.0.as_mut() {
             Some(conn) => AnsiTransactionManager::commit_transaction(&mut **conn).await,
             None => return Err(StoreError::Unavailable("connection lost".into())),
@@ -108,6 +253,47 @@ impl PgUnitOfWork {
             Err(err) => Err(crate::error::store_error(err)),
         }
     }
+}
+
+/// Sends the deferred writes and `COMMIT` together. Postgres ends the transaction either way:
+/// it commits when every write succeeded, and rolls back (answering `COMMIT` with a rollback,
+/// not an error) when one failed, whose error is then returned. The connection goes back to
+/// the pool idle, or is closed when the `COMMIT` itself failed.
+async fn commit_with(mut guard: CloseOnDrop, pending: &[Deferred]) -> Result<(), StoreError> {
+    let Some(conn) = guard.0.as_mut() else {
+        return Err(StoreError::Unavailable("connection lost".into()));
+    };
+    let (flushed, committed) = {
+        let shared: &AsyncPgConnection = conn;
+        let mut held = shared;
+        // COMMIT as a (kept) prepared statement, not a simple query: statements queue for the
+        // connection's statement cache in the order they were made, and a deferred write still
+        // being prepared holds it, so the COMMIT cannot overtake the write. A simple query
+        // bypasses that queue and could (the write would then run after the transaction,
+        // outside it and its zone binding).
+        let commit = crate::prepared::keep_prepared(diesel::sql_query("COMMIT"));
+        tokio::join!(
+            biased;
+            run_deferred(shared, pending),
+            diesel_async::RunQueryDsl::execute(commit, &mut held)
+        )
+    };
+    committed.map_err(crate::error::store_error)?;
+    // The transaction is over: record it as `commit_transaction` would.
+    match AnsiTransactionManager::transaction_manager_status_mut(&mut **conn) {
+        TransactionManagerStatus::Valid(status) => status
+            .change_transaction_depth(TransactionDepthChange::DecreaseDepth)
+            .map_err(crate::error::store_error)?,
+        TransactionManagerStatus::InError => {
+            return Err(StoreError::Unavailable(
+                "connection broken at commit".into(),
+            ))
+        }
+    }
+    flushed.map_err(crate::error::store_error)?;
+    // Back to the pool, idle.
+    drop(guard.0.take());
+    Ok(())
 }
 
 impl Drop for PgUnitOfWork {
@@ -169,18 +355,27 @@ pub(crate) fn discard(conn: Pooled) {
 /// Runs one read on the unit of work's connection: `op!(uow, |conn| future)`, or
 /// `op!(uow, optional |conn| future)` to read a missing row as `None`. Tracks the
 /// operation as in flight so that a cancelled future is noticed at drop time.
+///
+/// The statement carries the unit's deferred writes ahead of it (pipelined: one round trip for
+/// all of them); `$conn` is a `&mut &AsyncPgConnection`, which every Diesel query runs on.
 macro_rules! op {
-    ($uow:expr, optional |$conn:ident| $body:expr) => {{
-        let $conn = $uow.begin_op()?;
-        let result = diesel::OptionalExtension::optional($body.await);
-        $uow.end_op();
-        result.map_err($crate::error::store_error)
-    }};
+    ($uow:expr, optional |$conn:ident| $body:expr) => {
+        $crate::unit_of_work::op!($uow, |$conn| async {
+            diesel::OptionalExtension::optional($body.await)
+        })
+    };
     ($uow:expr, |$conn:ident| $body:expr) => {{
-        let $conn = $uow.begin_op()?;
-        let result = $body.await;
+        let pending = $uow.take_pending();
+        let shared: &diesel_async::AsyncPgConnection = $uow.begin_op()?;
+        let mut held = shared;
+        let $conn = &mut held;
+        let (flushed, result) = tokio::join!(
+            biased;
+            $crate::unit_of_work::run_deferred(shared, &pending),
+            $body
+        );
         $uow.end_op();
-        result.map_err($crate::error::store_error)
+        $uow.settle(flushed, result)
     }};
 }
 pub(crate) use op;
@@ -195,13 +390,11 @@ macro_rules! write_op {
     ($uow:expr, |$conn:ident| $body:expr) => {{
         if $uow.unguarded_writes {
             // The caller abandons the unit on failure: no savepoint, and a failure poisons it.
-            let $conn = $uow.begin_op()?;
-            let result = $body.await;
-            $uow.end_op();
+            let result = $crate::unit_of_work::op!($uow, |$conn| $body);
             if result.is_err() {
                 $uow.poisoned = true;
             }
-            result.map_err($crate::error::store_error)
+            result
         } else {
             let $conn = $uow.begin_op()?;
             let result = async {

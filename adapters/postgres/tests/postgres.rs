@@ -831,3 +831,129 @@ async fn minted_records_reuse_pooled_connections() {
     let after = sessions().await;
     assert!(after - before <= 2, "{before} -> {after} sessions");
 }
+
+fn session(zone: &Zone, id: &str) -> caracal_core::authority::AgentSession {
+    caracal_core::authority::AgentSession {
+        id: id.to_owned(),
+        zone_id: zone.id.clone(),
+        application_id: "app-a".into(),
+        subject_session_id: "anchor".into(),
+        parent_id: None,
+        lifecycle: caracal_core::authority::Lifecycle::Task,
+        labels: vec![],
+        status: "active".into(),
+        depth: 0,
+        ttl_seconds: Some(600),
+        started_at: at(1),
+        last_heartbeat_at: None,
+        heartbeat_deadline_at: None,
+        lease_generation: 0,
+        child_count: 0,
+        metadata: serde_json::Map::new(),
+        status_reason: None,
+        ended_at: None,
+        created_at: at(1),
+        updated_at: at(1),
+    }
+}
+
+/// An abandoned (unguarded) unit holds its Session writes and locks back and sends them with
+/// its next statement or its COMMIT. They still apply in order before that statement (a read
+/// sees them; a deferred lock is held), and a refused one is reported by that statement or by
+/// the commit, with nothing of the unit written.
+#[tokio::test]
+async fn deferred_writes_apply_in_order_and_refusals_surface_later() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 4).expect("pool");
+    let (za, zb, _, _) = two_zones_with_apps(&store).await;
+    let scope_a = ZoneScope::Zone(za.id.clone());
+
+    // Read-your-writes and a held lock.
+    let mut uow = store.begin(&scope_a).await.expect("begin");
+    uow.abandon_on_write_error();
+    uow.lock("deferred:test").await.expect("deferred lock");
+    uow.save_agent_session(&session(&za, "s-1"))
+        .await
+        .expect("deferred save");
+    let mut first = session(&za, "s-1");
+    first.status = "terminated".into();
+    uow.save_agent_session(&first).await.expect("deferred save");
+    let read = uow.get_agent_session(&za.id, "s-1").await.expect("read");
+    assert_eq!(
+        read.map(|s| s.status),
+        Some("terminated".to_owned()),
+        "the read ran after both deferred writes, in order"
+    );
+    let mut other = store.begin(&ZoneScope::All).await.expect("begin other");
+    assert!(
+        !other.try_lock("deferred:test").await.expect("try_lock"),
+        "the deferred lock is held once a statement carried it"
+    );
+    drop(other);
+    uow.save_agent_session(&session(&za, "s-2"))
+        .await
+        .expect("deferred save");
+    uow.commit().await.expect("commit carries the last write");
+    let mut check = store.begin(&ZoneScope::All).await.expect("begin");
+    assert!(check
+        .get_agent_session(&za.id, "s-2")
+        .await
+        .expect("get")
+        .is_some());
+    drop(check);
+
+    // A refused write (another zone's row, row-level security) surfaces at the next read.
+    let mut uow = store.begin(&scope_a).await.expect("begin");
+    uow.abandon_on_write_error();
+    uow.save_agent_session(&session(&za, "s-3"))
+        .await
+        .expect("deferred save");
+    uow.save_agent_session(&session(&zb, "s-foreign"))
+        .await
+        .expect("the refusal is not known yet");
+    assert!(
+        uow.get_agent_session(&za.id, "s-3").await.is_err(),
+        "the statement carrying a refused write reports it"
+    );
+    assert!(uow.commit().await.is_err(), "a poisoned unit never commits");
+
+    // ... or at the commit that carried it, on a fresh connection: the writes' statement is
+    // still being prepared when the COMMIT is sent, and must not be overtaken by it.
+    let fresh = PgStore::connect(&db.url, 1).expect("pool");
+    let mut uow = fresh.begin(&scope_a).await.expect("begin");
+    uow.abandon_on_write_error();
+    uow.save_agent_session(&session(&za, "s-4"))
+        .await
+        .expect("deferred save");
+    uow.save_agent_session(&session(&zb, "s-foreign-2"))
+        .await
+        .expect("deferred save");
+    assert!(
+        uow.commit().await.is_err(),
+        "the commit carrying a refused write fails"
+    );
+
+    let mut check = store.begin(&ZoneScope::All).await.expect("begin");
+    for (zone, id) in [
+        (&za.id, "s-3"),
+        (&zb.id, "s-foreign"),
+        (&za.id, "s-4"),
+        (&zb.id, "s-foreign-2"),
+    ] {
+        assert_eq!(
+            check.get_agent_session(zone, id).await.expect("get"),
+            None,
+            "nothing of a unit with a refused write is stored ({id})"
+        );
+    }
+    drop(check);
+    // Every connection went back to the pool usable.
+    for _ in 0..6 {
+        let mut uow = store.begin(&scope_a).await.expect("begin");
+        uow.get_agent_session(&za.id, "s-2")
+            .await
+            .expect("pooled connection");
+    }
+}

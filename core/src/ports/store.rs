@@ -701,7 +701,11 @@ pub trait UnitOfWork:
     /// Postgres adapter's savepoint around every write: two round trips each). From here on a
     /// refused write still returns its typed error (a `Conflict` stays a `Conflict`), but the
     /// adapter may fail every later operation and `commit`, writing nothing; the caller must
-    /// drop the unit. Adapters whose writes are atomic on their own may ignore it.
+    /// drop the unit. An adapter may also hold back writes and locks whose answer is only
+    /// success or failure and send them with the unit's next operation or its `commit`: they
+    /// still take effect in order, before that operation, and a refusal is then returned by
+    /// that operation (or `commit`) instead of by the write. Adapters whose writes are atomic
+    /// on their own may ignore it.
     fn abandon_on_write_error(&mut self) {}
 }
 

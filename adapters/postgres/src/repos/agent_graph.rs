@@ -17,7 +17,7 @@ use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 
 use crate::convert::{count, id, limit, opt_dt, opt_ts, ts};
@@ -27,7 +27,7 @@ use crate::schema::{
     agent_sessions as s, authority_records as r, delegation_edges as d,
     delegation_graph_epochs as e,
 };
-use crate::unit_of_work::{op, write_op, PgUnitOfWork};
+use crate::unit_of_work::{op, write_op, Deferred, PgUnitOfWork};
 
 #[derive(Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = s, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
@@ -318,19 +318,49 @@ text_constant!(
     EdgeKind = "'edge'::text"
 );
 
+/// The upsert of `save_agent_session`, on a shared connection (it may be deferred and
+/// pipelined, `unit_of_work::Deferred`).
+pub(crate) async fn save_session_on(
+    mut conn: &AsyncPgConnection,
+    row: &AgentSessionRow,
+) -> QueryResult<()> {
+    keep_prepared(
+        diesel::insert_into(s::table)
+            .values(row)
+            .on_conflict(s::id)
+            .do_update()
+            .set(row),
+    )
+    .execute(&mut conn)
+    .await
+    .map(drop)
+}
+
+/// The upsert of `save_delegation_edge`, on a shared connection (see [`save_session_on`]).
+pub(crate) async fn save_edge_on(
+    mut conn: &AsyncPgConnection,
+    row: &DelegationEdgeRow,
+) -> QueryResult<()> {
+    keep_prepared(
+        diesel::insert_into(d::table)
+            .values(row)
+            .on_conflict(d::id)
+            .do_update()
+            .set(row),
+    )
+    .execute(&mut conn)
+    .await
+    .map(drop)
+}
+
 #[async_trait]
 impl AgentGraphRepo for PgUnitOfWork {
     async fn save_agent_session(&mut self, session: &AgentSession) -> Result<(), StoreError> {
         let row = AgentSessionRow::from(session);
-        write_op!(self, |conn| keep_prepared(
-            diesel::insert_into(s::table)
-                .values(&row)
-                .on_conflict(s::id)
-                .do_update()
-                .set(&row)
-        )
-        .execute(conn))?;
-        Ok(())
+        if self.defers() {
+            return self.defer(Deferred::Session(row));
+        }
+        write_op!(self, |conn| save_session_on(conn, &row))
     }
 
     async fn get_agent_session(
@@ -352,15 +382,10 @@ impl AgentGraphRepo for PgUnitOfWork {
 
     async fn save_delegation_edge(&mut self, edge: &DelegationEdge) -> Result<(), StoreError> {
         let row = DelegationEdgeRow::from(edge);
-        write_op!(self, |conn| keep_prepared(
-            diesel::insert_into(d::table)
-                .values(&row)
-                .on_conflict(d::id)
-                .do_update()
-                .set(&row)
-        )
-        .execute(conn))?;
-        Ok(())
+        if self.defers() {
+            return self.defer(Deferred::Edge(row));
+        }
+        write_op!(self, |conn| save_edge_on(conn, &row))
     }
 
     async fn get_delegation_edge(

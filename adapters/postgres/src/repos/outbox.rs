@@ -10,13 +10,13 @@ use caracal_core::StoreError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::PgJsonbExpressionMethods;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value};
 
 use crate::convert::{id, opt_dt, opt_ts, ts};
 use crate::error::corrupt;
 use crate::schema::event_outbox as t;
-use crate::unit_of_work::{op, write_op, PgUnitOfWork};
+use crate::unit_of_work::{op, write_op, Deferred, PgUnitOfWork};
 
 /// An `event_outbox` row. Also decoded from the dispatcher's raw claim statement, hence
 /// `QueryableByName`. `None` inserts as `NULL` (the columns' default anyway), which keeps the
@@ -97,14 +97,24 @@ impl TryFrom<OutboxRow> for OutboxMessage {
     }
 }
 
+/// The insert of `enqueue_outbox`, on a shared connection (it may be deferred and pipelined,
+/// `unit_of_work::Deferred`).
+pub(crate) async fn enqueue_on(mut conn: &AsyncPgConnection, row: &OutboxRow) -> QueryResult<()> {
+    diesel::insert_into(t::table)
+        .values(row)
+        .execute(&mut conn)
+        .await
+        .map(drop)
+}
+
 #[async_trait]
 impl OutboxRepo for PgUnitOfWork {
     async fn enqueue_outbox(&mut self, message: &OutboxMessage) -> Result<(), StoreError> {
         let row = OutboxRow::from(message);
-        write_op!(self, |conn| diesel::insert_into(t::table)
-            .values(&row)
-            .execute(conn))?;
-        Ok(())
+        if self.defers() {
+            return self.defer(Deferred::Outbox(row));
+        }
+        write_op!(self, |conn| enqueue_on(conn, &row))
     }
 
     async fn get_outbox(
