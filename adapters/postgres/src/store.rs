@@ -198,7 +198,11 @@ impl PgStore {
 }
 
 /// The batch that opens a unit of work: BEGIN and the transaction-local settings.
-fn begin_sql(scope: &ZoneScope, as_app_role: bool, relaxed: bool) -> Result<String, StoreError> {
+pub(crate) fn begin_sql(
+    scope: &ZoneScope,
+    as_app_role: bool,
+    relaxed: bool,
+) -> Result<String, StoreError> {
     let zone = match scope {
         ZoneScope::All => "*",
         ZoneScope::Zone(zone) => zone.as_str(),

@@ -336,7 +336,7 @@ async fn roll_back_and_release(conn: Pooled) {
 }
 
 /// Closes a connection instead of returning it to the pool.
-struct CloseOnDrop(Option<Pooled>);
+pub(crate) struct CloseOnDrop(pub(crate) Option<Pooled>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
