@@ -22,14 +22,14 @@ use caracal_core::authority::AuthorityRecord;
 use caracal_core::ids::ZoneId;
 use caracal_core::ports::ZoneScope;
 use caracal_core::StoreError;
-use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::RunQueryDsl;
 use tokio::sync::oneshot;
 
 use crate::prepared::keep_prepared;
 use crate::repos::authority_records::AuthorityRecordRow;
 use crate::schema::authority_records as t;
-use crate::store::{begin_sql, PgStore};
-use crate::unit_of_work::CloseOnDrop;
+use crate::store::PgStore;
+use crate::unit_of_work::one_statement_tx;
 
 /// Most records in one transaction (and so the number of distinct multi-row statements the
 /// connection's statement cache can hold for this writer).
@@ -114,11 +114,8 @@ impl PgStore {
     }
 
     /// One relaxed transaction bound to `zone` (as `begin_relaxed` opens it) holding one
-    /// multi-row insert: the ids it inserted. The opening batch, the insert and the `COMMIT`
-    /// go out together, pipelined: one round trip. The server runs them in order (the insert
-    /// and the `COMMIT` queue for the connection's statement cache behind the `BEGIN` batch,
-    /// which is sent first); an insert that fails aborts the transaction, whose `COMMIT` then
-    /// rolls it back. Any failure closes the connection rather than pooling it.
+    /// multi-row insert, pipelined with its opening and `COMMIT` (`one_statement_tx!`): the
+    /// ids it inserted.
     async fn write_records(
         &self,
         zone: &ZoneId,
@@ -128,38 +125,21 @@ impl PgStore {
             .iter()
             .map(|r| AuthorityRecordRow::from(*r))
             .collect();
-        let begin = begin_sql(&ZoneScope::Zone(zone.clone()), true, true)?;
-        let mut guard = CloseOnDrop(Some(self.acquire().await?));
-        let Some(conn) = guard.0.as_mut() else {
-            return Err(StoreError::Unavailable("connection lost".into()));
-        };
-        let shared: &AsyncPgConnection = conn;
-        let (mut c1, mut c2, mut c3) = (shared, shared, shared);
         let insert = diesel::insert_into(t::table)
             .values(&rows)
             .on_conflict(t::id)
             .do_nothing()
             .returning(t::id);
+        let scope = ZoneScope::Zone(zone.clone());
         // Diesel prepares a multi-row insert afresh every time (a parse round trip); the
         // usual small groups keep theirs, one statement per size (the row has no DEFAULTs).
-        let inserting = async {
+        let inserted: Vec<String> = one_statement_tx!(self, &scope, true, true, |conn| async {
             if rows.len() <= KEPT_GROUP {
-                keep_prepared(insert).get_results::<String>(&mut c2).await
+                keep_prepared(insert).get_results::<String>(conn).await
             } else {
-                insert.get_results::<String>(&mut c2).await
+                insert.get_results::<String>(conn).await
             }
-        };
-        let (begun, inserted, committed) = tokio::join!(
-            biased;
-            c1.batch_execute(&begin),
-            inserting,
-            keep_prepared(diesel::sql_query("COMMIT")).execute(&mut c3)
-        );
-        begun.map_err(crate::error::store_error)?;
-        let inserted = inserted.map_err(crate::error::store_error)?;
-        committed.map_err(crate::error::store_error)?;
-        // Committed and idle: back to the pool.
-        drop(guard.0.take());
+        })?;
         Ok(inserted.into_iter().collect())
     }
 }

@@ -18,7 +18,7 @@ use crate::prepared::keep_prepared;
 use crate::repos::outbox::OutboxRow;
 use crate::schema::event_outbox as t;
 use crate::store::PgStore;
-use crate::unit_of_work::{op, PgUnitOfWork};
+use crate::unit_of_work::one_statement_tx;
 
 /// Claims due rows in one statement. The CTE picks due, undelivered, unlocked rows in due order
 /// and locks them, skipping rows another dispatcher has locked, so two concurrent claims never
@@ -59,13 +59,12 @@ struct OutboxCounts {
     dead: i64,
 }
 
-impl PgStore {
-    /// A short transaction for one dispatcher step, as the connecting role with
-    /// `caracal.zone_id = '*'`.
-    async fn dispatcher_tx(&self) -> Result<PgUnitOfWork, StoreError> {
-        self.begin_tx(&ZoneScope::All, false).await
-    }
-}
+// Each dispatcher step is one statement in a short transaction of its own, as the connecting
+// role with `caracal.zone_id = '*'`, sent with its BEGIN and COMMIT in one pipelined flight
+// (`one_statement_tx!`). Claims and delivery marks commit without waiting for the WAL flush:
+// losing one to a crash only makes a row be claimed and published again, which at-least-once
+// delivery already allows (consumers deduplicate by `outbox_id` / `dedupe_key`). Failure
+// marks stay durable: a dead letter must not come back to life.
 
 #[async_trait]
 impl OutboxQueue for PgStore {
@@ -75,15 +74,14 @@ impl OutboxQueue for PgStore {
         lock_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let mut tx = self.dispatcher_tx().await?;
-        let rows: Vec<OutboxRow> = op!(tx, |conn| keep_prepared(
-            diesel::sql_query(CLAIM_DUE)
-                .bind::<Timestamptz, _>(now.as_datetime())
-                .bind::<Timestamptz, _>(lock_until.as_datetime())
-                .bind::<BigInt, _>(i64::from(limit))
-        )
-        .load::<OutboxRow>(conn))?;
-        tx.finish().await?;
+        let rows: Vec<OutboxRow> =
+            one_statement_tx!(self, &ZoneScope::All, false, true, |conn| keep_prepared(
+                diesel::sql_query(CLAIM_DUE)
+                    .bind::<Timestamptz, _>(now.as_datetime())
+                    .bind::<Timestamptz, _>(lock_until.as_datetime())
+                    .bind::<BigInt, _>(i64::from(limit))
+            )
+            .load::<OutboxRow>(conn))?;
         let mut claimed = rows
             .into_iter()
             .map(OutboxMessage::try_from)
@@ -95,8 +93,7 @@ impl OutboxQueue for PgStore {
     }
 
     async fn mark_dispatched(&self, id: &OutboxId, at: Timestamp) -> Result<(), StoreError> {
-        let mut tx = self.dispatcher_tx().await?;
-        op!(tx, |conn| keep_prepared(
+        one_statement_tx!(self, &ZoneScope::All, false, true, |conn| keep_prepared(
             diesel::update(t::table.find(id.as_str())).set((
                 t::dispatched_at.eq(Some(at.as_datetime())),
                 t::locked_until.eq(None::<chrono::DateTime<chrono::Utc>>),
@@ -104,22 +101,18 @@ impl OutboxQueue for PgStore {
             ))
         )
         .execute(conn))?;
-        tx.finish().await
+        Ok(())
     }
 
-    /// One UPDATE for the batch, committed without waiting for the WAL flush: a mark lost to
-    /// a crash only republishes its rows, which at-least-once delivery already allows
-    /// (consumers deduplicate by `outbox_id` / `dedupe_key`), and the dispatcher stops paying
-    /// an fsync per message.
+    /// One UPDATE for the batch, committed without waiting for the WAL flush (see above).
     async fn mark_all_dispatched(&self, ids: &[OutboxId], at: Timestamp) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
         let ids: Vec<&str> = ids.iter().map(OutboxId::as_str).collect();
-        // `synchronous_commit = off` rides in the BEGIN batch; the ids travel as one array
-        // (`= ANY($1)`), so the statement text is the same for every batch size.
-        let mut tx = self.begin_tx_with(&ZoneScope::All, false, true).await?;
-        op!(tx, |conn| keep_prepared(
+        // The ids travel as one array (`= ANY($1)`), so the statement text is the same for
+        // every batch size.
+        one_statement_tx!(self, &ZoneScope::All, false, true, |conn| keep_prepared(
             diesel::update(t::table.filter(t::id.eq_any(&ids))).set((
                 t::dispatched_at.eq(Some(at.as_datetime())),
                 t::locked_until.eq(None::<chrono::DateTime<chrono::Utc>>),
@@ -127,7 +120,7 @@ impl OutboxQueue for PgStore {
             ))
         )
         .execute(conn))?;
-        tx.finish().await
+        Ok(())
     }
 
     async fn mark_failed(
@@ -136,10 +129,9 @@ impl OutboxQueue for PgStore {
         error: &str,
         retry_at: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.dispatcher_tx().await?;
         // `retry_at = None` stores available_at NULL: dead, never claimed again, counted by
         // `outbox_counts().1` (and by /ready's outbox_dead_messages check, spec/api.md §1).
-        op!(tx, |conn| keep_prepared(
+        one_statement_tx!(self, &ZoneScope::All, false, false, |conn| keep_prepared(
             diesel::update(t::table.find(id.as_str())).set((
                 t::available_at.eq(retry_at.map(|at| at.as_datetime())),
                 t::locked_until.eq(None::<chrono::DateTime<chrono::Utc>>),
@@ -147,15 +139,15 @@ impl OutboxQueue for PgStore {
             ))
         )
         .execute(conn))?;
-        tx.finish().await
+        Ok(())
     }
 
     async fn outbox_counts(&self) -> Result<(u64, u64), StoreError> {
-        let mut tx = self.dispatcher_tx().await?;
         // One statement, so both numbers come from one snapshot.
         let counts: OutboxCounts =
-            op!(tx, |conn| diesel::sql_query(OUTBOX_COUNTS).get_result(conn))?;
-        tx.finish().await?;
+            one_statement_tx!(self, &ZoneScope::All, false, false, |conn| {
+                keep_prepared(diesel::sql_query(OUTBOX_COUNTS)).get_result(conn)
+            })?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok((count(counts.pending), count(counts.dead)))
     }
