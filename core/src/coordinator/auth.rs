@@ -16,7 +16,9 @@ use crate::authority::AuthorityRecord;
 use crate::coordinator::{Coordinator, IdentityGate, Principal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{is_path_id, ApplicationId, ZoneId};
-use crate::mandate::{peek_kid, verify_mandate, Expectations, MandateClaims, MandateUse};
+use crate::mandate::{
+    peek_kid, verify_mandate, Expectations, MandateClaims, MandateUse, LEEWAY_SECONDS,
+};
 use crate::model::Application;
 use crate::ports::{CallerRows, Es256, UnitOfWork, ZoneKeySource};
 
@@ -180,7 +182,16 @@ impl Coordinator {
         lifecycle_scope: &str,
     ) -> Result<Principal> {
         let now = self.clock.now().unix_seconds();
-        let claims = verify_bearer(token, keys, es256, issuer, now).await?;
+        // A token that verified within the last few seconds is not verified again
+        // (`mandate::verified`); what follows is checked on every request.
+        let claims = match self.verified.get(token, now) {
+            Some(claims) => claims,
+            None => {
+                let claims = verify_bearer(token, keys, es256, issuer, now).await?;
+                self.verified.keep(token, &claims, now, LEEWAY_SECONDS);
+                claims
+            }
+        };
         let scopes = check_claims(&claims, path_zone, lifecycle_scope)?;
         // Equal to the verified zone, which was peeked as a path id: it parses.
         let zone = ZoneId::parse(path_zone)

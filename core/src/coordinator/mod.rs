@@ -27,6 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ids::{OutboxId, ZoneId};
+use crate::mandate::VerifiedMandates;
 use crate::model::OutboxMessage;
 use crate::ports::{
     AuthorityVersions, Clock, IdGenerator, MessageAuthenticator, Store, UnitOfWork, ZoneScope,
@@ -272,6 +273,8 @@ pub struct Coordinator {
     /// Advanced after every commit that takes authority away, so the STS's cached delegation
     /// rows stop being trusted before the change is answered.
     pub(crate) versions: Arc<dyn AuthorityVersions>,
+    /// Bearer mandates that verified a moment ago (shared by every clone).
+    pub(crate) verified: Arc<VerifiedMandates>,
     pub(crate) config: CoordinatorConfig,
 }
 
@@ -293,6 +296,7 @@ impl Coordinator {
             idempotency_mac,
             idempotency_mac_previous,
             versions,
+            verified: Arc::new(VerifiedMandates::new()),
             config,
         }
     }
@@ -307,6 +311,7 @@ impl Coordinator {
             idempotency_mac: Arc::clone(&self.idempotency_mac),
             idempotency_mac_previous: self.idempotency_mac_previous.clone(),
             versions: Arc::clone(&self.versions),
+            verified: Arc::clone(&self.verified),
             config: self.config.clone(),
         }
     }

@@ -5,11 +5,13 @@
 pub mod claims;
 pub mod jwk;
 pub mod jws;
+pub mod verified;
 pub mod verify;
 
 pub use claims::{DelegationHop, MandateClaims, MandateUse, SubType};
 pub use jwk::{Jwk, JwkSet};
 pub use jws::encode;
+pub use verified::VerifiedMandates;
 pub use verify::{
     peek_kid, verify_mandate, verify_mandate_raw, Expectations, TokenError, VerifyingKey,
     VerifyingKeys, LEEWAY_SECONDS, MAX_TOKEN_BYTES,

@@ -1123,3 +1123,98 @@ async fn the_in_process_sts_keys_verify_its_mandates() {
     .await;
     assert_eq!((a.status, a.body), (401, json!({"error": "invalid_token"})));
 }
+
+/// Counts the key lookups a verification makes.
+struct CountingKeys {
+    keys: VerifyingKeys,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl ZoneKeySource for CountingKeys {
+    async fn verifying_keys(
+        &self,
+        _zone: &ZoneId,
+        _kid: &str,
+    ) -> caracal_core::Result<VerifyingKeys> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.keys.clone())
+    }
+}
+
+/// A mandate presented again within a few seconds is not verified again (`mandate::verified`),
+/// but anything else about the request still is: a token differing by one character is
+/// verified (and refused), and a revoked authority record is refused on the very next request.
+#[actix_web::test]
+async fn a_verified_mandate_is_trusted_briefly_and_nothing_else_is() {
+    let store = MemoryStore::new();
+    seed(&store).await;
+    let es256 = RingEs256::new();
+    let signer = es256
+        .load_signer(&es256.generate_pem().expect("pem"))
+        .expect("signer");
+    let keys = Arc::new(CountingKeys {
+        keys: VerifyingKeys::new(vec![VerifyingKey::new(KID, signer.public_point().to_vec())]),
+        lookups: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let state = state_over(
+        &store,
+        Arc::clone(&keys) as Arc<dyn ZoneKeySource>,
+        config(),
+    );
+    let app = test::init_service(coordinator_app!(state.clone())).await;
+    let lookups = || keys.lookups.load(std::sync::atomic::Ordering::SeqCst);
+    let token = encode(KID, &claims(), signer.as_ref()).expect("mint");
+    for _ in 0..3 {
+        let a = call(
+            &app,
+            TestRequest::get()
+                .uri("/zones/z1/agents")
+                .insert_header(bearer(&token)),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(lookups(), 1, "one verification for three requests");
+
+    // One character off in the signature: a different token, verified and refused.
+    let mut tampered = token.clone();
+    let last = tampered.pop().expect("non-empty");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let a = call(
+        &app,
+        TestRequest::get()
+            .uri("/zones/z1/agents")
+            .insert_header(bearer(&tampered)),
+    )
+    .await;
+    assert_eq!((a.status, a.body), (401, json!({"error": "invalid_token"})));
+    assert_eq!(lookups(), 2);
+
+    // The identity check is not cached: revoking the record refuses the trusted token.
+    let mut uow = store
+        .begin(&ZoneScope::Zone(zone("z1")))
+        .await
+        .expect("begin");
+    uow.save_authority_record(&record("z1", SID, RecordStatus::Revoked))
+        .await
+        .expect("revoke");
+    uow.commit().await.expect("commit");
+    let a = call(
+        &app,
+        TestRequest::get()
+            .uri("/zones/z1/agents")
+            .insert_header(bearer(&token)),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.body),
+        (401, json!({"error": "identity_revoked"}))
+    );
+    assert_eq!(
+        lookups(),
+        2,
+        "still trusted: only the identity check refused it"
+    );
+}
