@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use caracal_core::authority::AuthorityRecord;
 use caracal_core::ids::{ApplicationId, ZoneId};
 use caracal_core::model::Application;
-use caracal_core::ports::store::{CallerRows, Store, UnitLocks, UnitOfWork, ZoneScope};
+use caracal_core::ports::store::{CallerRows, PoolUsage, Store, UnitLocks, UnitOfWork, ZoneScope};
 use caracal_core::StoreError;
 use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
 use diesel::QueryResult;
@@ -260,6 +260,15 @@ impl Store for PgStore {
     ) -> Result<(Box<dyn UnitOfWork>, CallerRows), StoreError> {
         let (uow, rows) = self.begin_reading_caller(zone, application, record).await?;
         Ok((Box::new(uow), rows))
+    }
+
+    /// deadpool's status: connections handed out are the pool's size less the idle ones.
+    fn pool_usage(&self) -> Option<PoolUsage> {
+        let status = self.pool.status();
+        Some(PoolUsage {
+            max: status.max_size as u64,
+            acquired: status.size.saturating_sub(status.available) as u64,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -767,6 +767,31 @@ pub trait Store: Send + Sync {
     }
     /// Checks the store answers (for `/ready`).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// How much of its connection pool the store uses now, for adapters that pool
+    /// connections (the `caracal_db_pool_*` gauges); `None` otherwise.
+    fn pool_usage(&self) -> Option<PoolUsage> {
+        None
+    }
+}
+
+/// A connection pool's use at one instant ([`Store::pool_usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolUsage {
+    /// Connections the pool may hold.
+    pub max: u64,
+    /// Connections handed out now.
+    pub acquired: u64,
+}
+
+impl PoolUsage {
+    /// `acquired / max` (0 for a pool of no connections).
+    pub fn in_use_ratio(&self) -> f64 {
+        if self.max == 0 {
+            0.0
+        } else {
+            self.acquired as f64 / self.max as f64
+        }
+    }
 }
 
 /// The rows [`Store::begin_with_caller`] read in the unit it opened.

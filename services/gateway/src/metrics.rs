@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use caracal_core::ports::SinkHealth;
+use caracal_core::ports::{PoolUsage, SinkHealth};
 use serde_json::{Map, Value};
 
 /// The denial stems of B15 (`denials_<stem>`), listed even while zero.
@@ -74,6 +74,33 @@ pub struct Gauges {
     pub snapshot_fresh: bool,
     /// The audit sink.
     pub audit: SinkHealth,
+    /// The store's connection pool, when it has one (`caracal_db_pool_*`).
+    pub db_pool: Option<PoolUsage>,
+}
+
+/// A sample's value: a count, or a ratio (the pool's use).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Num {
+    Count(u64),
+    Ratio(f64),
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::Count(n) => write!(f, "{n}"),
+            Num::Ratio(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl From<Num> for Value {
+    fn from(n: Num) -> Value {
+        match n {
+            Num::Count(n) => Value::from(n),
+            Num::Ratio(r) => Value::from(r),
+        }
+    }
 }
 
 fn add(counter: &AtomicU64) {
@@ -209,6 +236,19 @@ impl Metrics {
         out
     }
 
+    /// The pool gauges (B15: `caracal_db_pool_*`, not under the Gateway's prefix), when the
+    /// store pools connections.
+    fn pool_samples(g: &Gauges) -> Vec<(&'static str, Num)> {
+        match g.db_pool {
+            None => Vec::new(),
+            Some(pool) => vec![
+                ("db_pool_in_use_ratio", Num::Ratio(pool.in_use_ratio())),
+                ("db_pool_max_conns", Num::Count(pool.max)),
+                ("db_pool_acquired_conns", Num::Count(pool.acquired)),
+            ],
+        }
+    }
+
     /// Prometheus text exposition.
     pub fn prometheus(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
@@ -221,6 +261,10 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         }
+        for (stem, value) in Self::pool_samples(gauges) {
+            let _ = writeln!(out, "# TYPE caracal_{stem} gauge");
+            let _ = writeln!(out, "caracal_{stem} {value}");
+        }
         out
     }
 
@@ -229,6 +273,9 @@ impl Metrics {
         let mut map = Map::new();
         for (stem, _, value) in self.samples(gauges) {
             map.insert(stem, Value::from(value));
+        }
+        for (stem, value) in Self::pool_samples(gauges) {
+            map.insert(stem.to_owned(), Value::from(value));
         }
         Value::Object(map)
     }
@@ -247,6 +294,10 @@ mod tests {
             snapshot_age_seconds: Some(12),
             snapshot_fresh: true,
             audit: SinkHealth::default(),
+            db_pool: Some(PoolUsage {
+                max: 20,
+                acquired: 5,
+            }),
         }
     }
 
@@ -265,8 +316,26 @@ mod tests {
         assert!(text.contains("caracal_gateway_denials_jti_replay_total 0\n"));
         assert!(text.contains("caracal_gateway_sts_circuit_open 1\n"));
         assert!(text.contains("caracal_gateway_revocation_snapshot_age_seconds 12\n"));
+        assert!(
+            text.contains(
+                "# TYPE caracal_db_pool_in_use_ratio gauge\ncaracal_db_pool_in_use_ratio 0.25\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("caracal_db_pool_max_conns 20\n"));
+        assert!(text.contains("caracal_db_pool_acquired_conns 5\n"));
         let json = m.json(&gauges());
         assert_eq!(json["denials_signature"], 2);
         assert_eq!(json["sts_circuit_fast_fail"], 5);
+        assert_eq!(json["db_pool_in_use_ratio"], 0.25);
+        assert_eq!(json["db_pool_max_conns"], 20);
+        assert_eq!(json["db_pool_acquired_conns"], 5);
+        // A store without a pool (memory, `caracal dev`) has no pool series at all.
+        let poolless = Gauges {
+            db_pool: None,
+            ..gauges()
+        };
+        assert!(!m.prometheus(&poolless).contains("db_pool"));
+        assert!(m.json(&poolless).get("db_pool_max_conns").is_none());
     }
 }

@@ -84,6 +84,7 @@ impl Gateway {
                 .map(|ms| u64::try_from(ms / 1_000).unwrap_or(0)),
             snapshot_fresh: self.anchors.fresh(now),
             audit: self.ports.audit.health(),
+            db_pool: self.ports.store.pool_usage(),
         }
     }
 
