@@ -957,3 +957,25 @@ async fn deferred_writes_apply_in_order_and_refusals_surface_later() {
             .expect("pooled connection");
     }
 }
+
+/// `pool_usage` counts the connections handed out, against the pool's size.
+#[tokio::test]
+async fn pool_usage_counts_connections_in_use() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url, 3).expect("pool");
+    let usage = |store: &PgStore| store.pool_usage().expect("a pooling store reports usage");
+    assert_eq!((usage(&store).max, usage(&store).acquired), (3, 0));
+    let first = store.begin(&ZoneScope::All).await.expect("begin");
+    let second = store.begin(&ZoneScope::All).await.expect("begin");
+    assert_eq!(usage(&store).acquired, 2);
+    assert!((usage(&store).in_use_ratio() - 2.0 / 3.0).abs() < 1e-9);
+    first.commit().await.expect("commit");
+    second.commit().await.expect("commit");
+    assert_eq!(
+        usage(&store).acquired,
+        0,
+        "committed units hand their connections back"
+    );
+}
