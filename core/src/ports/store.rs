@@ -704,8 +704,10 @@ pub trait UnitOfWork:
     /// drop the unit. An adapter may also hold back writes and locks whose answer is only
     /// success or failure and send them with the unit's next operation or its `commit`: they
     /// still take effect in order, before that operation, and a refusal is then returned by
-    /// that operation (or `commit`) instead of by the write. Adapters whose writes are atomic
-    /// on their own may ignore it.
+    /// that operation (or `commit`) instead of by the write. A held-back lock is therefore held
+    /// from the unit's next operation on: it guards the unit's own reads and writes, not work
+    /// the caller does outside the store before then. Adapters whose writes are atomic on
+    /// their own may ignore it.
     fn abandon_on_write_error(&mut self) {}
 }
 
