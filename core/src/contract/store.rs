@@ -3007,6 +3007,27 @@ async fn agent_sessions_and_delegation_edges(store: &dyn Store, run: &Run) {
             "an agent Session of another zone reads as missing"
         );
     }
+    let mut both = ok(
+        uow.get_agent_sessions(&z.id, &[&child.id, "missing", &root.id, &child.id])
+            .await,
+        "get_agent_sessions",
+    );
+    both.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut expected = vec![root.clone(), child.clone()];
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        both, expected,
+        "get_agent_sessions answers each stored Session once, every field, none missing"
+    );
+    assert_eq!(
+        ok(
+            uow.get_agent_sessions(&other.id, &[&root.id, &child.id])
+                .await,
+            "get_agent_sessions"
+        ),
+        Vec::<AgentSession>::new(),
+        "get_agent_sessions reads nothing of another zone"
+    );
     for e in [&plain, &narrowed] {
         assert_eq!(
             ok(

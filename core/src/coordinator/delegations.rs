@@ -657,14 +657,19 @@ impl Coordinator {
             }
         }
 
-        let source = uow
-            .get_agent_session(zone, &req.source_session_id)
-            .await?
-            .filter(|s| s.is_live(now));
-        let target = uow
-            .get_agent_session(zone, &req.target_session_id)
-            .await?
-            .filter(|s| s.is_live(now));
+        // Both endpoints in one read.
+        let endpoints = uow
+            .get_agent_sessions(zone, &[&req.source_session_id, &req.target_session_id])
+            .await?;
+        let live = |id: &str| {
+            endpoints
+                .iter()
+                .find(|s| s.id == id)
+                .filter(|s| s.is_live(now))
+                .cloned()
+        };
+        let source = live(&req.source_session_id);
+        let target = live(&req.target_session_id);
         let (Some(source), Some(target)) = (source, target) else {
             return Err(Error::not_found("delegation_endpoint_not_found"));
         };

@@ -399,6 +399,24 @@ pub trait AgentGraphRepo {
         zone: &ZoneId,
         id: &str,
     ) -> Result<Option<AgentSession>, StoreError>;
+    /// The Sessions of this zone with these ids, in any order (missing ones are left out, a
+    /// repeated id answers once). One read where the adapter can.
+    async fn get_agent_sessions(
+        &mut self,
+        zone: &ZoneId,
+        ids: &[&str],
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        let mut found: Vec<AgentSession> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if found.iter().any(|s| s.id == *id) {
+                continue;
+            }
+            if let Some(s) = self.get_agent_session(zone, id).await? {
+                found.push(s);
+            }
+        }
+        Ok(found)
+    }
     /// Inserts or replaces the edge with this id.
     async fn save_delegation_edge(&mut self, edge: &DelegationEdge) -> Result<(), StoreError>;
     /// The edge of this zone.

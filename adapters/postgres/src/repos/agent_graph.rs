@@ -380,6 +380,22 @@ impl AgentGraphRepo for PgUnitOfWork {
         row.map(AgentSession::try_from).transpose()
     }
 
+    async fn get_agent_sessions(
+        &mut self,
+        zone: &ZoneId,
+        ids: &[&str],
+    ) -> Result<Vec<AgentSession>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // `= ANY($2)`: one array parameter, one kept statement whatever the count.
+        let rows: Vec<AgentSessionRow> = op!(self, |conn| s::table
+            .filter(s::zone_id.eq(zone.as_str()).and(s::id.eq_any(ids)))
+            .select(AgentSessionRow::as_select())
+            .load(conn))?;
+        rows.into_iter().map(AgentSession::try_from).collect()
+    }
+
     async fn save_delegation_edge(&mut self, edge: &DelegationEdge) -> Result<(), StoreError> {
         let row = DelegationEdgeRow::from(edge);
         if self.defers() {
