@@ -357,6 +357,11 @@ pub fn measure_with(
         stats.p95.push(percentile(&samples, 0.95));
         stats.p99.push(percentile(&samples, 0.99));
     }
+    if std::env::var_os("BENCH_ROUNDS").is_some() {
+        // The rounds in the order they ran (a drift shows here; the report sorts them).
+        let p50s: Vec<String> = stats.p50.iter().map(|d| format!("{:.0}", us(*d))).collect();
+        eprintln!("{what}: p50 per round, in order (µs): {}", p50s.join(", "));
+    }
     for v in [&mut stats.p50, &mut stats.p95, &mut stats.p99] {
         v.sort();
     }
