@@ -63,6 +63,23 @@ mod tests {
     const UPSERT: &str = "INSERT INTO kept (id, v) VALUES ($1, $2) \
                           ON CONFLICT (id) DO UPDATE SET v = excluded.v";
 
+    /// A connection to the test server (`DATABASE_URL`, else the local default), or `None`
+    /// after saying why when it is unreachable outside CI; in CI that fails the test.
+    async fn connect() -> Option<AsyncPgConnection> {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        match AsyncPgConnection::establish(&url).await {
+            Ok(conn) => Some(conn),
+            Err(err) if std::env::var_os("CI").is_none() => {
+                println!("skipping: Postgres unreachable at {url}: {err}");
+                None
+            }
+            Err(err) => panic!("Postgres unreachable at {url} in CI: {err}"),
+        }
+    }
+
     async fn prepared_upserts(conn: &mut AsyncPgConnection) -> i64 {
         let row: Count = diesel::sql_query(
             "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO kept%'",
@@ -77,17 +94,8 @@ mod tests {
     /// unwrapped is prepared afresh and closed each time (nothing stays prepared).
     #[tokio::test]
     async fn a_wrapped_statement_stays_prepared() {
-        let url = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let mut conn = match AsyncPgConnection::establish(&url).await {
-            Ok(conn) => conn,
-            Err(err) if std::env::var_os("CI").is_none() => {
-                println!("skipping: Postgres unreachable at {url}: {err}");
-                return;
-            }
-            Err(err) => panic!("Postgres unreachable at {url} in CI: {err}"),
+        let Some(mut conn) = connect().await else {
+            return;
         };
         // A temporary table: private to this session, gone when it ends.
         diesel::sql_query("CREATE TEMP TABLE kept (id integer PRIMARY KEY, v text)")
@@ -129,17 +137,8 @@ mod tests {
     /// statement cache lock while it prepares, and a fair lock hands it on in order.
     #[tokio::test]
     async fn pipelined_statements_run_in_the_order_they_were_made() {
-        let url = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|u| !u.trim().is_empty())
-            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let mut conn = match AsyncPgConnection::establish(&url).await {
-            Ok(conn) => conn,
-            Err(err) if std::env::var_os("CI").is_none() => {
-                println!("skipping: Postgres unreachable at {url}: {err}");
-                return;
-            }
-            Err(err) => panic!("Postgres unreachable at {url} in CI: {err}"),
+        let Some(mut conn) = connect().await else {
+            return;
         };
         diesel::sql_query("CREATE TEMP TABLE piped (id integer)")
             .execute(&mut conn)
