@@ -453,14 +453,14 @@ pub(crate) use keyset;
 
 /// One statement in a transaction of its own, the three sent as one pipelined flight:
 /// `one_statement_tx!(store, scope, as_app_role, relaxed, |conn| future)`, with `$conn` a
-/// `&mut &AsyncPgConnection`. The opening batch (`store::begin_sql`) is a simple query and
+/// `&mut &AsyncPgConnection`. The opening batch (`PgStore::opening`) is a simple query and
 /// goes first; the statement and a kept prepared `COMMIT` queue for the connection's statement
 /// cache behind it, so the server runs them in order (a statement that fails aborts the
 /// transaction, and the `COMMIT` rolls it back). One round trip instead of three. The
 /// connection goes back to the pool only after a successful commit; any failure closes it.
 macro_rules! one_statement_tx {
     ($store:expr, $scope:expr, $as_app_role:expr, $relaxed:expr, |$conn:ident| $body:expr) => {{
-        let begin = $crate::store::begin_sql($scope, $as_app_role, $relaxed)?;
+        let begin = $store.opening($scope, $as_app_role, $relaxed)?;
         let mut guard = $crate::unit_of_work::CloseOnDrop(Some($store.acquire().await?));
         let outcome = match guard.0.as_mut() {
             None => Err(caracal_core::StoreError::Unavailable("connection lost".into())),

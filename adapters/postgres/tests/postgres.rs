@@ -979,3 +979,94 @@ async fn pool_usage_counts_connections_in_use() {
         "committed units hand their connections back"
     );
 }
+
+/// A store preferring index scans keeps answering the edge lookups by index when the table was
+/// analysed empty and then grew: the prepared statements' generic plans cannot settle on a
+/// sequential scan (`PgStore::preferring_index_scans`).
+#[tokio::test]
+async fn a_table_analysed_empty_is_still_read_by_index() {
+    use caracal_core::ports::store::AgentGraphRepo;
+
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    // One connection, so every lookup reuses its prepared statements; its statistics reach
+    // the collector when it closes (the store's drop).
+    let store = PgStore::connect(&db.url, 1)
+        .expect("pool")
+        .preferring_index_scans();
+    let (za, _, _, _) = two_zones_with_apps(&store).await;
+    let mut raw = AsyncPgConnection::establish(&db.url)
+        .await
+        .expect("raw connection");
+    raw.batch_execute("ANALYZE delegation_edges")
+        .await
+        .expect("analyse the empty table");
+    // Building the migrations' indexes scanned the table: count from here.
+    let before = table_scans(&mut raw, "delegation_edges").await;
+    let lookups = |store: PgStore, zone: ZoneId| async move {
+        for _ in 0..8 {
+            let mut uow = store
+                .begin(&ZoneScope::Zone(zone.clone()))
+                .await
+                .expect("begin");
+            uow.list_edges_by_target(&zone, "as-nobody", None, 500)
+                .await
+                .expect("edges by target");
+            uow.list_edges_by_source(&zone, "as-nobody", None, 500)
+                .await
+                .expect("edges by source");
+            uow.commit().await.expect("commit");
+        }
+    };
+    lookups(store.clone(), za.id.clone()).await;
+    raw.batch_execute(&format!(
+        "INSERT INTO delegation_edges
+             SELECT 'de-' || g, '{zone}', 'as-' || g, 'as-' || (g + 1), 'app-a', 'app-a', NULL,
+                    NULL, '{{}}', '{{}}', 'active', now() + interval '1 hour', 0, NULL, now()
+             FROM generate_series(1, 5000) g",
+        zone = za.id.as_str()
+    ))
+    .await
+    .expect("grow the table");
+    lookups(store.clone(), za.id.clone()).await;
+    drop(store);
+
+    let mut after = table_scans(&mut raw, "delegation_edges").await;
+    for _ in 0..50 {
+        if after.idx + after.seq >= before.idx + before.seq + 32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = table_scans(&mut raw, "delegation_edges").await;
+    }
+    assert!(
+        after.idx + after.seq >= before.idx + before.seq + 32,
+        "the statistics of the 32 lookups arrived"
+    );
+    assert_eq!(
+        after.seq - before.seq,
+        0,
+        "sequential scans of delegation_edges by the lookups"
+    );
+}
+
+#[derive(QueryableByName)]
+struct Scans {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = BigInt)]
+    idx: i64,
+}
+
+/// A table's sequential and index scans so far (cumulative statistics).
+async fn table_scans(raw: &mut AsyncPgConnection, table: &str) -> Scans {
+    diesel::sql_query(
+        "SELECT coalesce(seq_scan, 0) AS seq, coalesce(idx_scan, 0) AS idx \
+         FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(table)
+    .get_result(raw)
+    .await
+    .expect("table statistics")
+}

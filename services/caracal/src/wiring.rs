@@ -944,9 +944,11 @@ pub async fn serve(services: Services) -> Result<(), String> {
     let per_worker = pool_size.div_ceil(workers).max(2);
     let worker_url = database_url.clone();
     let fallback = store.clone();
+    // The request paths that take worker pools (STS, Coordinator) are index lookups by design;
+    // their units plan that way even on tables analysed while empty (`preferring_index_scans`).
     let worker_store: WorkerStore = Arc::new(move || -> Arc<dyn Store> {
         match caracal_postgres::PgStore::connect(&worker_url, per_worker) {
-            Ok(store) => Arc::new(store),
+            Ok(store) => Arc::new(store.preferring_index_scans()),
             // Building a pool opens nothing, and the same URL already built one: this cannot
             // fail in practice; if it does, the worker shares the process pool.
             Err(err) => {
