@@ -186,7 +186,13 @@ struct Workspace {
 
 impl Workspace {
     fn locate() -> Result<Self, String> {
-        let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        // `cargo run` (the `cargo xtask` alias) names the checkout it runs from; the path
+        // compiled in is only a fallback. Cargo reuses an xtask binary built from another
+        // checkout sharing the target directory (a CI clone, say), whose compiled-in path
+        // would otherwise make every command work on that checkout.
+        let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
         let root = manifest_dir
             .parent()
             .ok_or("xtask is not inside a workspace")?
