@@ -985,8 +985,6 @@ async fn pool_usage_counts_connections_in_use() {
 /// sequential scan (`PgStore::preferring_index_scans`).
 #[tokio::test]
 async fn a_table_analysed_empty_is_still_read_by_index() {
-    use caracal_core::ports::store::AgentGraphRepo;
-
     let Some(db) = TestDb::create().await else {
         return;
     };
