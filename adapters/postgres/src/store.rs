@@ -9,19 +9,19 @@ use caracal_core::ids::{ApplicationId, ZoneId};
 use caracal_core::model::Application;
 use caracal_core::ports::store::{CallerRows, PoolUsage, Store, UnitLocks, UnitOfWork, ZoneScope};
 use caracal_core::StoreError;
-use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
+use diesel::connection::TransactionDepthChange;
 use diesel::QueryResult;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
+use diesel_async::SimpleAsyncConnection;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl};
-use diesel_async::{SimpleAsyncConnection, TransactionManager};
 
 use crate::repos::applications::application_row;
 use crate::repos::authority_records::authority_record_row;
 use crate::repos::{hashtext, pg_advisory_xact_lock};
-use crate::unit_of_work::{op, Deferred, PgUnitOfWork, Pooled};
+use crate::unit_of_work::{note_depth, op, Deferred, PgUnitOfWork, Pooled};
 
 /// How long a caller waits for a pooled connection (including establishing a new one) before
 /// the store reports `Unavailable` instead of hanging a request.
@@ -195,22 +195,11 @@ impl PgStore {
         };
         uow.end_op();
         begun.map_err(crate::error::store_error)?;
-        // The batch opened a transaction: record it the way `begin_transaction_sql` does, so
-        // commit, rollback and the drop guard see it.
-        match AnsiTransactionManager::transaction_manager_status_mut(uow.begin_op()?) {
-            TransactionManagerStatus::Valid(status) => {
-                let changed =
-                    status.change_transaction_depth(TransactionDepthChange::IncreaseDepth);
-                uow.end_op();
-                changed.map_err(crate::error::store_error)?;
-            }
-            TransactionManagerStatus::InError => {
-                uow.end_op();
-                return Err(StoreError::Unavailable(
-                    "connection broken while opening a unit of work".into(),
-                ));
-            }
-        }
+        // The batch opened a transaction: record it (`note_depth`).
+        let conn = uow.begin_op()?;
+        let noted = note_depth(conn, TransactionDepthChange::IncreaseDepth);
+        uow.end_op();
+        noted?;
         let application = app
             .map_err(crate::error::store_error)?
             .map(Application::try_from)

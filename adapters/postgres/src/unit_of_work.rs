@@ -280,16 +280,7 @@ async fn commit_with(mut guard: CloseOnDrop, pending: &[Deferred]) -> Result<(),
     };
     committed.map_err(crate::error::store_error)?;
     // The transaction is over: record it as `commit_transaction` would.
-    match AnsiTransactionManager::transaction_manager_status_mut(&mut **conn) {
-        TransactionManagerStatus::Valid(status) => status
-            .change_transaction_depth(TransactionDepthChange::DecreaseDepth)
-            .map_err(crate::error::store_error)?,
-        TransactionManagerStatus::InError => {
-            return Err(StoreError::Unavailable(
-                "connection broken at commit".into(),
-            ))
-        }
-    }
+    note_depth(conn, TransactionDepthChange::DecreaseDepth)?;
     flushed.map_err(crate::error::store_error)?;
     // Back to the pool, idle.
     drop(guard.0.take());
@@ -332,6 +323,23 @@ async fn roll_back_and_release(conn: Pooled) {
     if idle {
         // Back to the pool, with no transaction open.
         drop(guard.0.take());
+    }
+}
+
+/// Records on the connection's transaction manager a `BEGIN` or `COMMIT` that was sent
+/// pipelined rather than through it, as `begin_transaction_sql` / `commit_transaction` would, so
+/// commit, rollback and the drop guard see the connection's real state.
+pub(crate) fn note_depth(
+    conn: &mut AsyncPgConnection,
+    change: TransactionDepthChange,
+) -> Result<(), StoreError> {
+    match AnsiTransactionManager::transaction_manager_status_mut(conn) {
+        TransactionManagerStatus::Valid(status) => status
+            .change_transaction_depth(change)
+            .map_err(crate::error::store_error),
+        TransactionManagerStatus::InError => Err(StoreError::Unavailable(
+            "connection broken while opening or closing a transaction".into(),
+        )),
     }
 }
 
