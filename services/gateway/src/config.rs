@@ -15,6 +15,8 @@ use std::time::Duration;
 use caracal_core::gateway::host::HostPolicy;
 use caracal_http::config::{ConfigError, Env};
 
+use crate::deadline::Limits;
+
 /// Tunables of the Gateway service.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -38,9 +40,17 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// `STREAM_IDLE_TIMEOUT` (60 s): the longest wait for the next upstream body chunk.
     pub stream_idle_timeout: Duration,
-    /// `READ_HEADER_TIMEOUT` (5 s): a client must send a request head within this (also how
-    /// long an idle keep-alive connection is held).
+    /// `READ_HEADER_TIMEOUT` (5 s): a request head must arrive within this of its first byte
+    /// (of the connection's start, for its first request).
     pub read_header_timeout: Duration,
+    /// `READ_TIMEOUT` (45 s): from a request's first byte, its head and body must arrive and
+    /// its answer must be ready within this; more than `STS_TIMEOUT + UPSTREAM_TIMEOUT`.
+    pub read_timeout: Duration,
+    /// `IDLE_TIMEOUT` (120 s): how long a keep-alive connection waits for its next request.
+    pub idle_timeout: Duration,
+    /// `WRITE_TIMEOUT` (60 s): an answer of known length must be written within this; a stream
+    /// gets `STREAM_IDLE_TIMEOUT` per chunk instead.
+    pub write_timeout: Duration,
     /// `UPSTREAM_HOST_ALLOWLIST`, `UPSTREAM_ALLOW_LOOPBACK`, `UPSTREAM_ALLOW_PRIVATE`.
     pub host_policy: HostPolicy,
     /// `TRUST_PROXY` (false): take `X-Forwarded-For`/`-Proto` from the caller.
@@ -102,6 +112,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     Ok(Duration::from_secs_f64(total))
 }
+
+/// `READ_TIMEOUT` by default (45 s).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(45);
+/// `IDLE_TIMEOUT` by default (120 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// `WRITE_TIMEOUT` by default (60 s).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn duration(env: &Env<'_>, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
     let value = match env.optional(name) {
@@ -206,7 +223,7 @@ impl GatewayConfig {
             .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
-        Ok(Self {
+        let config = Self {
             host: env
                 .optional("GATEWAY_HOST")
                 .unwrap_or_else(|| if published { "0.0.0.0" } else { "127.0.0.1" }.to_owned()),
@@ -219,6 +236,9 @@ impl GatewayConfig {
             upstream_timeout: duration(env, "UPSTREAM_TIMEOUT", Duration::from_secs(30))?,
             stream_idle_timeout: duration(env, "STREAM_IDLE_TIMEOUT", Duration::from_secs(60))?,
             read_header_timeout: duration(env, "READ_HEADER_TIMEOUT", Duration::from_secs(5))?,
+            read_timeout: duration(env, "READ_TIMEOUT", DEFAULT_READ_TIMEOUT)?,
+            idle_timeout: duration(env, "IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?,
+            write_timeout: duration(env, "WRITE_TIMEOUT", DEFAULT_WRITE_TIMEOUT)?,
             host_policy: HostPolicy {
                 allowlist,
                 allow_loopback: env.flag("UPSTREAM_ALLOW_LOOPBACK", dev)?,
@@ -229,7 +249,38 @@ impl GatewayConfig {
             admin_token: env.secret("CARACAL_ADMIN_TOKEN", "CARACAL_ADMIN_TOKEN_FILE")?,
             metrics_bearer: env.secret("METRICS_BEARER", "METRICS_BEARER_FILE")?,
             hostname: hostname(env),
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what holds between settings. `READ_TIMEOUT` must exceed `STS_TIMEOUT +
+    /// UPSTREAM_TIMEOUT` (B13): a request's answer is due within `READ_TIMEOUT` of its first
+    /// byte, and a proxied one may legitimately spend both of those before it is ready.
+    /// Upstream refuses to start on this too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let budget = self.sts_timeout.saturating_add(self.upstream_timeout);
+        if self.read_timeout <= budget {
+            return Err(ConfigError::Invalid {
+                name: "READ_TIMEOUT",
+                reason: format!(
+                    "{:?} must exceed STS_TIMEOUT + UPSTREAM_TIMEOUT ({:?} + {:?} = {:?})",
+                    self.read_timeout, self.sts_timeout, self.upstream_timeout, budget
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The connection limits these settings give.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            read_header: self.read_header_timeout,
+            read: self.read_timeout,
+            idle: self.idle_timeout,
+            write: self.write_timeout,
+            stream_idle: self.stream_idle_timeout,
+        }
     }
 
     /// A configuration for tests and embedding: the defaults, `sts_url`, loopback upstreams
@@ -246,6 +297,9 @@ impl GatewayConfig {
             upstream_timeout: Duration::from_secs(30),
             stream_idle_timeout: Duration::from_secs(60),
             read_header_timeout: Duration::from_secs(5),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             host_policy: HostPolicy {
                 allowlist: Vec::new(),
                 allow_loopback: true,
@@ -284,6 +338,9 @@ mod tests {
         assert_eq!(c.upstream_timeout, Duration::from_secs(30));
         assert_eq!(c.stream_idle_timeout, Duration::from_secs(60));
         assert_eq!(c.read_header_timeout, Duration::from_secs(5));
+        assert_eq!(c.read_timeout, Duration::from_secs(45));
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.write_timeout, Duration::from_secs(60));
         assert!(!c.host_policy.allow_loopback, "stricter than upstream");
         assert!(!c.host_policy.allow_private);
         assert!(!c.trust_proxy && !c.jti_fail_open);
@@ -299,6 +356,10 @@ mod tests {
             ("STS_TIMEOUT", "1500ms"),
             ("UPSTREAM_TIMEOUT", "1m30s"),
             ("STREAM_IDLE_TIMEOUT", "10"),
+            ("READ_HEADER_TIMEOUT", "750ms"),
+            ("READ_TIMEOUT", "2m"),
+            ("IDLE_TIMEOUT", "1h"),
+            ("WRITE_TIMEOUT", "90"),
             (
                 "UPSTREAM_HOST_ALLOWLIST",
                 " API.Example.com. ,, svc.internal",
@@ -312,6 +373,10 @@ mod tests {
         assert_eq!(c.sts_timeout, Duration::from_millis(1500));
         assert_eq!(c.upstream_timeout, Duration::from_secs(90));
         assert_eq!(c.stream_idle_timeout, Duration::from_secs(10));
+        assert_eq!(c.read_header_timeout, Duration::from_millis(750));
+        assert_eq!(c.read_timeout, Duration::from_secs(120));
+        assert_eq!(c.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.write_timeout, Duration::from_secs(90));
         assert_eq!(
             c.host_policy.allowlist,
             vec!["api.example.com".to_owned(), "svc.internal".to_owned()]
@@ -329,6 +394,12 @@ mod tests {
             ("UPSTREAM_TIMEOUT", "0s"),
             ("STREAM_IDLE_TIMEOUT", "-1s"),
             ("READ_HEADER_TIMEOUT", "s"),
+            ("READ_TIMEOUT", "0s"),
+            ("READ_TIMEOUT", "soon"),
+            ("IDLE_TIMEOUT", "0"),
+            ("IDLE_TIMEOUT", "2 minutes"),
+            ("WRITE_TIMEOUT", "-5s"),
+            ("WRITE_TIMEOUT", "1d"),
             ("MAX_REQUEST_BYTES", "0"),
             ("TRUST_PROXY", "maybe"),
             ("UPSTREAM_ALLOW_LOOPBACK", "yes please"),
@@ -339,6 +410,35 @@ mod tests {
             let err = GatewayConfig::from_env(&Env(&vars), false).expect_err(name);
             assert!(err.to_string().contains(name), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn read_timeout_must_exceed_the_sts_and_upstream_budget() {
+        for vars in [
+            env(&[("READ_TIMEOUT", "35s")]),
+            env(&[("READ_TIMEOUT", "10s")]),
+            env(&[("UPSTREAM_TIMEOUT", "40s")]),
+            env(&[("STS_TIMEOUT", "15s")]),
+        ] {
+            let err = GatewayConfig::from_env(&Env(&vars), false).expect_err("too small");
+            let text = err.to_string();
+            assert!(text.starts_with("READ_TIMEOUT"), "{text}");
+            assert!(text.contains("STS_TIMEOUT + UPSTREAM_TIMEOUT"), "{text}");
+        }
+        for vars in [
+            env(&[("READ_TIMEOUT", "35001ms")]),
+            env(&[
+                ("STS_TIMEOUT", "1s"),
+                ("UPSTREAM_TIMEOUT", "1s"),
+                ("READ_TIMEOUT", "3s"),
+            ]),
+            env(&[("UPSTREAM_TIMEOUT", "60s"), ("READ_TIMEOUT", "70s")]),
+        ] {
+            GatewayConfig::from_env(&Env(&vars), false).expect("consistent");
+        }
+        let mut config = GatewayConfig::for_sts("http://sts");
+        config.read_timeout = Duration::from_secs(1);
+        assert!(config.validate().is_err(), "embedded configurations too");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The HTTP/1.1 server: accepts connections, serves each with hyper (request head deadline,
-//! keep-alive, 16 KiB of headers) and shuts down gracefully: no new connections, each open one
-//! finishes its request in flight, and whatever is still running after 10 s is dropped.
+//! The HTTP/1.1 server: accepts connections, serves each with hyper (keep-alive, 16 KiB of
+//! headers) under the deadlines of [`crate::deadline`] (`READ_HEADER_TIMEOUT`, `READ_TIMEOUT`,
+//! `WRITE_TIMEOUT`, `STREAM_IDLE_TIMEOUT`, `IDLE_TIMEOUT`), and shuts down gracefully: no new
+//! connections, each open one finishes its request in flight, and whatever is still running
+//! after 10 s is dropped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,11 +11,13 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::deadline::{Deadline, TimedIo};
 use crate::Gateway;
 
 /// B13: request heads larger than this are refused (431).
@@ -50,7 +54,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         connections.spawn(connection(
             Arc::clone(&gateway),
-            TokioIo::new(stream),
+            stream,
             peer,
             shutdown.clone(),
         ));
@@ -70,32 +74,48 @@ pub async fn serve(
     Ok(())
 }
 
-async fn connection(
+/// Serves one connection until it ends, its deadline passes, or shutdown.
+async fn connection<T>(
     gateway: Arc<Gateway>,
-    io: TokioIo<tokio::net::TcpStream>,
+    io: T,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let header_timeout = gateway.config.read_header_timeout;
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = Deadline::new(gateway.config.limits());
+    let watched = Arc::clone(&deadline);
     let service = service_fn(move |request| {
+        watched.request_started();
         let gateway = Arc::clone(&gateway);
-        async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+        let deadline = Arc::clone(&watched);
+        async move { Ok::<_, Infallible>(deadline.answer(gateway.handle(request, peer).await)) }
     });
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
         .keep_alive(true)
-        .max_header_size(MAX_HEADER_BYTES);
+        .max_header_size(MAX_HEADER_BYTES)
+        // The deadlines replace hyper's head timer, which would count idle time as head time.
+        .header_read_timeout(None);
+    let io = TokioIo::new(TimedIo::new(io, Arc::clone(&deadline)));
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    let timer = tokio::time::sleep_until(deadline.expires());
+    tokio::pin!(timer);
     let mut draining = false;
     loop {
         tokio::select! {
+            // hyper first: whatever it did in this poll (a first byte, a parsed head, a chunk)
+            // has moved the deadline before the timer is looked at.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
+                return;
+            }
+            () = std::future::poll_fn(|cx| deadline.poll_expired(timer.as_mut(), cx)) => {
+                tracing::debug!(%peer, phase = deadline.phase(), "deadline passed; connection closed");
                 return;
             }
             _ = shutdown.changed(), if !draining => {
