@@ -4,7 +4,8 @@
 //! Names are upstream's, except the listen address: `GATEWAY_HOST`/`GATEWAY_PORT` (as
 //! `COORDINATOR_HOST`/`COORDINATOR_PORT`), because one process may run every service and a
 //! bare `HOST`/`PORT` would be ambiguous. Durations are Go durations (`5s`, `500ms`, `1m30s`);
-//! a bare number counts as seconds. Secrets may be given as a file path in `<NAME>_FILE`.
+//! a bare number counts as seconds. Secrets may be given as a file path in `<NAME>_FILE`;
+//! `TLS_CERT_FILE` and `TLS_KEY_FILE` already are paths, so they have no `_FILE` form.
 //!
 //! One default is stricter than upstream's: upstream addresses on loopback and private ranges
 //! are refused unless `UPSTREAM_ALLOW_LOOPBACK` / `UPSTREAM_ALLOW_PRIVATE` say otherwise
@@ -16,6 +17,7 @@ use caracal_core::gateway::host::HostPolicy;
 use caracal_http::config::{ConfigError, Env};
 
 use crate::deadline::Limits;
+use crate::tls::ServerTls;
 
 /// Tunables of the Gateway service.
 #[derive(Debug, Clone)]
@@ -41,7 +43,7 @@ pub struct GatewayConfig {
     /// `STREAM_IDLE_TIMEOUT` (60 s): the longest wait for the next upstream body chunk.
     pub stream_idle_timeout: Duration,
     /// `READ_HEADER_TIMEOUT` (5 s): a request head must arrive within this of its first byte
-    /// (of the connection's start, for its first request).
+    /// (of the connection's start, for its first request; TLS handshakes too).
     pub read_header_timeout: Duration,
     /// `READ_TIMEOUT` (45 s): from a request's first byte, its head and body must arrive and
     /// its answer must be ready within this; more than `STS_TIMEOUT + UPSTREAM_TIMEOUT`.
@@ -51,6 +53,8 @@ pub struct GatewayConfig {
     /// `WRITE_TIMEOUT` (60 s): an answer of known length must be written within this; a stream
     /// gets `STREAM_IDLE_TIMEOUT` per chunk instead.
     pub write_timeout: Duration,
+    /// `TLS_CERT_FILE` + `TLS_KEY_FILE`: serve HTTPS only (absent: plain HTTP).
+    pub tls: Option<ServerTls>,
     /// `UPSTREAM_HOST_ALLOWLIST`, `UPSTREAM_ALLOW_LOOPBACK`, `UPSTREAM_ALLOW_PRIVATE`.
     pub host_policy: HostPolicy,
     /// `TRUST_PROXY` (false): take `X-Forwarded-For`/`-Proto` from the caller.
@@ -171,6 +175,17 @@ fn sts_url_problem(url: &str, published: bool) -> Option<&'static str> {
     None
 }
 
+/// `TLS_CERT_FILE` and `TLS_KEY_FILE`: both or neither; both are loaded here, so a bad file
+/// stops start-up.
+fn tls(env: &Env<'_>) -> Result<Option<ServerTls>, ConfigError> {
+    match (env.optional("TLS_CERT_FILE"), env.optional("TLS_KEY_FILE")) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Missing("TLS_KEY_FILE")),
+        (None, Some(_)) => Err(ConfigError::Missing("TLS_CERT_FILE")),
+        (Some(cert), Some(key)) => ServerTls::from_pem_files(cert.trim(), key.trim()).map(Some),
+    }
+}
+
 fn hostname(env: &Env<'_>) -> String {
     let name = env.optional("HOSTNAME").or_else(|| {
         std::fs::read_to_string("/etc/hostname")
@@ -239,6 +254,7 @@ impl GatewayConfig {
             read_timeout: duration(env, "READ_TIMEOUT", DEFAULT_READ_TIMEOUT)?,
             idle_timeout: duration(env, "IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?,
             write_timeout: duration(env, "WRITE_TIMEOUT", DEFAULT_WRITE_TIMEOUT)?,
+            tls: tls(env)?,
             host_policy: HostPolicy {
                 allowlist,
                 allow_loopback: env.flag("UPSTREAM_ALLOW_LOOPBACK", dev)?,
@@ -284,7 +300,7 @@ impl GatewayConfig {
     }
 
     /// A configuration for tests and embedding: the defaults, `sts_url`, loopback upstreams
-    /// allowed, dev mode off.
+    /// allowed, dev mode off, no TLS.
     pub fn for_sts(sts_url: &str) -> Self {
         Self {
             host: "127.0.0.1".into(),
@@ -300,6 +316,7 @@ impl GatewayConfig {
             read_timeout: DEFAULT_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            tls: None,
             host_policy: HostPolicy {
                 allowlist: Vec::new(),
                 allow_loopback: true,
@@ -341,6 +358,7 @@ mod tests {
         assert_eq!(c.read_timeout, Duration::from_secs(45));
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
         assert_eq!(c.write_timeout, Duration::from_secs(60));
+        assert!(c.tls.is_none());
         assert!(!c.host_policy.allow_loopback, "stricter than upstream");
         assert!(!c.host_policy.allow_private);
         assert!(!c.trust_proxy && !c.jti_fail_open);
@@ -439,6 +457,89 @@ mod tests {
         let mut config = GatewayConfig::for_sts("http://sts");
         config.read_timeout = Duration::from_secs(1);
         assert!(config.validate().is_err(), "embedded configurations too");
+    }
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let cert = fixture("tls-cert.pem");
+        let key = fixture("tls-key.pem");
+        let err = GatewayConfig::from_env(&Env(&env(&[("TLS_CERT_FILE", &cert)])), false)
+            .expect_err("cert alone");
+        assert_eq!(err.to_string(), "TLS_KEY_FILE is required but not set");
+        let err = GatewayConfig::from_env(&Env(&env(&[("TLS_KEY_FILE", &key)])), false)
+            .expect_err("key alone");
+        assert_eq!(err.to_string(), "TLS_CERT_FILE is required but not set");
+        let both = env(&[("TLS_CERT_FILE", &cert), ("TLS_KEY_FILE", &key)]);
+        let c = GatewayConfig::from_env(&Env(&both), false).expect("both");
+        let tls = c.tls.expect("tls on");
+        assert!(format!("{tls:?}").contains("tls-cert.pem"));
+    }
+
+    #[test]
+    fn unusable_tls_files_stop_start_up_naming_the_variable() {
+        use caracal_core::ports::Es256;
+
+        let dir = std::env::temp_dir().join(format!("caracal-gw-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            path.to_string_lossy().into_owned()
+        };
+        let cert = fixture("tls-cert.pem");
+        let key = fixture("tls-key.pem");
+        let cert_text = std::fs::read_to_string(&cert).expect("cert");
+        let key_text = std::fs::read_to_string(&key).expect("key");
+        let missing = dir.join("absent.pem").to_string_lossy().into_owned();
+        let garbage = write("garbage.pem", "not a certificate\n");
+        let truncated = write(
+            "truncated.pem",
+            &cert_text[..cert_text.find("-----END").expect("end")],
+        );
+        let key_only = write("key-only.pem", &key_text);
+        let cert_only = write("cert-only.pem", &cert_text);
+        let other_key = write(
+            "other-key.pem",
+            &caracal_crypto::RingEs256::new()
+                .generate_pem()
+                .expect("fresh key"),
+        );
+        for (cert_file, key_file, named, says) in [
+            (&missing, &key, "TLS_CERT_FILE", "cannot read"),
+            (&garbage, &key, "TLS_CERT_FILE", "no PEM CERTIFICATE"),
+            (
+                &truncated,
+                &key,
+                "TLS_CERT_FILE",
+                "CERTIFICATE` PEM block has no END",
+            ),
+            (&key_only, &key, "TLS_CERT_FILE", "no PEM CERTIFICATE"),
+            (&cert, &missing, "TLS_KEY_FILE", "cannot read"),
+            (&cert, &garbage, "TLS_KEY_FILE", "holds no PEM private key"),
+            (
+                &cert,
+                &cert_only,
+                "TLS_KEY_FILE",
+                "holds no PEM private key",
+            ),
+            (
+                &cert,
+                &other_key,
+                "TLS_KEY_FILE",
+                "is not the key of the first",
+            ),
+        ] {
+            let vars = env(&[("TLS_CERT_FILE", cert_file), ("TLS_KEY_FILE", key_file)]);
+            let err = GatewayConfig::from_env(&Env(&vars), false).expect_err(named);
+            let text = err.to_string();
+            assert!(text.starts_with(named), "{cert_file} {key_file}: {text}");
+            assert!(text.contains(says), "{cert_file} {key_file}: {text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

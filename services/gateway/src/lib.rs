@@ -26,7 +26,9 @@
 //!
 //! # Connections
 //!
-//! Every connection runs under one deadline per phase ([`deadline`]): a request head within `READ_HEADER_TIMEOUT` of
+//! Over plain HTTP, or HTTPS only when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set ([`tls`]:
+//! rustls with the ring provider, TLS 1.2 and 1.3, ALPN `http/1.1`). Every connection runs
+//! under one deadline per phase ([`deadline`]): a request head within `READ_HEADER_TIMEOUT` of
 //! its first byte, the whole request and its answer's start within `READ_TIMEOUT`, an answer of
 //! known length written within `WRITE_TIMEOUT`, a stream's chunks each within
 //! `STREAM_IDLE_TIMEOUT`, and at most `IDLE_TIMEOUT` between requests on a keep-alive
@@ -48,6 +50,7 @@ pub mod revocation;
 mod routes;
 mod server;
 mod sts;
+mod tls;
 mod upstream;
 
 use std::sync::Arc;
@@ -63,6 +66,7 @@ use tokio::sync::watch;
 
 pub use config::GatewayConfig;
 pub use metrics::Metrics;
+pub use tls::ServerTls;
 pub use upstream::REVOKED_TRAILER;
 
 use crate::revocation::Revocations;

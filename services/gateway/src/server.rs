@@ -1,8 +1,15 @@
-//! The HTTP/1.1 server: accepts connections, serves each with hyper (keep-alive, 16 KiB of
-//! headers) under the deadlines of [`crate::deadline`] (`READ_HEADER_TIMEOUT`, `READ_TIMEOUT`,
-//! `WRITE_TIMEOUT`, `STREAM_IDLE_TIMEOUT`, `IDLE_TIMEOUT`), and shuts down gracefully: no new
-//! connections, each open one finishes its request in flight, and whatever is still running
-//! after 10 s is dropped.
+//! The HTTP/1.1 server: accepts connections, terminates TLS when `TLS_CERT_FILE`/`TLS_KEY_FILE`
+//! are set, serves each connection with hyper (keep-alive, 16 KiB of headers) under the
+//! deadlines of [`crate::deadline`] (`READ_HEADER_TIMEOUT`, `READ_TIMEOUT`, `WRITE_TIMEOUT`,
+//! `STREAM_IDLE_TIMEOUT`, `IDLE_TIMEOUT`), and shuts down gracefully: no new connections, each
+//! open one finishes its request in flight, and whatever is still running after 10 s is dropped.
+//!
+//! With TLS on, the port speaks nothing else: a client that sends plain HTTP gets one plain-text
+//! `400` telling it to use `https://` and the connection is closed; anything else that is not a
+//! TLS handshake is closed at once. The TLS handshake, like a first request head, must be done
+//! within `READ_HEADER_TIMEOUT` (or `READ_TIMEOUT` if smaller) of the connection being accepted,
+//! the bound Go's net/http derives from the same settings; the first head's time starts when
+//! the handshake is over.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,10 +19,12 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::deadline::{Deadline, TimedIo};
 use crate::Gateway;
@@ -24,6 +33,15 @@ use crate::Gateway;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How long requests in flight may run after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The answer to plain HTTP on the TLS port.
+const PLAIN_HTTP_REFUSED: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+connection: close\r\n\
+content-length: 58\r\n\
+\r\n\
+this port serves HTTPS only: use an https:// URL instead.\n";
 
 /// Accepts and serves connections until `shutdown` turns true.
 pub async fn serve(
@@ -31,6 +49,7 @@ pub async fn serve(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let tls = gateway.config.tls.as_ref().map(|tls| tls.acceptor());
     let mut connections = JoinSet::new();
     loop {
         if *shutdown.borrow() {
@@ -52,12 +71,21 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(connection(
-            Arc::clone(&gateway),
-            stream,
-            peer,
-            shutdown.clone(),
-        ));
+        let gateway = Arc::clone(&gateway);
+        let shutdown = shutdown.clone();
+        match &tls {
+            None => connections.spawn(connection(gateway, stream, peer, shutdown)),
+            // The handshake runs in the connection's task, so a slow one never holds up accept.
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
+                    let limit = gateway.config.limits().head();
+                    if let Some(stream) = handshake(&acceptor, stream, peer, limit).await {
+                        connection(gateway, stream, peer, shutdown).await;
+                    }
+                })
+            }
+        };
     }
     drop(listener);
     let drained = tokio::time::timeout(DRAIN, async {
@@ -74,7 +102,61 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it ends, its deadline passes, or shutdown.
+/// The TLS handshake of one connection, within `limit`; `None` when it failed, timed out, or
+/// the client spoke something else.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    limit: Duration,
+) -> Option<TlsStream<TcpStream>> {
+    let handshake = async {
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await {
+            Ok(1) => {}
+            _ => return None,
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            // A request line starts with an upper-case method; anything else gets no answer.
+            if first[0].is_ascii_uppercase() {
+                refuse_plain_http(stream).await;
+            }
+            tracing::debug!(%peer, "not a TLS handshake on the TLS port; closed");
+            return None;
+        }
+        match acceptor.accept(stream).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    };
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(stream) => stream,
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Answers plain HTTP on the TLS port, then closes. What the client already sent is read first,
+/// so that closing does not reset the connection before the answer is read.
+async fn refuse_plain_http(mut stream: TcpStream) {
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_HEADER_BYTES {
+        match stream.try_read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let _ = stream.write_all(PLAIN_HTTP_REFUSED).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serves one connection (plain or TLS) until it ends, its deadline passes, or shutdown.
 async fn connection<T>(
     gateway: Arc<Gateway>,
     io: T,

@@ -1,5 +1,5 @@
-//! Connection-level behaviour (B12, B13): the idle, head, request, write and stream
-//! deadlines. Deadlines are set to fractions of a second; every wait is
+//! Connection-level behaviour (B12, B13, B16): the idle, head, request, write and stream
+//! deadlines, and TLS termination. Deadlines are set to fractions of a second; every wait is
 //! bounded, and a test only asserts that a connection is closed after its deadline (never that
 //! it was closed quickly, beyond telling one deadline from a much longer one).
 
@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 mod support;
 use support::*;
@@ -355,4 +358,104 @@ async fn a_stream_nobody_reads_is_closed_after_stream_idle_timeout() {
     let meta = event.metadata_json.as_ref().expect("metadata");
     assert_eq!(meta["error_kind"], "response_copy_failed");
     closed(&mut conn).await;
+}
+
+#[tokio::test]
+async fn tls_serves_health_and_proxied_calls() {
+    let h = harness_with(|c| c.tls = Some(tls_fixture())).await;
+    assert!(h.url.starts_with("https://"));
+    let health = h.get("/health").send().await.expect("health over TLS");
+    assert_eq!(health.status(), 200);
+    let (status, _, body) = h.call("/items", &h.mandate(json!({}))).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let seen = h.upstream_seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-forwarded-proto"), Some("https"));
+}
+
+fn tls_client(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(fixture("tls-cert.pem")).expect("cert"))
+        .expect("root");
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_speak_http_1_1_and_nothing_else() {
+    let h = harness_with(|c| c.tls = Some(tls_fixture())).await;
+    let name = ServerName::try_from("localhost").expect("name");
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let connector = tls_client(&[version], &[b"h2", b"http/1.1"]);
+        let tcp = TcpStream::connect(h.addr).await.expect("connect");
+        let mut tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .expect("handshake");
+        let (_, session) = tls.get_ref();
+        assert_eq!(session.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(session.protocol_version(), Some(version.version));
+        assert!(exchange(&mut tls, HEALTH).await.starts_with("HTTP/1.1 200"));
+    }
+    // A client that only speaks HTTP/2 is refused during the handshake.
+    let connector = tls_client(&[&rustls::version::TLS13], &[b"h2"]);
+    let tcp = TcpStream::connect(h.addr).await.expect("connect");
+    assert!(connector.connect(name, tcp).await.is_err());
+}
+
+#[tokio::test]
+async fn plain_http_on_the_tls_port_is_refused() {
+    let h = harness_with(|c| c.tls = Some(tls_fixture())).await;
+    let mut conn = TcpStream::connect(h.addr).await.expect("connect");
+    conn.write_all(proxied(&h, "/items").as_bytes())
+        .await
+        .expect("write");
+    let answer = String::from_utf8_lossy(&closed(&mut conn).await).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with("use an https:// URL instead.\n"),
+        "{answer}"
+    );
+    // Not a request line either: closed without a word.
+    let mut conn = TcpStream::connect(h.addr).await.expect("connect");
+    conn.write_all(b"\x00\x01\x02garbage").await.expect("write");
+    assert!(closed(&mut conn).await.is_empty());
+    let plain = client(false)
+        .get(format!("http://{}/health", h.addr))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(plain.status(), 400);
+    assert_eq!(h.upstream_count(), 0);
+    assert!(h.sts_exchanges().is_empty());
+}
+
+#[tokio::test]
+async fn a_tls_handshake_must_finish_within_read_header_timeout() {
+    let h = harness_with(|c| {
+        c.tls = Some(tls_fixture());
+        c.read_header_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let mut silent = TcpStream::connect(h.addr).await.expect("connect");
+    still_open_for(&mut silent, Duration::from_millis(200)).await;
+    assert!(closed(&mut silent).await.is_empty());
+    // A handshake record that never completes.
+    let mut stalled = TcpStream::connect(h.addr).await.expect("connect");
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    still_open_for(&mut stalled, Duration::from_millis(200)).await;
+    assert!(closed(&mut stalled).await.is_empty());
 }

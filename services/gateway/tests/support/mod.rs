@@ -20,7 +20,7 @@ use caracal_core::ports::{
     ZoneKeySource,
 };
 use caracal_crypto::{HmacSha256, RingEs256};
-use caracal_gateway::{Gateway, GatewayConfig, GatewayPorts};
+use caracal_gateway::{Gateway, GatewayConfig, GatewayPorts, ServerTls};
 use caracal_memory::{MemoryBus, MemoryExpiringKeys, MemoryStore, SystemClock, UuidV7Ids};
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -346,6 +346,7 @@ pub async fn harness_on(
     let store = MemoryStore::new();
     let mut config = GatewayConfig::for_sts(&format!("http://{sts}"));
     tune(&mut config);
+    let tls = config.tls.is_some();
     let gateway = Gateway::new(
         GatewayPorts {
             store: Arc::new(store.clone()),
@@ -375,7 +376,7 @@ pub async fn harness_on(
     ));
     Harness {
         gateway,
-        url: format!("http://{addr}"),
+        url: format!("{}://{addr}", if tls { "https" } else { "http" }),
         addr,
         upstream,
         upstream_seen,
@@ -385,12 +386,33 @@ pub async fn harness_on(
         audit,
         bus,
         store,
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client"),
+        http: client(tls),
         stop,
     }
+}
+
+/// A test fixture's path (`tests/fixtures/<name>`).
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Gateway's TLS settings from the self-signed fixture (`localhost`, `127.0.0.1`).
+pub fn tls_fixture() -> ServerTls {
+    ServerTls::from_pem_files(&fixture("tls-cert.pem"), &fixture("tls-key.pem")).expect("fixture")
+}
+
+/// A client for the Gateway; with `tls`, one that trusts the fixture certificate only.
+pub fn client(tls: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder().no_proxy();
+    let builder = if tls {
+        let pem = std::fs::read(fixture("tls-cert.pem")).expect("fixture");
+        builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("certificate"))
+    } else {
+        builder
+    };
+    builder.build().expect("client")
 }
 
 fn b64(value: &Value) -> String {
