@@ -40,7 +40,8 @@ pub struct GatewayConfig {
     pub sts_timeout: Duration,
     /// `UPSTREAM_TIMEOUT` (30 s): until the upstream's response head.
     pub upstream_timeout: Duration,
-    /// `STREAM_IDLE_TIMEOUT` (60 s): the longest wait for the next upstream body chunk.
+    /// `STREAM_IDLE_TIMEOUT` (60 s): the longest wait for the next upstream body chunk, and,
+    /// for a streamed answer (B12), for the client to take each chunk.
     pub stream_idle_timeout: Duration,
     /// `READ_HEADER_TIMEOUT` (5 s): a request head must arrive within this of its first byte
     /// (of the connection's start, for its first request; TLS handshakes too).

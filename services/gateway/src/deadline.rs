@@ -1,5 +1,5 @@
 //! Connection deadlines (B12, B13): how long a connection may sit idle, take to send a request,
-//! and take to take in its answer. Past the deadline of its current phase a connection is
+//! and take to receive its answer. Past the deadline of its current phase a connection is
 //! closed.
 //!
 //! | Phase | Starts | Ends | Deadline |
