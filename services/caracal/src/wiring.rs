@@ -443,6 +443,15 @@ fn client_url(host: &str, port: u16) -> String {
     format!("http://{host}:{port}")
 }
 
+/// Where clients reach the Gateway: `https` when it terminates TLS (`TLS_CERT_FILE`).
+fn gateway_url(config: &GatewayConfig) -> String {
+    let url = client_url(&config.host, config.port);
+    match config.tls {
+        Some(_) => url.replacen("http://", "https://", 1),
+        None => url,
+    }
+}
+
 /// Runs the Coordinator until Ctrl-C / SIGTERM, with its background jobs, and the outbox
 /// dispatcher when `dispatch` (no API in this process runs one; two are safe anyway, since
 /// claims lock rows).
@@ -630,7 +639,7 @@ async fn run_gateway(
                 config.host, config.port
             )
         })?;
-    let url = client_url(&config.host, config.port);
+    let url = gateway_url(&config);
     let sts_url = config.sts_url.clone().unwrap_or_default();
     let gateway = Gateway::new(
         GatewayPorts {
@@ -848,7 +857,7 @@ pub async fn dev(demo: bool) -> Result<(), String> {
         "caracal: point the SDK at this sandbox:\n\n    export CARACAL_COORDINATOR_URL={}\n    export CARACAL_STS_URL={}\n    export CARACAL_GATEWAY_URL={}\n",
         client_url(&coordinator.host, coordinator.port),
         client_url(&sts.host, sts.port),
-        client_url(&gateway.host, gateway.port),
+        gateway_url(&gateway),
     );
     if gateway.host_policy.allow_loopback {
         eprintln!("caracal: dev mode — the Gateway allows loopback upstreams (127.0.0.0/8, ::1); set UPSTREAM_ALLOW_LOOPBACK=false to refuse them");
@@ -875,7 +884,7 @@ pub async fn dev(demo: bool) -> Result<(), String> {
         api_url: client_url(&api.host, api.port),
         sts_url: client_url(&sts.host, sts.port),
         coordinator_url: client_url(&coordinator.host, coordinator.port),
-        gateway_url: client_url(&gateway.host, gateway.port),
+        gateway_url: gateway_url(&gateway),
         admin_token: admin_token.clone(),
     };
     let servers = run(Services::All, adapters, keys, &env, true, Some(admin_token));

@@ -4,7 +4,8 @@
 //! Names are upstream's, except the listen address: `GATEWAY_HOST`/`GATEWAY_PORT` (as
 //! `COORDINATOR_HOST`/`COORDINATOR_PORT`), because one process may run every service and a
 //! bare `HOST`/`PORT` would be ambiguous. Durations are Go durations (`5s`, `500ms`, `1m30s`);
-//! a bare number counts as seconds. Secrets may be given as a file path in `<NAME>_FILE`.
+//! a bare number counts as seconds. Secrets may be given as a file path in `<NAME>_FILE`;
+//! `TLS_CERT_FILE` and `TLS_KEY_FILE` already are paths, so they have no `_FILE` form.
 //!
 //! One default is stricter than upstream's: upstream addresses on loopback and private ranges
 //! are refused unless `UPSTREAM_ALLOW_LOOPBACK` / `UPSTREAM_ALLOW_PRIVATE` say otherwise
@@ -14,6 +15,9 @@ use std::time::Duration;
 
 use caracal_core::gateway::host::HostPolicy;
 use caracal_http::config::{ConfigError, Env};
+
+use crate::deadline::Limits;
+use crate::tls::ServerTls;
 
 /// Tunables of the Gateway service.
 #[derive(Debug, Clone)]
@@ -36,11 +40,22 @@ pub struct GatewayConfig {
     pub sts_timeout: Duration,
     /// `UPSTREAM_TIMEOUT` (30 s): until the upstream's response head.
     pub upstream_timeout: Duration,
-    /// `STREAM_IDLE_TIMEOUT` (60 s): the longest wait for the next upstream body chunk.
+    /// `STREAM_IDLE_TIMEOUT` (60 s): the longest wait for the next upstream body chunk, and,
+    /// for a streamed answer (B12), for the client to take each chunk.
     pub stream_idle_timeout: Duration,
-    /// `READ_HEADER_TIMEOUT` (5 s): a client must send a request head within this (also how
-    /// long an idle keep-alive connection is held).
+    /// `READ_HEADER_TIMEOUT` (5 s): a request head must arrive within this of its first byte
+    /// (of the connection's start, for its first request; TLS handshakes too).
     pub read_header_timeout: Duration,
+    /// `READ_TIMEOUT` (45 s): from a request's first byte, its head and body must arrive and
+    /// its answer must be ready within this; more than `STS_TIMEOUT + UPSTREAM_TIMEOUT`.
+    pub read_timeout: Duration,
+    /// `IDLE_TIMEOUT` (120 s): how long a keep-alive connection waits for its next request.
+    pub idle_timeout: Duration,
+    /// `WRITE_TIMEOUT` (60 s): an answer of known length must be written within this; a stream
+    /// gets `STREAM_IDLE_TIMEOUT` per chunk instead.
+    pub write_timeout: Duration,
+    /// `TLS_CERT_FILE` + `TLS_KEY_FILE`: serve HTTPS only (absent: plain HTTP).
+    pub tls: Option<ServerTls>,
     /// `UPSTREAM_HOST_ALLOWLIST`, `UPSTREAM_ALLOW_LOOPBACK`, `UPSTREAM_ALLOW_PRIVATE`.
     pub host_policy: HostPolicy,
     /// `TRUST_PROXY` (false): take `X-Forwarded-For`/`-Proto` from the caller.
@@ -103,6 +118,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// `READ_TIMEOUT` by default (45 s).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(45);
+/// `IDLE_TIMEOUT` by default (120 s).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// `WRITE_TIMEOUT` by default (60 s).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn duration(env: &Env<'_>, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
     let value = match env.optional(name) {
         None => return Ok(default),
@@ -152,6 +174,17 @@ fn sts_url_problem(url: &str, published: bool) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// `TLS_CERT_FILE` and `TLS_KEY_FILE`: both or neither; both are loaded here, so a bad file
+/// stops start-up.
+fn tls(env: &Env<'_>) -> Result<Option<ServerTls>, ConfigError> {
+    match (env.optional("TLS_CERT_FILE"), env.optional("TLS_KEY_FILE")) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Missing("TLS_KEY_FILE")),
+        (None, Some(_)) => Err(ConfigError::Missing("TLS_CERT_FILE")),
+        (Some(cert), Some(key)) => ServerTls::from_pem_files(cert.trim(), key.trim()).map(Some),
+    }
 }
 
 fn hostname(env: &Env<'_>) -> String {
@@ -206,7 +239,7 @@ impl GatewayConfig {
             .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
-        Ok(Self {
+        let config = Self {
             host: env
                 .optional("GATEWAY_HOST")
                 .unwrap_or_else(|| if published { "0.0.0.0" } else { "127.0.0.1" }.to_owned()),
@@ -219,6 +252,10 @@ impl GatewayConfig {
             upstream_timeout: duration(env, "UPSTREAM_TIMEOUT", Duration::from_secs(30))?,
             stream_idle_timeout: duration(env, "STREAM_IDLE_TIMEOUT", Duration::from_secs(60))?,
             read_header_timeout: duration(env, "READ_HEADER_TIMEOUT", Duration::from_secs(5))?,
+            read_timeout: duration(env, "READ_TIMEOUT", DEFAULT_READ_TIMEOUT)?,
+            idle_timeout: duration(env, "IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?,
+            write_timeout: duration(env, "WRITE_TIMEOUT", DEFAULT_WRITE_TIMEOUT)?,
+            tls: tls(env)?,
             host_policy: HostPolicy {
                 allowlist,
                 allow_loopback: env.flag("UPSTREAM_ALLOW_LOOPBACK", dev)?,
@@ -229,11 +266,42 @@ impl GatewayConfig {
             admin_token: env.secret("CARACAL_ADMIN_TOKEN", "CARACAL_ADMIN_TOKEN_FILE")?,
             metrics_bearer: env.secret("METRICS_BEARER", "METRICS_BEARER_FILE")?,
             hostname: hostname(env),
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what holds between settings. `READ_TIMEOUT` must exceed `STS_TIMEOUT +
+    /// UPSTREAM_TIMEOUT` (B13): a request's answer is due within `READ_TIMEOUT` of its first
+    /// byte, and a proxied one may legitimately spend both of those before it is ready.
+    /// Upstream refuses to start on this too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let budget = self.sts_timeout.saturating_add(self.upstream_timeout);
+        if self.read_timeout <= budget {
+            return Err(ConfigError::Invalid {
+                name: "READ_TIMEOUT",
+                reason: format!(
+                    "{:?} must exceed STS_TIMEOUT + UPSTREAM_TIMEOUT ({:?} + {:?} = {:?})",
+                    self.read_timeout, self.sts_timeout, self.upstream_timeout, budget
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The connection limits these settings give.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            read_header: self.read_header_timeout,
+            read: self.read_timeout,
+            idle: self.idle_timeout,
+            write: self.write_timeout,
+            stream_idle: self.stream_idle_timeout,
+        }
     }
 
     /// A configuration for tests and embedding: the defaults, `sts_url`, loopback upstreams
-    /// allowed, dev mode off.
+    /// allowed, dev mode off, no TLS.
     pub fn for_sts(sts_url: &str) -> Self {
         Self {
             host: "127.0.0.1".into(),
@@ -246,6 +314,10 @@ impl GatewayConfig {
             upstream_timeout: Duration::from_secs(30),
             stream_idle_timeout: Duration::from_secs(60),
             read_header_timeout: Duration::from_secs(5),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            tls: None,
             host_policy: HostPolicy {
                 allowlist: Vec::new(),
                 allow_loopback: true,
@@ -284,6 +356,10 @@ mod tests {
         assert_eq!(c.upstream_timeout, Duration::from_secs(30));
         assert_eq!(c.stream_idle_timeout, Duration::from_secs(60));
         assert_eq!(c.read_header_timeout, Duration::from_secs(5));
+        assert_eq!(c.read_timeout, Duration::from_secs(45));
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.write_timeout, Duration::from_secs(60));
+        assert!(c.tls.is_none());
         assert!(!c.host_policy.allow_loopback, "stricter than upstream");
         assert!(!c.host_policy.allow_private);
         assert!(!c.trust_proxy && !c.jti_fail_open);
@@ -299,6 +375,10 @@ mod tests {
             ("STS_TIMEOUT", "1500ms"),
             ("UPSTREAM_TIMEOUT", "1m30s"),
             ("STREAM_IDLE_TIMEOUT", "10"),
+            ("READ_HEADER_TIMEOUT", "750ms"),
+            ("READ_TIMEOUT", "2m"),
+            ("IDLE_TIMEOUT", "1h"),
+            ("WRITE_TIMEOUT", "90"),
             (
                 "UPSTREAM_HOST_ALLOWLIST",
                 " API.Example.com. ,, svc.internal",
@@ -312,6 +392,10 @@ mod tests {
         assert_eq!(c.sts_timeout, Duration::from_millis(1500));
         assert_eq!(c.upstream_timeout, Duration::from_secs(90));
         assert_eq!(c.stream_idle_timeout, Duration::from_secs(10));
+        assert_eq!(c.read_header_timeout, Duration::from_millis(750));
+        assert_eq!(c.read_timeout, Duration::from_secs(120));
+        assert_eq!(c.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.write_timeout, Duration::from_secs(90));
         assert_eq!(
             c.host_policy.allowlist,
             vec!["api.example.com".to_owned(), "svc.internal".to_owned()]
@@ -329,6 +413,12 @@ mod tests {
             ("UPSTREAM_TIMEOUT", "0s"),
             ("STREAM_IDLE_TIMEOUT", "-1s"),
             ("READ_HEADER_TIMEOUT", "s"),
+            ("READ_TIMEOUT", "0s"),
+            ("READ_TIMEOUT", "soon"),
+            ("IDLE_TIMEOUT", "0"),
+            ("IDLE_TIMEOUT", "2 minutes"),
+            ("WRITE_TIMEOUT", "-5s"),
+            ("WRITE_TIMEOUT", "1d"),
             ("MAX_REQUEST_BYTES", "0"),
             ("TRUST_PROXY", "maybe"),
             ("UPSTREAM_ALLOW_LOOPBACK", "yes please"),
@@ -339,6 +429,118 @@ mod tests {
             let err = GatewayConfig::from_env(&Env(&vars), false).expect_err(name);
             assert!(err.to_string().contains(name), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn read_timeout_must_exceed_the_sts_and_upstream_budget() {
+        for vars in [
+            env(&[("READ_TIMEOUT", "35s")]),
+            env(&[("READ_TIMEOUT", "10s")]),
+            env(&[("UPSTREAM_TIMEOUT", "40s")]),
+            env(&[("STS_TIMEOUT", "15s")]),
+        ] {
+            let err = GatewayConfig::from_env(&Env(&vars), false).expect_err("too small");
+            let text = err.to_string();
+            assert!(text.starts_with("READ_TIMEOUT"), "{text}");
+            assert!(text.contains("STS_TIMEOUT + UPSTREAM_TIMEOUT"), "{text}");
+        }
+        for vars in [
+            env(&[("READ_TIMEOUT", "35001ms")]),
+            env(&[
+                ("STS_TIMEOUT", "1s"),
+                ("UPSTREAM_TIMEOUT", "1s"),
+                ("READ_TIMEOUT", "3s"),
+            ]),
+            env(&[("UPSTREAM_TIMEOUT", "60s"), ("READ_TIMEOUT", "70s")]),
+        ] {
+            GatewayConfig::from_env(&Env(&vars), false).expect("consistent");
+        }
+        let mut config = GatewayConfig::for_sts("http://sts");
+        config.read_timeout = Duration::from_secs(1);
+        assert!(config.validate().is_err(), "embedded configurations too");
+    }
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let cert = fixture("tls-cert.pem");
+        let key = fixture("tls-key.pem");
+        let err = GatewayConfig::from_env(&Env(&env(&[("TLS_CERT_FILE", &cert)])), false)
+            .expect_err("cert alone");
+        assert_eq!(err.to_string(), "TLS_KEY_FILE is required but not set");
+        let err = GatewayConfig::from_env(&Env(&env(&[("TLS_KEY_FILE", &key)])), false)
+            .expect_err("key alone");
+        assert_eq!(err.to_string(), "TLS_CERT_FILE is required but not set");
+        let both = env(&[("TLS_CERT_FILE", &cert), ("TLS_KEY_FILE", &key)]);
+        let c = GatewayConfig::from_env(&Env(&both), false).expect("both");
+        let tls = c.tls.expect("tls on");
+        assert!(format!("{tls:?}").contains("tls-cert.pem"));
+    }
+
+    #[test]
+    fn unusable_tls_files_stop_start_up_naming_the_variable() {
+        use caracal_core::ports::Es256;
+
+        let dir = std::env::temp_dir().join(format!("caracal-gw-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            path.to_string_lossy().into_owned()
+        };
+        let cert = fixture("tls-cert.pem");
+        let key = fixture("tls-key.pem");
+        let cert_text = std::fs::read_to_string(&cert).expect("cert");
+        let key_text = std::fs::read_to_string(&key).expect("key");
+        let missing = dir.join("absent.pem").to_string_lossy().into_owned();
+        let garbage = write("garbage.pem", "not a certificate\n");
+        let truncated = write(
+            "truncated.pem",
+            &cert_text[..cert_text.find("-----END").expect("end")],
+        );
+        let key_only = write("key-only.pem", &key_text);
+        let cert_only = write("cert-only.pem", &cert_text);
+        let other_key = write(
+            "other-key.pem",
+            &caracal_crypto::RingEs256::new()
+                .generate_pem()
+                .expect("fresh key"),
+        );
+        for (cert_file, key_file, named, says) in [
+            (&missing, &key, "TLS_CERT_FILE", "cannot read"),
+            (&garbage, &key, "TLS_CERT_FILE", "no PEM CERTIFICATE"),
+            (
+                &truncated,
+                &key,
+                "TLS_CERT_FILE",
+                "CERTIFICATE` PEM block has no END",
+            ),
+            (&key_only, &key, "TLS_CERT_FILE", "no PEM CERTIFICATE"),
+            (&cert, &missing, "TLS_KEY_FILE", "cannot read"),
+            (&cert, &garbage, "TLS_KEY_FILE", "holds no PEM private key"),
+            (
+                &cert,
+                &cert_only,
+                "TLS_KEY_FILE",
+                "holds no PEM private key",
+            ),
+            (
+                &cert,
+                &other_key,
+                "TLS_KEY_FILE",
+                "is not the key of the first",
+            ),
+        ] {
+            let vars = env(&[("TLS_CERT_FILE", cert_file), ("TLS_KEY_FILE", key_file)]);
+            let err = GatewayConfig::from_env(&Env(&vars), false).expect_err(named);
+            let text = err.to_string();
+            assert!(text.starts_with(named), "{cert_file} {key_file}: {text}");
+            assert!(text.contains(says), "{cert_file} {key_file}: {text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -24,13 +24,25 @@
 //! an upstream response with a `Content-Length` that is cut short ends with the connection
 //! closed before the announced length, which every client reports as an error.
 //!
-//! Idle keep-alive connections are closed after `READ_HEADER_TIMEOUT` (hyper's head timer
-//! starts when the connection waits for the next request).
+//! # Connections
+//!
+//! Over plain HTTP, or HTTPS only when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set ([`tls`]:
+//! rustls with the ring provider, TLS 1.2 and 1.3, ALPN `http/1.1`). Every connection runs
+//! under one deadline per phase ([`deadline`]): a request head within `READ_HEADER_TIMEOUT` of
+//! its first byte, the whole request and its answer's start within `READ_TIMEOUT`, an answer of
+//! known length written within `WRITE_TIMEOUT`, a stream's chunks each within
+//! `STREAM_IDLE_TIMEOUT`, and at most `IDLE_TIMEOUT` between requests on a keep-alive
+//! connection. A connection past its deadline is closed without an answer: the request's future
+//! is dropped (after the STS exchange, its evidence records an abandoned request, 499) or the
+//! answer is cut short (`response_copy_failed`). Proxied, a body trickled past
+//! `UPSTREAM_TIMEOUT` is answered `504` first, since `READ_TIMEOUT` must exceed
+//! `STS_TIMEOUT + UPSTREAM_TIMEOUT`.
 
 #![forbid(unsafe_code)]
 
 mod audit;
 pub mod config;
+mod deadline;
 pub mod metrics;
 mod proxy;
 mod reply;
@@ -38,6 +50,7 @@ pub mod revocation;
 mod routes;
 mod server;
 mod sts;
+mod tls;
 mod upstream;
 
 use std::sync::Arc;
@@ -53,6 +66,7 @@ use tokio::sync::watch;
 
 pub use config::GatewayConfig;
 pub use metrics::Metrics;
+pub use tls::ServerTls;
 pub use upstream::REVOKED_TRAILER;
 
 use crate::revocation::Revocations;
@@ -95,8 +109,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the Gateway and loads the first revocation snapshot; a store that cannot answer
-    /// fails start-up (B6), as does a missing `STS_URL`.
+    /// fails start-up (B6), as do a missing `STS_URL` and timeouts that contradict each other
+    /// ([`GatewayConfig::validate`], checked again for configurations not read from the
+    /// environment).
     pub async fn new(ports: GatewayPorts, config: GatewayConfig) -> Result<Arc<Self>, String> {
+        config.validate().map_err(|e| e.to_string())?;
         let sts_url = config.sts_url.as_deref().ok_or_else(|| {
             "STS_URL is required but not set; the Gateway exchanges every mandate at the STS"
                 .to_string()

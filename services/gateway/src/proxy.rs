@@ -534,7 +534,7 @@ impl Gateway {
                 request_id,
                 peer_ip: peer.ip(),
                 trust_proxy: self.config.trust_proxy,
-                tls: false,
+                tls: self.config.tls.is_some(),
                 upstream_host: &host,
                 fresh_traceparent: &traceparent,
             },

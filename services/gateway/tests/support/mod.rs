@@ -20,7 +20,7 @@ use caracal_core::ports::{
     ZoneKeySource,
 };
 use caracal_crypto::{HmacSha256, RingEs256};
-use caracal_gateway::{Gateway, GatewayConfig, GatewayPorts};
+use caracal_gateway::{Gateway, GatewayConfig, GatewayPorts, ServerTls};
 use caracal_memory::{MemoryBus, MemoryExpiringKeys, MemoryStore, SystemClock, UuidV7Ids};
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -141,7 +141,18 @@ pub fn slow_stream() -> TestBody {
     StreamBody::new(stream).boxed_unsync()
 }
 
-/// The upstream: `/stream` streams slowly as server-sent events, anything else answers `ok`.
+/// Bytes of the upstream's `/big` answer.
+pub const BIG: usize = 16 * 1024 * 1024;
+
+/// A body of unknown length that yields 64 KiB chunks as fast as they are read, for a long time.
+pub fn flood() -> TestBody {
+    let chunk = Bytes::from(vec![b'f'; 64 * 1024]);
+    let frames = (0..16_384).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
+/// The upstream: `/stream` streams slowly as server-sent events, `/big` answers [`BIG`] bytes
+/// with a `Content-Length`, `/flood` streams fast without one, anything else answers `ok`.
 pub async fn upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     fake_server(Arc::new(|seen: &Seen| {
         if seen.target.starts_with("/base/stream") {
@@ -149,6 +160,16 @@ pub async fn upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                 .header("content-type", "text/event-stream")
                 .header("server", "upstream/1.0")
                 .body(slow_stream())
+                .expect("response")
+        } else if seen.target.starts_with("/base/big") {
+            Response::builder()
+                .header("content-type", "application/octet-stream")
+                .body(full(vec![b'b'; BIG]))
+                .expect("response")
+        } else if seen.target.starts_with("/base/flood") {
+            Response::builder()
+                .header("content-type", "application/octet-stream")
+                .body(flood())
                 .expect("response")
         } else {
             Response::builder()
@@ -303,25 +324,35 @@ pub async fn harness() -> Harness {
 }
 
 pub async fn harness_with(tune: impl FnOnce(&mut GatewayConfig)) -> Harness {
+    harness_on(None, tune).await
+}
+
+/// A harness whose mandate keys come from `keys` (default: the harness's signer's).
+pub async fn harness_on(
+    keys: Option<Arc<dyn ZoneKeySource>>,
+    tune: impl FnOnce(&mut GatewayConfig),
+) -> Harness {
     let (upstream, upstream_seen) = upstream().await;
     let (sts, sts_seen, script) =
         fake_sts((200, directive_answer(default_directive(upstream)))).await;
     let es256 = RingEs256::new();
     let pem = es256.generate_pem().expect("pem");
     let signer = es256.load_signer(&pem).expect("signer");
-    let keys = VerifyingKeys::new(vec![VerifyingKey::new(KID, signer.public_point().to_vec())]);
+    let signer_keys =
+        VerifyingKeys::new(vec![VerifyingKey::new(KID, signer.public_point().to_vec())]);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let audit = Arc::new(Recorded::default());
     let bus = Arc::new(MemoryBus::new());
     let store = MemoryStore::new();
     let mut config = GatewayConfig::for_sts(&format!("http://{sts}"));
     tune(&mut config);
+    let tls = config.tls.is_some();
     let gateway = Gateway::new(
         GatewayPorts {
             store: Arc::new(store.clone()),
             bus: bus.clone(),
             expiring: Arc::new(MemoryExpiringKeys::new(Arc::clone(&clock))),
-            keys: Arc::new(StaticKeys(keys)),
+            keys: keys.unwrap_or_else(|| Arc::new(StaticKeys(signer_keys))),
             es256: Arc::new(es256),
             audit: audit.clone(),
             clock,
@@ -345,7 +376,7 @@ pub async fn harness_with(tune: impl FnOnce(&mut GatewayConfig)) -> Harness {
     ));
     Harness {
         gateway,
-        url: format!("http://{addr}"),
+        url: format!("{}://{addr}", if tls { "https" } else { "http" }),
         addr,
         upstream,
         upstream_seen,
@@ -355,12 +386,33 @@ pub async fn harness_with(tune: impl FnOnce(&mut GatewayConfig)) -> Harness {
         audit,
         bus,
         store,
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client"),
+        http: client(tls),
         stop,
     }
+}
+
+/// A test fixture's path (`tests/fixtures/<name>`).
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Gateway's TLS settings from the self-signed fixture (`localhost`, `127.0.0.1`).
+pub fn tls_fixture() -> ServerTls {
+    ServerTls::from_pem_files(&fixture("tls-cert.pem"), &fixture("tls-key.pem")).expect("fixture")
+}
+
+/// A client for the Gateway; with `tls`, one that trusts the fixture certificate only.
+pub fn client(tls: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder().no_proxy();
+    let builder = if tls {
+        let pem = std::fs::read(fixture("tls-cert.pem")).expect("fixture");
+        builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("certificate"))
+    } else {
+        builder
+    };
+    builder.build().expect("client")
 }
 
 fn b64(value: &Value) -> String {
