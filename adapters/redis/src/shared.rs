@@ -10,6 +10,12 @@
 //! connection per process, each command from another worker woke that runtime's thread and
 //! was woken back, two thread hops per command (the Postgres pools are per worker for the
 //! same reason).
+//!
+//! The rate limiter, the single-use keys and the authority versions can share one
+//! `SharedConnection` (each adapter's `on`). Commands that one task sends concurrently (the
+//! STS joins its independent checks) then queue on the same socket before its I/O task runs:
+//! they leave in one write, Redis answers them in one write, and they cost one round trip
+//! together instead of one each.
 
 use std::collections::HashMap;
 use std::sync::Arc;

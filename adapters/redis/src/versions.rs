@@ -26,6 +26,13 @@ impl RedisAuthorityVersions {
             conn: SharedConnection::new(pool),
         }
     }
+
+    /// The same over connections shared with the other request-path ports (see
+    /// [`SharedConnection`]): commands they send together from one thread leave in one write
+    /// and come back in one read.
+    pub fn on(conn: SharedConnection) -> Self {
+        Self { conn }
+    }
 }
 
 fn unavailable(error: impl std::fmt::Display) -> VersionsError {

@@ -12,8 +12,9 @@ use crate::ids::{ApplicationId, ResourceId, ZoneId};
 use crate::mandate::{DelegationHop, MandateClaims, MandateUse, SubType};
 use crate::model::{Application, Resource};
 use crate::policy::DecisionInput;
-use crate::ports::{AuditEvent, ZoneScope};
+use crate::ports::{AuditEvent, ExpiringKeysError, ZoneScope};
 use crate::time::Timestamp;
+use futures_util::future::join3;
 
 use super::approvals::{HoldKey, Retry};
 use super::client_auth::invalid_client;
@@ -28,6 +29,18 @@ const DEFAULT_TTL: i64 = 900;
 const CAP_DIRECT: i64 = 3_600;
 /// Cap with a subject token (Gateway exchange).
 const CAP_SUBJECT: i64 = 900;
+
+/// The longest lifetime a mandate minted for `req` can have: what it asks for (or the
+/// default), within the cap. The mint only ever shortens it (a Delegation's expiry, a Control
+/// key's limit, a re-issued hold), so a `jti` registered for this long covers the mandate.
+fn longest_lifetime(req: &TokenRequest, with_subject: bool) -> i64 {
+    let cap = if with_subject {
+        CAP_SUBJECT
+    } else {
+        CAP_DIRECT
+    };
+    req.ttl_seconds.unwrap_or(DEFAULT_TTL).clamp(1, cap)
+}
 /// The lifecycle scope of a bootstrap exchange.
 pub const LIFECYCLE_SCOPE: &str = "agent:lifecycle";
 
@@ -180,16 +193,41 @@ impl Sts {
         // this request's unit begins: the memory store serialises units, and a nested one
         // would wait on its parent forever.
         let bundle = self.policies.bundle(&zone).await?;
-        // The zone's authority version, read before any row it vouches for (`sts::kept`): a
-        // warm delegated mint and the Gateway's exchange then read nothing from the store.
-        let version = if req.subject.is_some()
+        // Three Redis calls that do not depend on one another go out together, one round trip
+        // (they share the thread's connection in production):
+        // - the zone's authority version, read before any row it vouches for (`sts::kept`): a
+        //   warm delegated mint and the Gateway's exchange then read nothing from the store;
+        // - the single use of a presented gateway mandate (§3.5c);
+        // - the registration of the `jti` this request would mint (§3.9).
+        // Each outcome is judged where it always was, so refusals keep their order; a request
+        // refused in between leaves an unused `jti` registered until its lifetime ends.
+        let wants_version = req.subject.is_some()
             || !req.session_id.is_empty()
-            || !req.delegation_edge_id.is_empty()
-        {
-            self.authority_version(&zone).await
-        } else {
-            None
-        };
+            || !req.delegation_edge_id.is_empty();
+        let gateway_mandate = subject.as_ref().filter(|_| gateway).map(|s| &s.claims);
+        let jti = self.ids.new_id();
+        let (version, mut consumed, registered) = join3(
+            async {
+                if wants_version {
+                    self.authority_version(&zone).await
+                } else {
+                    None
+                }
+            },
+            async {
+                match gateway_mandate {
+                    Some(claims) => Some(self.consume_gateway_mandate(claims, now).await),
+                    None => None,
+                }
+            },
+            self.register_jti(
+                &jti,
+                caller.app.id.as_str(),
+                now.unix_seconds(),
+                longest_lifetime(&req, subject.is_some()),
+            ),
+        )
+        .await;
         // Reads open a unit only when one is needed: a warm bootstrap mint reads nothing.
         let mut reads = LazyUnit::new(&self.store, ZoneScope::Zone(zone.clone()));
         if let Some(subject) = &subject {
@@ -216,8 +254,8 @@ impl Sts {
                 return Err(denied("authority record client mismatch"));
             }
             req.session_id = sid;
-            if gateway {
-                self.consume_gateway_mandate(claims, now).await?;
+            if let Some(consumed) = consumed.take() {
+                consumed?;
             }
             fill(
                 &mut req.agent_session_id,
@@ -519,7 +557,6 @@ impl Sts {
         } else {
             req.scope.clone()
         };
-        let jti = self.ids.new_id();
         let (delegation_edge_id, source_session_id, target_session_id) = match &delegation {
             Some(d) => (
                 Some(d.edge.id.clone()),
@@ -571,7 +608,9 @@ impl Sts {
             hop_count: delegation.as_ref().map_or(0, |d| d.path.len() as u32),
             delegation_graph_epoch: delegation.as_ref().map_or(0, |d| d.epoch.max(0) as u64),
         };
-        let access_token = self.issue(&zone, &claims, request_id).await?;
+        let access_token = self
+            .sign_registered(&zone, &claims, registered, request_id)
+            .await?;
         Ok(Minted {
             access_token,
             expires_in: ttl,
@@ -590,16 +629,46 @@ impl Sts {
         claims: &MandateClaims,
         request_id: &str,
     ) -> Result<String, Error> {
-        let ttl = (claims.exp - claims.iat).max(1) as u64;
-        match self
-            .expiring
+        let registered = self
+            .register_jti(
+                &claims.jti,
+                &claims.client_id,
+                claims.iat,
+                claims.exp - claims.iat,
+            )
+            .await;
+        self.sign_registered(zone, claims, registered, request_id)
+            .await
+    }
+
+    /// Claims `jti` in the registry for `lifetime` seconds (at least one): `true` when this
+    /// call registered it.
+    async fn register_jti(
+        &self,
+        jti: &str,
+        client_id: &str,
+        iat: i64,
+        lifetime: i64,
+    ) -> Result<bool, ExpiringKeysError> {
+        self.expiring
             .set_if_absent(
-                &format!("audit:jti:{}", claims.jti),
-                &format!("{}|{}", claims.client_id, claims.iat),
-                ttl,
+                &format!("audit:jti:{jti}"),
+                &format!("{client_id}|{iat}"),
+                lifetime.max(1) as u64,
             )
             .await
-        {
+    }
+
+    /// Signs `claims`, whose `jti` registration answered `registered` (and whose lifetime it
+    /// covers), with the zone's newest key.
+    async fn sign_registered(
+        &self,
+        zone: &ZoneId,
+        claims: &MandateClaims,
+        registered: Result<bool, ExpiringKeysError>,
+        request_id: &str,
+    ) -> Result<String, Error> {
+        match registered {
             Ok(true) => {}
             Ok(false) => {
                 self.emit(anomaly(

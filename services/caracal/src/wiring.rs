@@ -966,17 +966,18 @@ pub async fn serve(services: Services) -> Result<(), String> {
             }
         }
     });
+    // One connection per thread for the request path's short commands, shared by the three
+    // ports, so the checks a request sends together travel together.
+    let request_path = caracal_redis::shared::SharedConnection::new(bus.pool().clone());
     let adapters = Adapters {
         worker_store: Some(worker_store),
         store: Arc::new(store.clone()),
         // The Audit service appends, the API reads and sets retention: one ledger per process.
         ledger: Arc::new(caracal_postgres::PgLedger::new(store.clone())),
         queue: Arc::new(store),
-        limiter: Arc::new(caracal_redis::RedisRateLimiter::new(bus.pool().clone())),
-        expiring: Arc::new(caracal_redis::RedisExpiringKeys::new(bus.pool().clone())),
-        versions: Arc::new(caracal_redis::RedisAuthorityVersions::new(
-            bus.pool().clone(),
-        )),
+        limiter: Arc::new(caracal_redis::RedisRateLimiter::on(request_path.clone())),
+        expiring: Arc::new(caracal_redis::RedisExpiringKeys::on(request_path.clone())),
+        versions: Arc::new(caracal_redis::RedisAuthorityVersions::on(request_path)),
         bus: Arc::new(bus),
         replay_dir: Some(PathBuf::from(
             env.optional("AUDIT_REPLAY_DIR")

@@ -4,6 +4,7 @@
 //! service). Each test asserts what a caller would notice: status, error code and description,
 //! claims, and that refused requests mint nothing.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix_web::body::MessageBody;
@@ -19,7 +20,8 @@ use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::mandate::{MandateClaims, MandateUse, SubType};
 use caracal_core::policy::PolicyCache;
 use caracal_core::ports::{
-    AuthorityVersions, Clock, Es256, MessageAuthenticator, Store, ZoneScope,
+    AuthorityVersions, Clock, Es256, ExpiringKeys, ExpiringKeysError, MessageAuthenticator, Store,
+    VersionsError, ZoneScope,
 };
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
@@ -49,6 +51,68 @@ struct Harness {
 }
 
 async fn harness(mint_limit: u64) -> Harness {
+    harness_observed(mint_limit, None).await
+}
+
+/// Calls to the single-use keys and the authority versions in flight at once: the STS's
+/// independent Redis checks should be sent together (one round trip on the connection they
+/// share in production), not one after another.
+#[derive(Default)]
+struct Flight {
+    now: AtomicUsize,
+    widest: AtomicUsize,
+}
+
+impl Flight {
+    async fn during<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.widest.fetch_max(now, Ordering::SeqCst);
+        // Give calls made alongside this one the chance to start before it ends.
+        tokio::task::yield_now().await;
+        let out = call.await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+
+    /// The most calls in flight at once since the last call of this.
+    fn take_widest(&self) -> usize {
+        self.widest.swap(0, Ordering::SeqCst)
+    }
+}
+
+struct Observed<T: ?Sized> {
+    inner: Arc<T>,
+    flight: Arc<Flight>,
+}
+
+#[async_trait::async_trait]
+impl ExpiringKeys for Observed<dyn ExpiringKeys> {
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_seconds: u64,
+    ) -> Result<bool, ExpiringKeysError> {
+        self.flight
+            .during(self.inner.set_if_absent(key, value, ttl_seconds))
+            .await
+    }
+    async fn exists(&self, key: &str) -> Result<bool, ExpiringKeysError> {
+        self.flight.during(self.inner.exists(key)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl AuthorityVersions for Observed<dyn AuthorityVersions> {
+    async fn current(&self, zone: &ZoneId) -> Result<u64, VersionsError> {
+        self.flight.during(self.inner.current(zone)).await
+    }
+    async fn advance(&self, zone: &ZoneId) -> Result<(), VersionsError> {
+        self.flight.during(self.inner.advance(zone)).await
+    }
+}
+
+async fn harness_observed(mint_limit: u64, flight: Option<Arc<Flight>>) -> Harness {
     let store = MemoryStore::new();
     let versions = Arc::new(MemoryAuthorityVersions::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -92,6 +156,18 @@ async fn harness(mint_limit: u64) -> Harness {
         Arc::new(store.clone()),
         Arc::clone(&clock),
     ));
+    let mut expiring: Arc<dyn ExpiringKeys> = Arc::new(MemoryExpiringKeys::new(Arc::clone(&clock)));
+    let mut sts_versions: Arc<dyn AuthorityVersions> = versions.clone();
+    if let Some(flight) = flight {
+        expiring = Arc::new(Observed {
+            inner: expiring,
+            flight: Arc::clone(&flight),
+        });
+        sts_versions = Arc::new(Observed {
+            inner: sts_versions,
+            flight,
+        });
+    }
     let sts = Arc::new(Sts::new(
         StsPorts {
             store: Arc::new(store.clone()),
@@ -101,9 +177,9 @@ async fn harness(mint_limit: u64) -> Harness {
             sealer,
             es256,
             limiter: Arc::new(MemoryRateLimiter::new()),
-            expiring: Arc::new(MemoryExpiringKeys::new(Arc::clone(&clock))),
+            expiring,
             audit: audit.clone(),
-            versions: versions.clone(),
+            versions: sts_versions,
             gateway_mac: Some(Arc::new(HmacSha256::from_bytes(&GATEWAY_KEY))),
         },
         keys,
@@ -541,6 +617,49 @@ async fn bootstrap_delegated_mint_and_gateway_exchange() {
     headers[3].1 = "other-request".into();
     let (status, mismatch) = mint(&sts, body, &headers).await;
     assert_eq!(status, 401, "{mismatch}");
+}
+
+#[actix_web::test]
+async fn independent_redis_checks_are_sent_together() {
+    let flight = Arc::new(Flight::default());
+    let h = harness_observed(1_000, Some(Arc::clone(&flight))).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let anchor = application_anchor(&sts, &w).await;
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["reader"],
+        json!({"scopes": ["svc:read"], "resource_id": w.resource_id,
+               "constraints": {"resources": [RESOURCE]}}),
+    )
+    .await;
+
+    flight.take_widest();
+    let (status, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    assert_eq!(status, 200, "{minted}");
+    assert_eq!(
+        flight.take_widest(),
+        2,
+        "a delegated mint reads the zone's version and registers its jti together"
+    );
+
+    let gateway = minted["access_token"].as_str().expect("token");
+    let (body, headers) = signed_exchange(&w, gateway, "gw-together");
+    let (status, exchanged) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 200, "{exchanged}");
+    assert_eq!(
+        flight.take_widest(),
+        3,
+        "an exchange also claims the presented gateway mandate in the same breath"
+    );
+    // Sent together, judged in order: the replay is still refused as one.
+    let (body, headers) = signed_exchange(&w, gateway, "gw-together-again");
+    let (status, replay) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 401, "{replay}");
+    assert_eq!(replay["error_description"], "invalid subject_token");
 }
 
 #[actix_web::test]
