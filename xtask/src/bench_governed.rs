@@ -26,8 +26,9 @@
 //! Reported per run: req/s, p50/p95/p99 across all workers' samples, the server's CPU per
 //! request (`/proc/<pid>/stat`), the whole machine's busy CPU per request (`/proc/stat`, client,
 //! upstream, Postgres and Redis included), and for the governed loop the Postgres transactions
-//! and Redis commands per request (`pg_stat_database`, `INFO stats`) and the size of the audit
-//! replay spool afterwards (evidence spilled to disk because the publisher fell behind).
+//! and Redis commands per request, with the socket reads the commands arrived in (round trips;
+//! `pg_stat_database`, `INFO stats`), and the size of the audit replay spool afterwards
+//! (evidence spilled to disk because the publisher fell behind).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -253,8 +254,9 @@ fn dir_bytes(dir: &Path) -> u64 {
     })
 }
 
-/// Commands Redis has processed so far (`INFO stats`, every client).
-fn redis_commands() -> Result<u64, String> {
+/// Commands Redis has processed so far, and the socket reads it took them in: round trips,
+/// as pipelined commands arrive in one read (`INFO stats`, every client).
+fn redis_commands() -> Result<(u64, u64), String> {
     let stream = TcpStream::connect(("127.0.0.1", 6379)).map_err(|e| format!("redis: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -277,11 +279,17 @@ fn redis_commands() -> Result<u64, String> {
     reader
         .read_exact(&mut text)
         .map_err(|e| format!("redis: {e}"))?;
-    String::from_utf8_lossy(&text)
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| "INFO stats without total_commands_processed".to_string())
+    let text = String::from_utf8_lossy(&text);
+    let stat = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("INFO stats without {name}"))
+    };
+    Ok((
+        stat("total_commands_processed")?,
+        stat("total_reads_processed")?,
+    ))
 }
 
 /// One closed-loop measurement.
@@ -772,11 +780,14 @@ pub fn http(binary: &Path) -> Result<(), String> {
         // pg_stat_database lags by up to a second.
         std::thread::sleep(Duration::from_millis(1_200));
         let requests = ((ROUNDS + 1) * per_worker * workers) as f64;
-        round_trips.push((
-            pg_transactions(&database)?.saturating_sub(transactions) as f64 / requests,
-            redis_commands()?.saturating_sub(commands) as f64 / requests,
-            dir_bytes(&scratch.join("audit-replay")),
-        ));
+        let (commands_after, reads_after) = redis_commands()?;
+        round_trips.push(RoundTrips {
+            pg_transactions: pg_transactions(&database)?.saturating_sub(transactions) as f64
+                / requests,
+            redis_commands: commands_after.saturating_sub(commands.0) as f64 / requests,
+            redis_reads: reads_after.saturating_sub(commands.1) as f64 / requests,
+            spool: dir_bytes(&scratch.join("audit-replay")),
+        });
         governed_runs.push(run);
     }
     drop(cleanup);
@@ -792,13 +803,22 @@ pub fn http(binary: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// What one governed run cost outside the server, per governed request.
+struct RoundTrips {
+    pg_transactions: f64,
+    redis_commands: f64,
+    /// Socket reads Redis made: round trips, counting a pipeline once.
+    redis_reads: f64,
+    /// The audit spool's size after the run, in bytes.
+    spool: u64,
+}
+
 struct Report {
     direct: Vec<Run>,
     proxy: Vec<Run>,
     governed: Vec<Run>,
-    /// Postgres transactions and Redis commands per governed request, and the audit spool's
-    /// size after the run, per worker count.
-    round_trips: Vec<(f64, f64, u64)>,
+    /// Per worker count.
+    round_trips: Vec<RoundTrips>,
     cold: Duration,
     load: String,
 }
@@ -851,17 +871,20 @@ fn report(r: &Report) {
             line("governed (mint + Gateway hop)", &r.governed[i], cores)
         );
     }
-    println!("\n| workers | governed p50: mint | governed p50: Gateway hop (total p50 − mint p50) | Postgres transactions per governed request | Redis commands per governed request | audit spool after the run | governed ÷ direct: req/s | p50 | governed ÷ pass-through: req/s | p50 |");
+    println!("\n| workers | governed p50: mint | governed p50: Gateway hop (total p50 − mint p50) | Postgres transactions per governed request | Redis commands (round trips) per governed request | audit spool after the run | governed ÷ direct: req/s | p50 | governed ÷ pass-through: req/s | p50 |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (i, run) in r.governed.iter().enumerate() {
-        let (pg, redis, spool) = r.round_trips[i];
+        let trips = &r.round_trips[i];
         let (direct, proxy) = (&r.direct[i], &r.proxy[i]);
         println!(
-            "| {} | {:.2} ms | {:.2} ms | {pg:.2} | {redis:.1} | {:.1} MB | {:.3} | {:.1}× | {:.3} | {:.1}× |",
+            "| {} | {:.2} ms | {:.2} ms | {:.2} | {:.1} ({:.1}) | {:.1} MB | {:.3} | {:.1}× | {:.3} | {:.1}× |",
             run.workers,
             ms(run.stage_p50[mid]),
             ms(run.p50()) - ms(run.stage_p50[mid]),
-            spool as f64 / 1e6,
+            trips.pg_transactions,
+            trips.redis_commands,
+            trips.redis_reads,
+            trips.spool as f64 / 1e6,
             run.rate() / direct.rate(),
             ms(run.p50()) / ms(direct.p50()).max(1e-3),
             run.rate() / proxy.rate(),
