@@ -23,7 +23,9 @@ use caracal_core::ports::{
 };
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
-use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
+use caracal_crypto::{
+    Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RememberingEs256, RingEs256,
+};
 use caracal_evidence::{AuditPublisher, PublisherConfig};
 use caracal_gateway::{Gateway, GatewayConfig, GatewayPorts};
 use caracal_http::config::{ConfigError, Env, ProcessEnv};
@@ -725,7 +727,9 @@ async fn run(
     dev: bool,
     admin_token: Option<String>,
 ) -> Result<(), String> {
-    let es256: Arc<dyn Es256> = Arc::new(RingEs256::new());
+    // One verifier for every service of the process: the Gateway's check of a gateway mandate
+    // and the STS's check of the same token in the exchange then cost one ES256 verification.
+    let es256: Arc<dyn Es256> = Arc::new(RememberingEs256::new(RingEs256::new()));
     let zone_keys = services.sts().then(|| zone_keys(&adapters, &keys, &es256));
     let api = match services.api() {
         false => None,
