@@ -3,6 +3,7 @@
 //! becomes an audit event; nothing is minted unless at least one resource was granted.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde_json::{json, Map, Value};
 
@@ -14,12 +15,12 @@ use crate::model::{Application, Resource};
 use crate::policy::DecisionInput;
 use crate::ports::{AuditEvent, ExpiringKeysError, ZoneScope};
 use crate::time::Timestamp;
-use futures_util::future::join3;
+use futures_util::future::{join, join4};
 
 use super::approvals::{HoldKey, Retry};
 use super::client_auth::invalid_client;
 use super::form::{self, FormPairs, SubjectKind, TokenRequest};
-use super::gateway_sig::SignedHeaders;
+use super::gateway_sig::{GatewayVerifier, SignedHeaders};
 use super::references::{self, denied, Delegation};
 use super::Sts;
 
@@ -132,34 +133,116 @@ struct Caller {
     control: bool,
 }
 
+/// `401 access_denied "invalid gateway exchange signature"`.
+fn bad_envelope() -> Error {
+    Error::new(ErrorKind::Unauthenticated, "access_denied")
+        .describe("invalid gateway exchange signature")
+}
+
+/// An authentic Gateway envelope's nonce, claimed once for the request (`spec/sts.md §6`).
+struct Nonce<'a> {
+    nonce: &'a str,
+    /// 0: not claimed yet; 1: claimed by this request; 2: refused (used before, or the
+    /// registry could not answer).
+    state: AtomicU8,
+}
+
+impl<'a> Nonce<'a> {
+    fn new(nonce: &'a str) -> Self {
+        Self {
+            nonce,
+            state: AtomicU8::new(0),
+        }
+    }
+
+    /// Claims the nonce: `true` when this request is its first use.
+    async fn claim(&self, verifier: &GatewayVerifier) -> bool {
+        let first = verifier.claim_nonce(self.nonce).await;
+        self.state
+            .store(if first { 1 } else { 2 }, Ordering::SeqCst);
+        first
+    }
+
+    /// Whether the nonce was this request's, claiming it now if nothing has yet.
+    async fn settle(&self, verifier: &GatewayVerifier) -> bool {
+        match self.state.load(Ordering::SeqCst) {
+            0 => self.claim(verifier).await,
+            1 => true,
+            _ => false,
+        }
+    }
+}
+
+/// The registration of the `jti` a request would mint (§3.9).
+enum Registration {
+    /// Not sent yet.
+    Pending {
+        client_id: String,
+        iat: i64,
+        /// Seconds the registration must cover (the longest lifetime the mandate can get).
+        lifetime: i64,
+    },
+    /// What the registry answered.
+    Answered(Result<bool, ExpiringKeysError>),
+}
+
+impl Registration {
+    /// Sends the registration of `jti` (a registration already answered answers the same).
+    async fn send(&self, sts: &Sts, jti: &str) -> Result<bool, ExpiringKeysError> {
+        match self {
+            Registration::Pending {
+                client_id,
+                iat,
+                lifetime,
+            } => sts.register_jti(jti, client_id, *iat, *lifetime).await,
+            Registration::Answered(answer) => answer.clone(),
+        }
+    }
+}
+
 impl Sts {
     /// Runs the token endpoint from the body on.
     pub async fn token(&self, call: TokenCall<'_>) -> Result<Minted, Error> {
         let form = FormPairs::parse(call.body)?;
         let ttl = form::precheck(&form)?;
         let gateway = call.gateway.any();
-        if gateway {
-            let ok = self
-                .gateway
-                .verify(
-                    &call.gateway,
-                    "POST",
-                    call.path,
-                    call.body,
-                    self.clock.now().unix_seconds(),
-                )
-                .await
-                && form.get("gateway_request_id").map(str::trim) == Some(call.request_id);
-            if !ok {
-                return Err(Error::new(ErrorKind::Unauthenticated, "access_denied")
-                    .describe("invalid gateway exchange signature"));
+        // A Gateway envelope's signature is checked here; its nonce is claimed with the
+        // request's other Redis checks (one round trip). Whatever ends the request before those
+        // go out claims it first, so a replayed envelope is always refused as one.
+        let nonce = if gateway {
+            let authentic = self.gateway.authentic(
+                &call.gateway,
+                "POST",
+                call.path,
+                call.body,
+                self.clock.now().unix_seconds(),
+            );
+            match authentic {
+                Some(nonce)
+                    if form.get("gateway_request_id").map(str::trim) == Some(call.request_id) =>
+                {
+                    Some(Nonce::new(nonce))
+                }
+                Some(nonce) => {
+                    let _ = self.gateway.claim_nonce(nonce).await;
+                    return Err(bad_envelope());
+                }
+                None => return Err(bad_envelope()),
             }
+        } else {
+            None
+        };
+        let result = match form::token_request(&form, ttl) {
+            Ok(request) => {
+                self.exchange(request, gateway, call.request_id, nonce.as_ref())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match &nonce {
+            Some(nonce) if !nonce.settle(&self.gateway).await => Err(bad_envelope()),
+            _ => result,
         }
-        let request = form::token_request(&form, ttl)?;
-        if !gateway {
-            self.failures.check(&request.application_id).await?;
-        }
-        self.exchange(request, gateway, call.request_id).await
     }
 
     async fn exchange(
@@ -167,14 +250,42 @@ impl Sts {
         mut req: TokenRequest,
         gateway: bool,
         request_id: &str,
+        nonce: Option<&Nonce<'_>>,
     ) -> Result<Minted, Error> {
         let now = self.clock.now();
+        let wants_version = req.subject.is_some()
+            || !req.session_id.is_empty()
+            || !req.delegation_edge_id.is_empty();
+        // An application's own mint: the block on repeated authentication failures must be
+        // read before its secret is checked, and the zone's authority version (read before any
+        // row it vouches for, `sts::kept`) is a read that may go with it, one round trip. The
+        // version is of the zone the form names; it is used only if the caller turns out to
+        // belong to that zone.
+        let (named_zone, early_version) = if gateway {
+            (None, None)
+        } else {
+            let named = ZoneId::parse(&req.zone_id).ok();
+            let (blocked, version) = join(self.failures.check(&req.application_id), async {
+                match &named {
+                    Some(zone) if wants_version => self.authority_version(zone).await,
+                    _ => None,
+                }
+            })
+            .await;
+            blocked?;
+            (named, version)
+        };
         let caller = self.authenticate(&req, gateway, now).await?;
         if req
             .subject
             .as_ref()
             .is_some_and(|s| s.kind == SubjectKind::IdToken)
         {
+            if let Some(nonce) = nonce {
+                if !nonce.settle(&self.gateway).await {
+                    return Err(bad_envelope());
+                }
+            }
             // Federation (§9): the application has proven itself with its secret; the identity
             // token, not the policy, decides the rest.
             return self
@@ -193,41 +304,53 @@ impl Sts {
         // this request's unit begins: the memory store serialises units, and a nested one
         // would wait on its parent forever.
         let bundle = self.policies.bundle(&zone).await?;
-        // Three Redis calls that do not depend on one another go out together, one round trip
-        // (they share the thread's connection in production):
-        // - the zone's authority version, read before any row it vouches for (`sts::kept`): a
-        //   warm delegated mint and the Gateway's exchange then read nothing from the store;
-        // - the single use of a presented gateway mandate (§3.5c);
-        // - the registration of the `jti` this request would mint (§3.9).
-        // Each outcome is judged where it always was, so refusals keep their order; a request
-        // refused in between leaves an unused `jti` registered until its lifetime ends.
-        let wants_version = req.subject.is_some()
-            || !req.session_id.is_empty()
-            || !req.delegation_edge_id.is_empty();
-        let gateway_mandate = subject.as_ref().filter(|_| gateway).map(|s| &s.claims);
+        // The `jti` this request would mint is registered (§3.9) together with the request's
+        // other Redis calls: on a Gateway exchange with the envelope's nonce, the zone's
+        // version and the single use of the presented gateway mandate (§3.5c), one round trip;
+        // on an application's own mint (whose caller was only now authenticated) with its
+        // first rate-limit hit. Each outcome is judged where it always was, so refusals keep
+        // their order; a request refused in between leaves an unused `jti` registered until
+        // its lifetime ends.
         let jti = self.ids.new_id();
-        let (version, mut consumed, registered) = join3(
-            async {
-                if wants_version {
-                    self.authority_version(&zone).await
-                } else {
-                    None
-                }
-            },
-            async {
-                match gateway_mandate {
-                    Some(claims) => Some(self.consume_gateway_mandate(claims, now).await),
-                    None => None,
-                }
-            },
-            self.register_jti(
-                &jti,
-                caller.app.id.as_str(),
-                now.unix_seconds(),
-                longest_lifetime(&req, subject.is_some()),
-            ),
-        )
-        .await;
+        let mut registration = Registration::Pending {
+            client_id: caller.app.id.to_string(),
+            iat: now.unix_seconds(),
+            lifetime: longest_lifetime(&req, subject.is_some()),
+        };
+        let (version, mut consumed) = if gateway {
+            let gateway_mandate = subject.as_ref().map(|s| &s.claims);
+            let (nonce_claimed, version, consumed, registered) = join4(
+                async {
+                    match nonce {
+                        Some(nonce) => nonce.claim(&self.gateway).await,
+                        None => false,
+                    }
+                },
+                async {
+                    if wants_version {
+                        self.authority_version(&zone).await
+                    } else {
+                        None
+                    }
+                },
+                async {
+                    match gateway_mandate {
+                        Some(claims) => Some(self.consume_gateway_mandate(claims, now).await),
+                        None => None,
+                    }
+                },
+                registration.send(self, &jti),
+            )
+            .await;
+            if !nonce_claimed {
+                return Err(bad_envelope());
+            }
+            registration = Registration::Answered(registered);
+            (version, consumed)
+        } else {
+            let version = early_version.filter(|_| named_zone.as_ref() == Some(&zone));
+            (version, None)
+        };
         // Reads open a unit only when one is needed: a warm bootstrap mint reads nothing.
         let mut reads = LazyUnit::new(&self.store, ZoneScope::Zone(zone.clone()));
         if let Some(subject) = &subject {
@@ -410,6 +533,8 @@ impl Sts {
                     now,
                     &mut last_reason,
                     &mut gates,
+                    &mut registration,
+                    &jti,
                 )
                 .await?
             {
@@ -607,6 +732,10 @@ impl Sts {
                 .unwrap_or_default(),
             hop_count: delegation.as_ref().map_or(0, |d| d.path.len() as u32),
             delegation_graph_epoch: delegation.as_ref().map_or(0, |d| d.epoch.max(0) as u64),
+        };
+        let registered = match registration {
+            Registration::Answered(registered) => registered,
+            pending => pending.send(self, &jti).await,
         };
         let access_token = self
             .sign_registered(&zone, &claims, registered, request_id)
@@ -998,6 +1127,8 @@ impl Sts {
         now: Timestamp,
         last_reason: &mut Option<String>,
         gates: &mut Vec<Value>,
+        registration: &mut Registration,
+        jti: &str,
     ) -> Result<Option<Resource>, Error> {
         let id = resource.identifier.as_str();
         let req = ctx.req;
@@ -1059,10 +1190,21 @@ impl Sts {
                 }
             }
         }
-        // 5. Mint rate limit.
+        // 5. Mint rate limit; the first hit carries the `jti` registration along.
         let key = format!("rl:{}:{}:{}", ctx.zone, resource.id, ctx.caller.app.id);
         let window = now.unix_seconds().div_euclid(60);
-        match self.limiter.hit(&key, window).await {
+        let (hit, answered) = match &*registration {
+            Registration::Pending { .. } => {
+                let (hit, answered) =
+                    join(self.limiter.hit(&key, window), registration.send(self, jti)).await;
+                (hit, Some(answered))
+            }
+            Registration::Answered(_) => (self.limiter.hit(&key, window).await, None),
+        };
+        if let Some(answered) = answered {
+            *registration = Registration::Answered(answered);
+        }
+        match hit {
             Ok(n) if n <= self.config.mint_limit_per_min => {}
             _ => {
                 ctx.skip(id, "rate_limited");

@@ -78,26 +78,43 @@ impl GatewayVerifier {
         body: &[u8],
         now_unix: i64,
     ) -> bool {
-        let Some(mac) = self.mac.as_ref() else {
-            return false;
-        };
+        match self.authentic(headers, method, path, body, now_unix) {
+            Some(nonce) => self.claim_nonce(nonce).await,
+            None => false,
+        }
+    }
+
+    /// The envelope's nonce when its signature verifies and it is fresh at `now_unix`; the
+    /// nonce is not claimed yet ([`GatewayVerifier::claim_nonce`] does that, and an envelope
+    /// whose claim fails must be refused as if it had not verified).
+    pub fn authentic<'h>(
+        &self,
+        headers: &SignedHeaders<'h>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Option<&'h str> {
+        let mac = self.mac.as_ref()?;
         let (Some(ts), Some(nonce), Some(sig)) =
             (headers.timestamp, headers.nonce, headers.signature)
         else {
-            return false;
+            return None;
         };
         if nonce.is_empty() {
-            return false;
+            return None;
         }
-        let Ok(unix) = ts.parse::<i64>() else {
-            return false;
-        };
+        let unix = ts.parse::<i64>().ok()?;
         if (now_unix - unix).abs() > FRESHNESS_SECONDS {
-            return false;
+            return None;
         }
-        if !mac.verify_hex(canonical(ts, nonce, method, path, body).as_bytes(), sig) {
-            return false;
-        }
+        mac.verify_hex(canonical(ts, nonce, method, path, body).as_bytes(), sig)
+            .then_some(nonce)
+    }
+
+    /// Claims an authentic envelope's nonce across every replica: `true` for the first claim
+    /// only (an unreachable registry is `false`: fail closed).
+    pub async fn claim_nonce(&self, nonce: &str) -> bool {
         matches!(
             self.nonces
                 .set_if_absent(

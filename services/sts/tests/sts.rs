@@ -20,8 +20,8 @@ use caracal_core::manage::{Management, ManagementConfig};
 use caracal_core::mandate::{MandateClaims, MandateUse, SubType};
 use caracal_core::policy::PolicyCache;
 use caracal_core::ports::{
-    AuthorityVersions, Clock, Es256, ExpiringKeys, ExpiringKeysError, MessageAuthenticator, Store,
-    VersionsError, ZoneScope,
+    AuthorityVersions, Clock, Es256, ExpiringKeys, ExpiringKeysError, LimiterError,
+    MessageAuthenticator, RateLimiter, Store, VersionsError, ZoneScope,
 };
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
@@ -54,19 +54,23 @@ async fn harness(mint_limit: u64) -> Harness {
     harness_observed(mint_limit, None).await
 }
 
-/// Calls to the single-use keys and the authority versions in flight at once: the STS's
+/// Calls to the single-use keys, the rate limiter and the authority versions, and the waves
+/// they went out in (a wave starts when a call begins while none is in flight): the STS's
 /// independent Redis checks should be sent together (one round trip on the connection they
 /// share in production), not one after another.
 #[derive(Default)]
 struct Flight {
     now: AtomicUsize,
-    widest: AtomicUsize,
+    calls: AtomicUsize,
+    waves: AtomicUsize,
 }
 
 impl Flight {
     async fn during<T>(&self, call: impl std::future::Future<Output = T>) -> T {
-        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.widest.fetch_max(now, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.now.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.waves.fetch_add(1, Ordering::SeqCst);
+        }
         // Give calls made alongside this one the chance to start before it ends.
         tokio::task::yield_now().await;
         let out = call.await;
@@ -74,9 +78,12 @@ impl Flight {
         out
     }
 
-    /// The most calls in flight at once since the last call of this.
-    fn take_widest(&self) -> usize {
-        self.widest.swap(0, Ordering::SeqCst)
+    /// (calls, waves) since the last call of this.
+    fn take(&self) -> (usize, usize) {
+        (
+            self.calls.swap(0, Ordering::SeqCst),
+            self.waves.swap(0, Ordering::SeqCst),
+        )
     }
 }
 
@@ -109,6 +116,26 @@ impl AuthorityVersions for Observed<dyn AuthorityVersions> {
     }
     async fn advance(&self, zone: &ZoneId) -> Result<(), VersionsError> {
         self.flight.during(self.inner.advance(zone)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl RateLimiter for Observed<dyn RateLimiter> {
+    async fn hit(&self, key: &str, window: i64) -> Result<u64, LimiterError> {
+        self.flight.during(self.inner.hit(key, window)).await
+    }
+    async fn hit_and_peek(
+        &self,
+        hits: &[String],
+        peeks: &[String],
+        window: i64,
+    ) -> Result<(Vec<u64>, Vec<u64>), LimiterError> {
+        self.flight
+            .during(self.inner.hit_and_peek(hits, peeks, window))
+            .await
+    }
+    async fn count(&self, key: &str, window: i64) -> Result<u64, LimiterError> {
+        self.flight.during(self.inner.count(key, window)).await
     }
 }
 
@@ -158,6 +185,7 @@ async fn harness_observed(mint_limit: u64, flight: Option<Arc<Flight>>) -> Harne
     ));
     let mut expiring: Arc<dyn ExpiringKeys> = Arc::new(MemoryExpiringKeys::new(Arc::clone(&clock)));
     let mut sts_versions: Arc<dyn AuthorityVersions> = versions.clone();
+    let mut limiter: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
     if let Some(flight) = flight {
         expiring = Arc::new(Observed {
             inner: expiring,
@@ -165,6 +193,10 @@ async fn harness_observed(mint_limit: u64, flight: Option<Arc<Flight>>) -> Harne
         });
         sts_versions = Arc::new(Observed {
             inner: sts_versions,
+            flight: Arc::clone(&flight),
+        });
+        limiter = Arc::new(Observed {
+            inner: limiter,
             flight,
         });
     }
@@ -176,7 +208,7 @@ async fn harness_observed(mint_limit: u64, flight: Option<Arc<Flight>>) -> Harne
             hasher,
             sealer,
             es256,
-            limiter: Arc::new(MemoryRateLimiter::new()),
+            limiter,
             expiring,
             audit: audit.clone(),
             versions: sts_versions,
@@ -637,13 +669,14 @@ async fn independent_redis_checks_are_sent_together() {
     )
     .await;
 
-    flight.take_widest();
+    flight.take();
     let (status, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
     assert_eq!(status, 200, "{minted}");
     assert_eq!(
-        flight.take_widest(),
-        2,
-        "a delegated mint reads the zone's version and registers its jti together"
+        flight.take(),
+        (4, 2),
+        "a delegated mint: the failure block with the zone's version, then the rate-limit hit \
+         with the jti registration"
     );
 
     let gateway = minted["access_token"].as_str().expect("token");
@@ -651,15 +684,46 @@ async fn independent_redis_checks_are_sent_together() {
     let (status, exchanged) = mint(&sts, body, &headers).await;
     assert_eq!(status, 200, "{exchanged}");
     assert_eq!(
-        flight.take_widest(),
-        3,
-        "an exchange also claims the presented gateway mandate in the same breath"
+        flight.take(),
+        (5, 2),
+        "an exchange: the envelope's nonce, the version, the presented mandate's single use and \
+         the jti registration, then the rate-limit hit"
     );
     // Sent together, judged in order: the replay is still refused as one.
     let (body, headers) = signed_exchange(&w, gateway, "gw-together-again");
-    let (status, replay) = mint(&sts, body, &headers).await;
+    let (status, replay) = mint(&sts, body.clone(), &headers).await;
     assert_eq!(status, 401, "{replay}");
     assert_eq!(replay["error_description"], "invalid subject_token");
+    // The same envelope again: its nonce was claimed with those checks, and a replayed envelope
+    // is refused as one before anything else is judged.
+    let (status, again) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 401, "{again}");
+    assert_eq!(
+        again["error_description"],
+        "invalid gateway exchange signature"
+    );
+
+    // An envelope refused for something else before its checks went out still burns its
+    // nonce: replayed, it is refused as a replay, not judged again.
+    let unknown = form(&[
+        ("grant_type", GRANT),
+        ("zone_id", &w.zone),
+        ("application_id", &uuid_like()),
+        ("subject_token", gateway),
+        ("subject_token_type", ACCESS),
+        ("resource", RESOURCE),
+        ("gateway_request_id", "gw-unknown-app"),
+    ]);
+    let headers = sign(&unknown, "gw-unknown-app");
+    let (status, first) = mint(&sts, unknown.clone(), &headers).await;
+    assert_eq!(status, 401, "{first}");
+    assert_eq!(first["error_description"], "invalid client credentials");
+    let (status, second) = mint(&sts, unknown, &headers).await;
+    assert_eq!(status, 401, "{second}");
+    assert_eq!(
+        second["error_description"],
+        "invalid gateway exchange signature"
+    );
 }
 
 #[actix_web::test]
