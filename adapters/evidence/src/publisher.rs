@@ -91,6 +91,8 @@ struct Shared {
     dropped: AtomicU64,
     replayed: AtomicU64,
     sink_errors: AtomicU64,
+    /// Events published to the stream live (from the buffer, not from replay files).
+    persisted: AtomicU64,
     /// Spooled events not yet replayed, as far as this publisher knows: the files present at
     /// start-up plus what it spooled since, minus what it replayed or skipped. Files another
     /// process adds to the same directory later are not counted (replay directories are one
@@ -228,6 +230,7 @@ impl AuditPublisher {
             dropped: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             sink_errors: AtomicU64::new(0),
+            persisted: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             replay_available: AtomicBool::new(available),
         });
@@ -308,6 +311,9 @@ impl AuditSink for AuditPublisher {
             replay_oldest_age_seconds: stats.oldest_age_seconds,
             replayed: shared.replayed.load(Ordering::Relaxed),
             sink_errors: shared.sink_errors.load(Ordering::Relaxed),
+            persisted: shared.persisted.load(Ordering::Relaxed),
+            queue_depth: (self.tx.max_capacity() - self.tx.capacity()) as u64,
+            queue_capacity: self.tx.max_capacity() as u64,
             replay_available: shared.replay_available.load(Ordering::Relaxed),
         }
     }
@@ -472,6 +478,9 @@ impl Flusher {
     async fn publish_live(&mut self, mut frames: Vec<Frame>) -> Vec<Frame> {
         let entries: Vec<Vec<(String, String)>> = frames.iter().map(Frame::fields).collect();
         let (published, error) = self.bus.publish_batch(&self.stream, &entries).await;
+        self.shared
+            .persisted
+            .fetch_add(published.min(frames.len()) as u64, Ordering::Relaxed);
         match error {
             None => Vec::new(),
             Some(e) => {

@@ -71,6 +71,10 @@ async fn events_reach_the_stream_in_order_signed_over_the_exact_data() {
     assert_eq!(health.dropped, 0);
     assert_eq!(health.sink_errors, 0);
     assert!(health.replay_available, "no replay dir configured");
+    assert_eq!(health.persisted, 250, "every event went out live");
+    assert_eq!(health.replayed, 0);
+    assert_eq!(health.queue_depth, 0, "flushed at shutdown");
+    assert_eq!(health.queue_capacity, 10_000);
 }
 
 #[tokio::test]
@@ -211,10 +215,16 @@ async fn a_failing_stream_spools_frames_and_recovery_replays_them_in_order() {
         entries(&scratch.replay())
     );
 
+    assert_eq!(
+        health.persisted, 0,
+        "replayed events are not counted as persisted live"
+    );
+
     // Live again: new events go straight out, after the replayed ones.
     publisher.emit(event("after"));
     eventually("the live event", || bus.count() == 21).await;
     assert_eq!(publisher.health().replayed, 20);
+    assert_eq!(publisher.health().persisted, 1);
     publisher.shutdown().await;
     assert_eq!(bus.ids().last().map(String::as_str), Some("after"));
 }

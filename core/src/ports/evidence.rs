@@ -62,6 +62,14 @@ pub struct SinkHealth {
     pub replayed: u64,
     /// Failed publish attempts.
     pub sink_errors: u64,
+    /// Events delivered to the stream from the in-memory buffer (those delivered from replay
+    /// files count in `replayed`).
+    pub persisted: u64,
+    /// Events waiting in the in-memory buffer now (0 for a sink without one).
+    pub queue_depth: u64,
+    /// The in-memory buffer's size in events (0 for a sink without one); past it `emit`
+    /// spools at once.
+    pub queue_capacity: u64,
     /// Whether the replay directory is usable (`audit_replay_unavailable` otherwise). A sink
     /// configured without a replay directory (memory mode) reports `true`: there is nothing to
     /// be unavailable, and its failed publications show up in `dropped` instead.

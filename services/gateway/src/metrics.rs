@@ -1,7 +1,8 @@
 //! The Gateway's counters (B15): what `/metrics` (Prometheus text, `caracal_gateway_<stem>`,
 //! `_total` on counters) and `/metrics.json` (the same stems as keys) report. Only series this
-//! implementation can back with a real measurement are listed; the database pool gauges and
-//! the pending-replay / propagation series of upstream are not.
+//! implementation can back with a real measurement are listed; upstream's pending-replay and
+//! propagation series are not. The database pool gauges (`caracal_db_pool_*`) are reported
+//! when the store pools connections.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +11,9 @@ use std::sync::Mutex;
 
 use caracal_core::ports::{PoolUsage, SinkHealth};
 use serde_json::{Map, Value};
+
+/// The audit buffer's size: `caracal_gateway_audit_queue_capacity`, `audit_queue_cap` in JSON.
+const AUDIT_QUEUE_CAPACITY: &str = "audit_queue_capacity";
 
 /// The denial stems of B15 (`denials_<stem>`), listed even while zero.
 pub const DENIAL_STEMS: [&str; 9] = [
@@ -191,6 +195,13 @@ impl Metrics {
             ("audit_dropped".to_owned(), true, g.audit.dropped),
             ("audit_sink_errors".to_owned(), true, g.audit.sink_errors),
             ("audit_drained".to_owned(), true, g.audit.replayed),
+            ("audit_persisted".to_owned(), true, g.audit.persisted),
+            ("audit_queue_depth".to_owned(), false, g.audit.queue_depth),
+            (
+                AUDIT_QUEUE_CAPACITY.to_owned(),
+                false,
+                g.audit.queue_capacity,
+            ),
             ("revocations_active".to_owned(), false, g.revocations_active),
             (
                 "revocation_snapshot_age_seconds".to_owned(),
@@ -272,7 +283,13 @@ impl Metrics {
     pub fn json(&self, gauges: &Gauges) -> Value {
         let mut map = Map::new();
         for (stem, _, value) in self.samples(gauges) {
-            map.insert(stem, Value::from(value));
+            // B15: the one key that is not its stem.
+            let key = if stem == AUDIT_QUEUE_CAPACITY {
+                "audit_queue_cap".to_owned()
+            } else {
+                stem
+            };
+            map.insert(key, Value::from(value));
         }
         for (stem, value) in Self::pool_samples(gauges) {
             map.insert(stem.to_owned(), Value::from(value));
@@ -293,7 +310,12 @@ mod tests {
             revocations_active: 3,
             snapshot_age_seconds: Some(12),
             snapshot_fresh: true,
-            audit: SinkHealth::default(),
+            audit: SinkHealth {
+                persisted: 40,
+                queue_depth: 7,
+                queue_capacity: 10_000,
+                ..SinkHealth::default()
+            },
             db_pool: Some(PoolUsage {
                 max: 20,
                 acquired: 5,
@@ -323,11 +345,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("caracal_db_pool_max_conns 20\n"));
+        assert!(text.contains(
+            "# TYPE caracal_gateway_audit_persisted_total counter\ncaracal_gateway_audit_persisted_total 40\n"
+        ));
+        assert!(text.contains(
+            "# TYPE caracal_gateway_audit_queue_depth gauge\ncaracal_gateway_audit_queue_depth 7\n"
+        ));
+        assert!(text.contains("caracal_gateway_audit_queue_capacity 10000\n"));
         assert!(text.contains("caracal_db_pool_acquired_conns 5\n"));
         let json = m.json(&gauges());
         assert_eq!(json["denials_signature"], 2);
         assert_eq!(json["sts_circuit_fast_fail"], 5);
         assert_eq!(json["db_pool_in_use_ratio"], 0.25);
+        assert_eq!(json["audit_persisted"], 40);
+        assert_eq!(json["audit_queue_depth"], 7);
+        assert_eq!(json["audit_queue_cap"], 10_000);
+        assert!(json.get("audit_queue_capacity").is_none());
         assert_eq!(json["db_pool_max_conns"], 20);
         assert_eq!(json["db_pool_acquired_conns"], 5);
         // A store without a pool (memory, `caracal dev`) has no pool series at all.
