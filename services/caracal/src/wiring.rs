@@ -270,6 +270,7 @@ async fn run_sts(
     config: StsServiceConfig,
     es256: Arc<dyn Es256>,
     zone_keys: Arc<ZoneKeys>,
+    beside: Option<Arc<InProcessSts>>,
 ) -> Result<(), String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ids: Arc<dyn IdGenerator> = Arc::new(UuidV7Ids);
@@ -344,6 +345,10 @@ async fn run_sts(
         counters: Arc::new(HttpCounters::default()),
         config: Arc::new(config.clone()),
     };
+    if let Some(beside) = &beside {
+        // From now on the Gateway of this process hands its exchanges over directly.
+        let _ = beside.0.set(state.clone());
+    }
     let worker_store = adapters.worker_store.clone();
     let server = HttpServer::new(move || {
         let mut state = state.clone();
@@ -609,6 +614,29 @@ fn gateway_published_keys(config: &GatewayConfig, keys: &Keys) -> Result<(), Str
     Ok(())
 }
 
+/// The STS of this process, for the Gateway beside it: set once the STS's state exists; until
+/// then the Gateway exchanges over HTTP.
+#[derive(Default)]
+struct InProcessSts(std::sync::OnceLock<StsState>);
+
+#[async_trait::async_trait]
+impl caracal_gateway::LocalSts for InProcessSts {
+    async fn exchange(
+        &self,
+        body: &[u8],
+        envelope: &caracal_core::gateway::exchange::Envelope,
+        request_id: &str,
+    ) -> Option<(u16, Vec<u8>)> {
+        let state = self.0.get()?;
+        let envelope = caracal_core::sts::gateway_sig::SignedHeaders {
+            timestamp: Some(&envelope.timestamp),
+            nonce: Some(&envelope.nonce),
+            signature: Some(&envelope.signature),
+        };
+        Some(caracal_sts::exchange_in_process(state, body, envelope, request_id).await)
+    }
+}
+
 /// Runs the Gateway until Ctrl-C / SIGTERM.
 async fn run_gateway(
     adapters: Adapters,
@@ -617,6 +645,7 @@ async fn run_gateway(
     mandate_keys: Arc<dyn ZoneKeySource>,
     es256: Arc<dyn Es256>,
     shared_replay_dir: bool,
+    local_sts: Option<Arc<dyn caracal_gateway::LocalSts>>,
 ) -> Result<(), String> {
     let sts_mac = gateway_mac(&keys)?;
     // One replay directory per publisher: next to an in-process STS the Gateway spools into
@@ -655,6 +684,7 @@ async fn run_gateway(
             ids: Arc::new(UuidV7Ids),
             sts_mac,
             streams_mac: keys.streams.clone(),
+            local_sts,
         },
         config,
     )
@@ -731,6 +761,8 @@ async fn run(
     // and the STS's check of the same token in the exchange then cost one ES256 verification.
     let es256: Arc<dyn Es256> = Arc::new(RememberingEs256::new(RingEs256::new()));
     let zone_keys = services.sts().then(|| zone_keys(&adapters, &keys, &es256));
+    // A Gateway beside the STS hands it the signed exchange directly.
+    let beside = (services.sts() && services.gateway()).then(|| Arc::new(InProcessSts::default()));
     let api = match services.api() {
         false => None,
         true => {
@@ -788,6 +820,9 @@ async fn run(
                 mandate_keys,
                 Arc::clone(&es256),
                 services.sts(),
+                beside
+                    .clone()
+                    .map(|b| b as Arc<dyn caracal_gateway::LocalSts>),
             ))
         }
     };
@@ -800,7 +835,9 @@ async fn run(
         )),
     };
     let sts = match (zone_keys, sts_config) {
-        (Some(zone_keys), Some(config)) => Some(run_sts(adapters, keys, config, es256, zone_keys)),
+        (Some(zone_keys), Some(config)) => {
+            Some(run_sts(adapters, keys, config, es256, zone_keys, beside))
+        }
         _ => None,
     };
     let api = async {

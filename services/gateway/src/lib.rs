@@ -66,6 +66,7 @@ use tokio::sync::watch;
 
 pub use config::GatewayConfig;
 pub use metrics::Metrics;
+pub use sts::LocalSts;
 pub use tls::ServerTls;
 pub use upstream::REVOKED_TRAILER;
 
@@ -94,6 +95,9 @@ pub struct GatewayPorts {
     pub sts_mac: Arc<dyn MessageAuthenticator>,
     /// `STREAMS_HMAC_KEY`: revocation entries must be signed with it when set.
     pub streams_mac: Option<Arc<dyn MessageAuthenticator>>,
+    /// An STS in the same process, which takes the signed exchange without the HTTP hop
+    /// (`None`: always over HTTP to `STS_URL`).
+    pub local_sts: Option<Arc<dyn sts::LocalSts>>,
 }
 
 /// One Gateway: its ports, configuration and in-memory state.
@@ -118,7 +122,12 @@ impl Gateway {
             "STS_URL is required but not set; the Gateway exchanges every mandate at the STS"
                 .to_string()
         })?;
-        let sts = sts::StsClient::new(sts_url, config.sts_timeout, Arc::clone(&ports.sts_mac))?;
+        let sts = sts::StsClient::new(
+            sts_url,
+            config.sts_timeout,
+            Arc::clone(&ports.sts_mac),
+            ports.local_sts.clone(),
+        )?;
         let upstream = upstream::client(&config.host_policy)?;
         let gateway = Arc::new(Self {
             ports,

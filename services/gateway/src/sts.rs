@@ -1,12 +1,18 @@
 //! The Gateway's side of the signed STS exchange (B7): one `POST {STS_URL}/oauth/2/token` per
 //! request, signed with `GATEWAY_STS_HMAC_KEY`, under `STS_TIMEOUT`, no redirects, retries or
 //! caching; and the STS health probe of `/ready`.
+//!
+//! Next to an STS in the same process ([`LocalSts`]: `caracal serve all`, `caracal dev`) the
+//! same signed request is handed to it directly instead of over loopback HTTP: same body, same
+//! envelope, same checks on the STS side, same reading of the answer here, same timeout.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use caracal_core::digest::hex;
 use caracal_core::gateway::exchange::{
-    form_body, interpret, sign, ExchangeRequest, Exchanged, StsOutcome, TOKEN_PATH,
+    form_body, interpret, sign, Envelope, ExchangeRequest, Exchanged, StsOutcome, TOKEN_PATH,
 };
 use caracal_core::gateway::Denial;
 use caracal_core::ports::MessageAuthenticator;
@@ -17,13 +23,28 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024;
 /// `/ready`'s probe budget.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// An STS in the same process: answers a signed exchange with the status and body its
+/// `POST /oauth/2/token` would send.
+#[async_trait::async_trait]
+pub trait LocalSts: Send + Sync {
+    /// The answer to `body` under `envelope`, or `None` while the STS cannot take requests yet
+    /// (it is still starting): the exchange then goes over HTTP.
+    async fn exchange(
+        &self,
+        body: &[u8],
+        envelope: &Envelope,
+        request_id: &str,
+    ) -> Option<(u16, Vec<u8>)>;
+}
+
 /// The exchange client.
 pub struct StsClient {
     client: reqwest::Client,
     base: String,
     timeout: Duration,
-    mac: std::sync::Arc<dyn MessageAuthenticator>,
+    mac: Arc<dyn MessageAuthenticator>,
     rng: SystemRandom,
+    local: Option<Arc<dyn LocalSts>>,
 }
 
 /// Why the STS health probe failed.
@@ -44,7 +65,8 @@ impl StsClient {
     pub fn new(
         base: &str,
         timeout: Duration,
-        mac: std::sync::Arc<dyn MessageAuthenticator>,
+        mac: Arc<dyn MessageAuthenticator>,
+        local: Option<Arc<dyn LocalSts>>,
     ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -59,6 +81,7 @@ impl StsClient {
             timeout,
             mac,
             rng: SystemRandom::new(),
+            local,
         })
     }
 
@@ -84,6 +107,28 @@ impl StsClient {
     ) -> Result<Exchanged, Denial> {
         let body = form_body(request);
         let envelope = sign(self.mac.as_ref(), unix, &self.nonce()?, body.as_bytes());
+        if let Some(local) = &self.local {
+            let call = local.exchange(body.as_bytes(), &envelope, request.request_id);
+            match tokio::time::timeout(self.timeout, call).await {
+                Err(_) => return interpret(StsOutcome::Timeout, request.resource),
+                Ok(Some((status, answer))) => {
+                    let status_text = reqwest::StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("");
+                    return interpret(
+                        StsOutcome::Answer {
+                            status,
+                            status_text,
+                            body: &answer[..answer.len().min(MAX_ANSWER_BYTES + 1)],
+                        },
+                        request.resource,
+                    );
+                }
+                // Not ready yet: over HTTP, as a split deployment would.
+                Ok(None) => {}
+            }
+        }
         let call = async {
             let mut response = self
                 .client

@@ -18,6 +18,7 @@ use caracal_core::sts::Sts;
 use caracal_http::metrics::HttpCounters;
 
 pub use config::StsServiceConfig;
+pub use routes::in_process as exchange_in_process;
 
 /// Everything the routes share.
 #[derive(Clone)]

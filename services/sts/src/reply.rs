@@ -1,6 +1,7 @@
 //! The STS error envelope and body reading.
 
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use caracal_core::Error;
 use caracal_http::error::{error_body, status_of};
@@ -12,14 +13,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// `{"error","error_description"?,"requestId"?}`; server-side detail goes to the log only.
 pub fn error(err: &Error, request_id: Option<&str>) -> HttpResponse {
-    if let Some(detail) = &err.detail {
-        tracing::warn!(code = err.code, detail = %detail, "sts request failed");
-    }
-    let mut body = error_body(err);
-    if let (Some(id), Value::Object(map)) = (request_id, &mut body) {
-        map.insert("requestId".into(), Value::from(id));
-    }
-    let mut res = HttpResponse::build(status_of(err.kind));
+    let (status, body) = error_parts(err, request_id);
+    let mut res = HttpResponse::build(status);
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
         res.insert_header((HeaderName::from_static("x-request-id"), id));
     }
@@ -30,6 +25,18 @@ pub fn error(err: &Error, request_id: Option<&str>) -> HttpResponse {
         ));
     }
     res.json(body)
+}
+
+/// The status and body [`error`] answers with (and logs the detail, as it does).
+pub fn error_parts(err: &Error, request_id: Option<&str>) -> (StatusCode, Value) {
+    if let Some(detail) = &err.detail {
+        tracing::warn!(code = err.code, detail = %detail, "sts request failed");
+    }
+    let mut body = error_body(err);
+    if let (Some(id), Value::Object(map)) = (request_id, &mut body) {
+        map.insert("requestId".into(), Value::from(id));
+    }
+    (status_of(err.kind), body)
 }
 
 /// Reads the body up to [`BODY_LIMIT`]; `None` when it is larger (or the stream fails).

@@ -23,6 +23,7 @@ use caracal_core::ports::{
     AuthorityVersions, Clock, Es256, ExpiringKeys, ExpiringKeysError, LimiterError,
     MessageAuthenticator, RateLimiter, Store, VersionsError, ZoneScope,
 };
+use caracal_core::sts::gateway_sig::SignedHeaders;
 use caracal_core::sts::keys::ZoneKeys;
 use caracal_core::sts::{Sts, StsConfig, StsPorts};
 use caracal_crypto::{Argon2idHasher, EnvelopeSealer, HmacSha256, Kek, RandomSecrets, RingEs256};
@@ -722,6 +723,102 @@ async fn independent_redis_checks_are_sent_together() {
     assert_eq!(status, 401, "{second}");
     assert_eq!(
         second["error_description"],
+        "invalid gateway exchange signature"
+    );
+}
+
+/// What `exchange_in_process` answers for the signed exchange `body` under `headers`.
+async fn in_process(h: &Harness, body: &str, headers: &[(&str, String)]) -> (u16, Value) {
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (status, answer) = caracal_sts::exchange_in_process(
+        &h.sts,
+        body.as_bytes(),
+        SignedHeaders {
+            timestamp: get("x-caracal-gateway-timestamp"),
+            nonce: get("x-caracal-gateway-request"),
+            signature: get("x-caracal-gateway-signature"),
+        },
+        get("x-request-id").expect("request id"),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_slice(&answer).expect("a JSON answer"),
+    )
+}
+
+#[actix_web::test]
+async fn the_in_process_exchange_answers_as_the_route_does() {
+    let h = harness(1_000).await;
+    let api = test::init_service(api_app!(h.api.clone())).await;
+    let sts = test::init_service(sts_app!(h.sts.clone())).await;
+    let w = world(&api).await;
+    let anchor = application_anchor(&sts, &w).await;
+    let (child, edge) = graph(
+        &h,
+        &w,
+        &anchor,
+        &["reader"],
+        json!({"scopes": ["svc:read"], "resource_id": w.resource_id,
+               "constraints": {"resources": [RESOURCE]}}),
+    )
+    .await;
+    let gateway = |sts_minted: &Value| {
+        sts_minted["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    };
+
+    // Allowed: the same shape of answer as over HTTP.
+    let (_, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    let (body, headers) = signed_exchange(&w, &gateway(&minted), "in-process-1");
+    let (status, local) = in_process(&h, &body, &headers).await;
+    assert_eq!(status, 200, "{local}");
+    let (_, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    let (body, headers) = signed_exchange(&w, &gateway(&minted), "over-http-1");
+    let (status, remote) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 200, "{remote}");
+    let keys = |v: &Value| {
+        let mut keys: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&local), keys(&remote));
+    assert_eq!(local["upstreams"], remote["upstreams"]);
+    assert_eq!(
+        claims_of(local["access_token"].as_str().expect("token"))["use"],
+        "resource"
+    );
+
+    // Refused: the same status and body, request id included.
+    let (_, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    let token = gateway(&minted);
+    let (body, headers) = signed_exchange(&w, &token, "refused");
+    let (status, first) = in_process(&h, &body, &headers).await;
+    assert_eq!(status, 200, "{first}");
+    let (body, headers) = signed_exchange(&w, &token, "refused");
+    let (local_status, local) = in_process(&h, &body, &headers).await;
+    let (body, headers) = signed_exchange(&w, &token, "refused");
+    let (remote_status, remote) = mint(&sts, body, &headers).await;
+    assert_eq!((local_status, &local), (remote_status, &remote));
+    assert_eq!(local_status, 401);
+    assert_eq!(local["requestId"], "refused");
+
+    // The envelope's nonce is single-use across both ways in.
+    let (_, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
+    let (body, headers) = signed_exchange(&w, &gateway(&minted), "twice");
+    let (status, _) = in_process(&h, &body, &headers).await;
+    assert_eq!(status, 200);
+    let (status, again) = mint(&sts, body, &headers).await;
+    assert_eq!(status, 401, "{again}");
+    assert_eq!(
+        again["error_description"],
         "invalid gateway exchange signature"
     );
 }

@@ -332,6 +332,16 @@ pub async fn harness_on(
     keys: Option<Arc<dyn ZoneKeySource>>,
     tune: impl FnOnce(&mut GatewayConfig),
 ) -> Harness {
+    harness_beside(keys, None, tune).await
+}
+
+/// A harness whose Gateway has `local` as the STS of its process (the scripted STS still
+/// listens at `STS_URL` for exchanges `local` declines).
+pub async fn harness_beside(
+    keys: Option<Arc<dyn ZoneKeySource>>,
+    local: Option<Arc<dyn caracal_gateway::LocalSts>>,
+    tune: impl FnOnce(&mut GatewayConfig),
+) -> Harness {
     let (upstream, upstream_seen) = upstream().await;
     let (sts, sts_seen, script) =
         fake_sts((200, directive_answer(default_directive(upstream)))).await;
@@ -361,6 +371,7 @@ pub async fn harness_on(
             streams_mac: Some(
                 Arc::new(HmacSha256::from_bytes(&STREAMS_KEY)) as Arc<dyn MessageAuthenticator>
             ),
+            local_sts: local,
         },
         config,
     )

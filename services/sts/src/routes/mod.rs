@@ -6,6 +6,8 @@ mod internal;
 mod jwks;
 mod token;
 
+pub use token::in_process;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 
