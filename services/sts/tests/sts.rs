@@ -457,6 +457,29 @@ where
         .to_owned()
 }
 
+/// A world whose application has a parent and a child Session and an edge parent → child for
+/// `svc:read` on `RESOURCE`: (world, child Session, edge).
+async fn reader_edge<A, BA, S, BS>(h: &Harness, api: &A, sts: &S) -> (World, String, String)
+where
+    A: Service<actix_http::Request, Response = ServiceResponse<BA>, Error = actix_web::Error>,
+    BA: MessageBody,
+    S: Service<actix_http::Request, Response = ServiceResponse<BS>, Error = actix_web::Error>,
+    BS: MessageBody,
+{
+    let w = world(api).await;
+    let anchor = application_anchor(sts, &w).await;
+    let (child, edge) = graph(
+        h,
+        &w,
+        &anchor,
+        &["reader"],
+        json!({"scopes": ["svc:read"], "resource_id": w.resource_id,
+               "constraints": {"resources": [RESOURCE]}}),
+    )
+    .await;
+    (w, child, edge)
+}
+
 fn bootstrap(w: &World) -> String {
     form(&[
         ("grant_type", GRANT),
@@ -658,17 +681,7 @@ async fn independent_redis_checks_are_sent_together() {
     let h = harness_observed(1_000, Some(Arc::clone(&flight))).await;
     let api = test::init_service(api_app!(h.api.clone())).await;
     let sts = test::init_service(sts_app!(h.sts.clone())).await;
-    let w = world(&api).await;
-    let anchor = application_anchor(&sts, &w).await;
-    let (child, edge) = graph(
-        &h,
-        &w,
-        &anchor,
-        &["reader"],
-        json!({"scopes": ["svc:read"], "resource_id": w.resource_id,
-               "constraints": {"resources": [RESOURCE]}}),
-    )
-    .await;
+    let (w, child, edge) = reader_edge(&h, &api, &sts).await;
 
     flight.take();
     let (status, minted) = mint(&sts, delegated(&w, &child, &edge, "svc:read"), &[]).await;
@@ -757,17 +770,7 @@ async fn the_in_process_exchange_answers_as_the_route_does() {
     let h = harness(1_000).await;
     let api = test::init_service(api_app!(h.api.clone())).await;
     let sts = test::init_service(sts_app!(h.sts.clone())).await;
-    let w = world(&api).await;
-    let anchor = application_anchor(&sts, &w).await;
-    let (child, edge) = graph(
-        &h,
-        &w,
-        &anchor,
-        &["reader"],
-        json!({"scopes": ["svc:read"], "resource_id": w.resource_id,
-               "constraints": {"resources": [RESOURCE]}}),
-    )
-    .await;
+    let (w, child, edge) = reader_edge(&h, &api, &sts).await;
     let gateway = |sts_minted: &Value| {
         sts_minted["access_token"]
             .as_str()
@@ -1866,18 +1869,8 @@ async fn kept_delegation_rows_stand_until_the_zone_version_moves() {
     let h = harness(1_000).await;
     let api = test::init_service(api_app!(h.api.clone())).await;
     let sts = test::init_service(sts_app!(h.sts.clone())).await;
-    let w = world(&api).await;
+    let (w, child, edge) = reader_edge(&h, &api, &sts).await;
     let zone = ZoneId::parse(&w.zone).expect("zone");
-    let anchor = application_anchor(&sts, &w).await;
-    let (child, edge) = graph(
-        &h,
-        &w,
-        &anchor,
-        &["reader"],
-        json!({"scopes": ["svc:read"], "resource_id": w.resource_id,
-               "constraints": {"resources": [RESOURCE]}}),
-    )
-    .await;
     // The target is a service whose lease ends in two seconds.
     change_session(&h, &zone, &child, |s| {
         s.lifecycle = Lifecycle::Service;
