@@ -17,9 +17,9 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The inbound `X-Request-Id`, or a fresh UUIDv7.
-fn request_id(req: &HttpRequest) -> String {
-    header(req, "x-request-id")
+/// The inbound `X-Request-Id` when acceptable, or a fresh UUIDv7.
+fn accepted_request_id(inbound: Option<&str>) -> String {
+    inbound
         .map(str::trim)
         .filter(|v| caracal_http::request_id::acceptable(v))
         .map(str::to_owned)
@@ -31,7 +31,7 @@ pub async fn token(
     payload: web::Payload,
     state: web::Data<StsState>,
 ) -> HttpResponse {
-    let id = request_id(&req);
+    let id = accepted_request_id(header(&req, "x-request-id"));
     let fail = |e: Error| error(&e, Some(&id));
     if !req.query_string().is_empty() {
         return fail(malformed("query parameters are not allowed"));
@@ -76,9 +76,7 @@ pub async fn in_process(
     envelope: SignedHeaders<'_>,
     request_id: &str,
 ) -> (u16, Vec<u8>) {
-    let id = Some(request_id.trim())
-        .filter(|v| caracal_http::request_id::acceptable(v))
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let id = accepted_request_id(Some(request_id));
     let outcome = if body.len() > BODY_LIMIT {
         Err(Error::new(ErrorKind::PayloadTooLarge, "payload_too_large")
             .describe("request body too large"))
